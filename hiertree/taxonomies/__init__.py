@@ -1,0 +1,1 @@
+"""Bundled taxonomy YAML files, loadable with ``Taxonomy.builtin(name)``."""

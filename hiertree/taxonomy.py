@@ -1,0 +1,479 @@
+"""The class tree: YAML in, index-mapping matrices out.
+
+A taxonomy file is a nested mapping. Inner nodes map names to children; a leaf maps its name to the
+integer id its pixels carry in the masks (or to ``{id: N, color: [r, g, b]}``)::
+
+    name: people
+    ignore_index: 255
+    tree:
+      background: 0
+      body:
+        upper_body: {hand: 1, torso: 2}
+        lower_body: {leg: 3}
+    colors: {body: [200, 80, 80]}
+
+Level ``l`` holds the nodes at depth ``l + 1`` (children of the root are depth 1). A leaf that is
+shallower than the deepest level is carried down unchanged, so every level partitions every pixel.
+At the deepest level a class index equals its leaf id; at coarser levels classes follow YAML order.
+Everything else in hiertree (models, losses, metrics, data) is sized from this object.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from functools import cached_property
+from importlib import resources
+from pathlib import Path
+from typing import Any, Sequence
+
+import networkx as nx
+import numpy as np
+import torch
+import yaml
+
+__all__ = ["Taxonomy", "TaxonomyError", "list_builtin"]
+
+_ROOT = ("<root>",)
+_TOP_KEYS = ("name", "ignore_index", "tree", "colors")
+_LEAF_KEYS = ("id", "color")
+
+
+class TaxonomyError(ValueError):
+    """A taxonomy file or text is invalid; the message names the source, the key and the fix."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys (PyYAML silently keeps the last one)."""
+
+
+def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False):
+    loader.flatten_mapping(node)
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise TaxonomyError(
+                f"duplicate key {key!r} at line {key_node.start_mark.line + 1} "
+                f"(first at line {seen[key] + 1}); every class name must appear once"
+            )
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+
+
+def _suggest(word: str, options: Sequence[str]) -> str:
+    close = difflib.get_close_matches(str(word), [str(o) for o in options], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _default_color(index: int) -> tuple[int, int, int]:
+    """PASCAL-VOC style bit-interleaved palette: distinct, deterministic colours for any index."""
+    r = g = b = 0
+    c = index
+    for shift in range(7, -1, -1):
+        r |= ((c >> 0) & 1) << shift
+        g |= ((c >> 1) & 1) << shift
+        b |= ((c >> 2) & 1) << shift
+        c >>= 3
+    return (r, g, b)
+
+
+@dataclass(frozen=True)
+class _Leaf:
+    name: str
+    id: int
+    depth: int
+
+
+class Taxonomy:
+    """A validated class tree with per-level class lists and mapping matrices.
+
+    Build one with :meth:`from_yaml`, :meth:`builtin` or :meth:`load`; do not call the constructor
+    with hand-made graphs unless you validated them yourself.
+    """
+
+    def __init__(
+        self,
+        graph: nx.DiGraph,
+        name: str,
+        ignore_index: int,
+        colors: dict[str, tuple[int, int, int]],
+        source: str,
+    ) -> None:
+        self.graph = graph
+        self.name = name
+        self.ignore_index = ignore_index
+        self.source = source
+        self._explicit_colors = dict(colors)
+        self._build_levels()
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_yaml(cls, path_or_text: str | Path) -> "Taxonomy":
+        """Parse a taxonomy from a YAML file path or from YAML text."""
+        text, source = _read_source(path_or_text)
+        try:
+            data = yaml.load(text, Loader=_UniqueKeyLoader)
+        except TaxonomyError as err:
+            raise TaxonomyError(f"{source}: {err}") from None
+        except yaml.YAMLError as err:
+            raise TaxonomyError(f"{source}: not valid YAML: {err}") from None
+        return cls.from_dict(data, source=source)
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "<dict>") -> "Taxonomy":
+        """Build from an already-parsed mapping with keys ``name``, ``ignore_index``, ``tree``, ``colors``."""
+        if not isinstance(data, dict):
+            raise TaxonomyError(
+                f"{source}: expected a mapping with a 'tree' key at the top, got {type(data).__name__}"
+            )
+        for key in data:
+            if key not in _TOP_KEYS:
+                raise TaxonomyError(
+                    f"{source}: unknown top-level key {key!r}{_suggest(key, _TOP_KEYS)}; "
+                    f"allowed: {', '.join(_TOP_KEYS)}"
+                )
+        if "tree" not in data:
+            raise TaxonomyError(f"{source}: missing the 'tree' key that holds the class tree")
+        name = data.get("name", Path(source).stem if source.endswith((".yaml", ".yml")) else "taxonomy")
+        if not isinstance(name, str) or not name:
+            raise TaxonomyError(f"{source}: 'name' must be a non-empty string, got {name!r}")
+        ignore_index = data.get("ignore_index", 255)
+        if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+            raise TaxonomyError(f"{source}: 'ignore_index' must be an integer, got {ignore_index!r}")
+
+        graph = nx.DiGraph()
+        graph.add_node(_ROOT, depth=0, order=0)
+        colors: dict[str, tuple[int, int, int]] = {}
+        leaves: list[_Leaf] = []
+        _add_children(graph, _ROOT, data["tree"], "tree", source, leaves, colors, active=set())
+        if not leaves:
+            raise TaxonomyError(f"{source}: key 'tree': the tree has no leaves; give each leaf an integer id")
+
+        ids = sorted(leaf.id for leaf in leaves)
+        seen: dict[int, str] = {}
+        for leaf in leaves:
+            if leaf.id in seen:
+                raise TaxonomyError(
+                    f"{source}: duplicate id {leaf.id} for {seen[leaf.id]!r} and {leaf.name!r}; "
+                    "every leaf needs its own id"
+                )
+            seen[leaf.id] = leaf.name
+        if ids != list(range(len(ids))):
+            missing = sorted(set(range(max(ids) + 1)) - set(ids))
+            raise TaxonomyError(
+                f"{source}: leaf ids must be contiguous 0..{len(ids) - 1}; "
+                f"missing {missing[:10]}{'...' if len(missing) > 10 else ''}, "
+                f"largest is {ids[-1]} ({seen[ids[-1]]!r}); renumber the leaves"
+            )
+        if 0 <= ignore_index < len(ids):
+            raise TaxonomyError(
+                f"{source}: ignore_index {ignore_index} collides with the id of leaf {seen[ignore_index]!r}; "
+                f"choose an ignore_index outside 0..{len(ids) - 1} (255 is the usual choice)"
+            )
+
+        raw_colors = data.get("colors") or {}
+        if not isinstance(raw_colors, dict):
+            raise TaxonomyError(f"{source}: 'colors' must map class names to [r, g, b]")
+        for cname, value in raw_colors.items():
+            if cname not in graph:
+                raise TaxonomyError(
+                    f"{source}: key 'colors.{cname}': no class of that name{_suggest(cname, _names(graph))}"
+                )
+            colors[cname] = _parse_color(value, f"colors.{cname}", source)
+        return cls(graph, name, ignore_index, colors, source)
+
+    @classmethod
+    def builtin(cls, name: str) -> "Taxonomy":
+        """Load a taxonomy bundled with hiertree (see :func:`list_builtin`)."""
+        available = list_builtin()
+        if name not in available:
+            raise TaxonomyError(
+                f"no built-in taxonomy {name!r}{_suggest(name, available)}; available: {', '.join(available)}"
+            )
+        res = resources.files("hiertree.taxonomies").joinpath(f"{name}.yaml")
+        return cls.from_yaml_text(res.read_text(encoding="utf-8"), source=f"builtin:{name}")
+
+    @classmethod
+    def from_yaml_text(cls, text: str, source: str = "<text>") -> "Taxonomy":
+        try:
+            data = yaml.load(text, Loader=_UniqueKeyLoader)
+        except TaxonomyError as err:
+            raise TaxonomyError(f"{source}: {err}") from None
+        except yaml.YAMLError as err:
+            raise TaxonomyError(f"{source}: not valid YAML: {err}") from None
+        return cls.from_dict(data, source=source)
+
+    @classmethod
+    def load(cls, spec: "str | Path | Taxonomy") -> "Taxonomy":
+        """A built-in name, a YAML path, YAML text, or an existing Taxonomy."""
+        if isinstance(spec, Taxonomy):
+            return spec
+        if isinstance(spec, str) and spec in list_builtin():
+            return cls.builtin(spec)
+        return cls.from_yaml(spec)
+
+    # ------------------------------------------------------------------ levels
+    def _build_levels(self) -> None:
+        g = self.graph
+        order = list(nx.dfs_preorder_nodes(g, _ROOT, sort_neighbors=lambda ns: sorted(ns, key=lambda n: g.nodes[n]["order"])))
+        leaves = [n for n in order if g.nodes[n].get("leaf_id") is not None]
+        self._leaf_by_id = sorted(leaves, key=lambda n: g.nodes[n]["leaf_id"])
+        self.depth = max(g.nodes[n]["depth"] for n in leaves)
+        self._level_classes: list[list[str]] = []
+        for level in range(self.depth):
+            depth = level + 1
+            if depth == self.depth:
+                names = list(self._leaf_by_id)
+            else:
+                names = [
+                    n for n in order
+                    if n != _ROOT and (g.nodes[n]["depth"] == depth or (g.nodes[n]["depth"] < depth and n in leaves))
+                ]
+            self._level_classes.append(names)
+        # leaf id -> class index at each level, via the leaf's ancestor (or itself when carried down)
+        lut = np.zeros((self.depth, len(leaves)), dtype=np.int64)
+        for leaf in leaves:
+            path = nx.shortest_path(g, _ROOT, leaf)[1:]
+            for level in range(self.depth):
+                node = path[min(level, len(path) - 1)]
+                lut[level, g.nodes[leaf]["leaf_id"]] = self._level_classes[level].index(node)
+        self._lut = torch.from_numpy(lut)
+
+    @property
+    def num_levels(self) -> int:
+        return self.depth
+
+    @property
+    def num_leaves(self) -> int:
+        return len(self._leaf_by_id)
+
+    def _check_level(self, level: int) -> int:
+        if not -self.depth <= level < self.depth:
+            raise IndexError(f"taxonomy {self.name!r} has levels 0..{self.depth - 1}, asked for {level}")
+        return level % self.depth
+
+    def classes(self, level: int) -> list[str]:
+        """Class names of ``level`` in class-index order."""
+        return list(self._level_classes[self._check_level(level)])
+
+    def num_classes(self, level: int) -> int:
+        return len(self._level_classes[self._check_level(level)])
+
+    @property
+    def level_sizes(self) -> list[int]:
+        return [len(c) for c in self._level_classes]
+
+    @property
+    def leaf_names(self) -> list[str]:
+        return list(self._leaf_by_id)
+
+    def leaf_to_class(self, level: int) -> torch.Tensor:
+        """LongTensor [num_leaves]: leaf id -> class index at ``level`` (no ignore entry)."""
+        return self._lut[self._check_level(level)].clone()
+
+    def leaf_lut(self, level: int) -> torch.Tensor:
+        """LongTensor indexed by mask value: leaf id -> class index at ``level``.
+
+        Its length covers ``ignore_index`` (when non-negative), which maps to itself; every other
+        value that is not a leaf id also maps to ``ignore_index``.
+        """
+        row = self._lut[self._check_level(level)]
+        size = max(self.num_leaves, self.ignore_index + 1)
+        lut = torch.full((size,), self.ignore_index, dtype=torch.long)
+        lut[: self.num_leaves] = row
+        return lut
+
+    def mapping_matrix(self, level: int) -> torch.Tensor:
+        """Float [num_leaves, num_classes(level)]: one-hot ancestor of each leaf at ``level``."""
+        level = self._check_level(level)
+        m = torch.zeros(self.num_leaves, self.num_classes(level))
+        m[torch.arange(self.num_leaves), self._lut[level]] = 1.0
+        return m
+
+    def parent_matrix(self, level: int) -> torch.Tensor:
+        """Float [num_classes(level+1), num_classes(level)]: one-hot parent of each finer class."""
+        level = self._check_level(level)
+        if level + 1 >= self.depth:
+            raise IndexError(f"level {level} is the deepest of taxonomy {self.name!r}; it has no finer level")
+        p = torch.zeros(self.num_classes(level + 1), self.num_classes(level))
+        p[self._lut[level + 1], self._lut[level]] = 1.0
+        return p
+
+    def parent_index(self, level: int) -> torch.Tensor:
+        """LongTensor [num_classes(level+1)]: the parent class index at ``level`` of each finer class."""
+        return self.parent_matrix(level).argmax(1)
+
+    def check_mask(self, mask: torch.Tensor | np.ndarray, where: str = "mask") -> None:
+        """Raise ValueError naming ``where`` when the mask holds values that are no leaf id nor ignore."""
+        values = np.unique(np.asarray(mask))
+        bad = [int(v) for v in values if not (0 <= v < self.num_leaves or v == self.ignore_index)]
+        if bad:
+            raise ValueError(
+                f"{where}: label values {bad[:10]} are not in taxonomy {self.name!r} "
+                f"(leaf ids 0..{self.num_leaves - 1}, ignore_index {self.ignore_index}); "
+                "fix the mask or the taxonomy YAML"
+            )
+
+    def to_levels(self, leaf_mask: torch.Tensor) -> list[torch.Tensor]:
+        """Per-level masks (LongTensor, same shape) from a leaf-id mask; ignore pixels stay ignore."""
+        leaf_mask = torch.as_tensor(leaf_mask).long()
+        ignore = leaf_mask == self.ignore_index
+        valid = (leaf_mask >= 0) & (leaf_mask < self.num_leaves)
+        if not bool((valid | ignore).all()):
+            self.check_mask(leaf_mask.cpu())
+        safe = torch.where(valid, leaf_mask, torch.zeros_like(leaf_mask))
+        lut = self._lut.to(leaf_mask.device)
+        return [torch.where(valid, lut[level][safe], torch.full_like(safe, self.ignore_index)) for level in range(self.depth)]
+
+    def levels_from_leaves(self, leaf_pred: torch.Tensor) -> list[torch.Tensor]:
+        """Per-level predictions from a leaf-id prediction (every value a valid leaf id)."""
+        lut = self._lut.to(leaf_pred.device)
+        return [lut[level][leaf_pred] for level in range(self.depth)]
+
+    # ------------------------------------------------------------------ presentation
+    @cached_property
+    def _node_colors(self) -> dict[str, tuple[int, int, int]]:
+        order = [n for n in nx.dfs_preorder_nodes(self.graph, _ROOT) if n != _ROOT]
+        out = {}
+        for i, node in enumerate(sorted(order, key=lambda n: self.graph.nodes[n]["order"])):
+            out[node] = self._explicit_colors.get(node, _default_color(i))
+        return out
+
+    def colors(self, level: int) -> np.ndarray:
+        """uint8 [num_classes(level), 3] palette for ``level`` (YAML colours, else a fixed palette)."""
+        return np.array([self._node_colors[n] for n in self.classes(level)], dtype=np.uint8)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain mapping that :meth:`from_dict` turns back into an equal taxonomy."""
+
+        def subtree(node):
+            children = sorted(self.graph.successors(node), key=lambda n: self.graph.nodes[n]["order"])
+            return {c: (self.graph.nodes[c]["leaf_id"] if self.graph.nodes[c].get("leaf_id") is not None else subtree(c)) for c in children}
+
+        out: dict[str, Any] = {"name": self.name, "ignore_index": self.ignore_index, "tree": subtree(_ROOT)}
+        if self._explicit_colors:
+            out["colors"] = {k: list(v) for k, v in self._explicit_colors.items()}
+        return out
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Taxonomy) and self.to_dict() == other.to_dict()
+
+    def __hash__(self) -> int:
+        return hash(self.to_yaml())
+
+    def __repr__(self) -> str:
+        return f"Taxonomy({self.name!r}, levels={self.level_sizes}, ignore_index={self.ignore_index})"
+
+    def describe(self) -> str:
+        """A human-readable table of the levels and their classes."""
+        lines = [f"taxonomy {self.name!r}: {self.num_leaves} leaves, {self.depth} levels"]
+        for level in range(self.depth):
+            lines.append(f"  L{level} ({self.num_classes(level)}): {', '.join(self.classes(level))}")
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- parsing helpers
+def _read_source(path_or_text: str | Path) -> tuple[str, str]:
+    if isinstance(path_or_text, Path) or (
+        isinstance(path_or_text, str) and "\n" not in path_or_text and path_or_text.endswith((".yaml", ".yml"))
+    ):
+        path = Path(path_or_text)
+        if not path.is_file():
+            raise TaxonomyError(f"taxonomy file {str(path)!r} does not exist; give a path to a YAML file or a built-in name ({', '.join(list_builtin())})")
+        try:
+            return path.read_text(encoding="utf-8"), str(path)
+        except (OSError, UnicodeDecodeError) as err:
+            raise TaxonomyError(f"{path}: cannot read taxonomy file: {err}") from None
+    if not isinstance(path_or_text, str):
+        raise TaxonomyError(f"expected a YAML path or text, got {type(path_or_text).__name__}")
+    if "\n" not in path_or_text and ":" not in path_or_text:
+        raise TaxonomyError(
+            f"{path_or_text!r} is neither a YAML file, YAML text nor a built-in taxonomy "
+            f"({', '.join(list_builtin())})"
+        )
+    return path_or_text, "<text>"
+
+
+def _names(graph: nx.DiGraph) -> list[str]:
+    return [n for n in graph.nodes if n != _ROOT]
+
+
+def _parse_color(value: Any, key: str, source: str) -> tuple[int, int, int]:
+    ok = (
+        isinstance(value, (list, tuple))
+        and len(value) == 3
+        and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in value)
+    )
+    if not ok:
+        raise TaxonomyError(f"{source}: key {key!r}: a colour is [r, g, b] with integers 0..255, got {value!r}")
+    return tuple(value)  # type: ignore[return-value]
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _add_children(
+    graph: nx.DiGraph,
+    parent: Any,
+    mapping: Any,
+    key: str,
+    source: str,
+    leaves: list[_Leaf],
+    colors: dict[str, tuple[int, int, int]],
+    active: set[int],
+) -> None:
+    if not isinstance(mapping, dict):
+        raise TaxonomyError(f"{source}: key {key!r}: expected a mapping of class names, got {mapping!r}")
+    if not mapping:
+        raise TaxonomyError(f"{source}: key {key!r}: empty branch; give it children or make it a leaf with an id")
+    if id(mapping) in active:
+        raise TaxonomyError(f"{source}: key {key!r}: the tree refers back to itself (a cycle through a YAML alias)")
+    active.add(id(mapping))
+    depth = graph.nodes[parent]["depth"] + 1
+    for name, value in mapping.items():
+        where = f"{key}.{name}"
+        if not isinstance(name, str) or not name.strip():
+            raise TaxonomyError(f"{source}: key {where!r}: class names must be non-empty strings, got {name!r}")
+        if name in graph:
+            raise TaxonomyError(f"{source}: key {where!r}: duplicate class name {name!r}; names must be unique in the whole tree")
+        graph.add_node(name, depth=depth, order=graph.number_of_nodes())
+        graph.add_edge(parent, name)
+        if isinstance(value, dict) and value and set(value) <= set(_LEAF_KEYS):
+            if "id" not in value:
+                raise TaxonomyError(f"{source}: key {where!r}: leaf has no id; write '{name}: {{id: N}}'")
+            leaf_value = value["id"]
+            if "color" in value:
+                colors[name] = _parse_color(value["color"], f"{where}.color", source)
+        elif isinstance(value, dict):
+            if "id" in value:
+                raise TaxonomyError(
+                    f"{source}: key {where!r}: an inner node cannot have an id (only leaves carry mask ids); "
+                    "remove 'id' or move it to a leaf"
+                )
+            _add_children(graph, name, value, where, source, leaves, colors, active)
+            continue
+        else:
+            leaf_value = value
+        if leaf_value is None:
+            raise TaxonomyError(f"{source}: key {where!r}: leaf has no id; write '{name}: N' with its mask id")
+        if not _is_int(leaf_value):
+            raise TaxonomyError(f"{source}: key {where!r}: a leaf id must be an integer, got {leaf_value!r}")
+        if leaf_value < 0:
+            raise TaxonomyError(f"{source}: key {where!r}: leaf id {leaf_value} is negative; ids are 0..n-1")
+        graph.nodes[name]["leaf_id"] = leaf_value
+        leaves.append(_Leaf(name, leaf_value, depth))
+    active.discard(id(mapping))
+
+
+def list_builtin() -> list[str]:
+    """Names of the taxonomies bundled with hiertree."""
+    files = resources.files("hiertree.taxonomies")
+    return sorted(p.name[: -len(".yaml")] for p in files.iterdir() if p.name.endswith(".yaml"))
