@@ -1,0 +1,269 @@
+"""Hierarchy-aware training losses: per-level cross-entropy, head consistency and HSSN tree-min.
+
+* **Cross-entropy** per level against the level's targets (derived from the leaf mask through the
+  taxonomy), with ``ignore_index``; levels are combined as a weighted *sum*.
+* **Consistency** between adjacent heads: KL(p_coarse || q), where q is the fine head's softmax
+  summed into the coarse classes. It needs no labels and is exactly 0 when the heads agree.
+* **Tree-min** (HSSN, Li et al., CVPR 2022, "Deep Hierarchical Semantic Segmentation"): each
+  (level, class) is a node with score sigmoid(logit); a positive node is pushed up through the
+  minimum score over itself and its ancestors, a negative one down through the maximum score over
+  itself and its descendants, so confident predictions respect the tree.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .taxonomy import Taxonomy
+
+__all__ = ["HierarchicalLoss", "consistency_kl", "tree_min_loss"]
+
+
+# ---------------------------------------------------------------------- functional forms
+def _children_groups(parent_matrix: Tensor) -> list[Tensor]:
+    """Per coarse class, the LongTensor of its fine children; checks the matrix is a parent map."""
+    if parent_matrix.dim() != 2:
+        raise ValueError(
+            f"parent_matrix must be 2-D [C_fine, C_coarse], got shape {tuple(parent_matrix.shape)}; "
+            "use Taxonomy.parent_matrix(level)"
+        )
+    pm = parent_matrix.detach().cpu()
+    if not bool(((pm == 0) | (pm == 1)).all()) or not bool((pm.sum(1) == 1).all()):
+        raise ValueError("parent_matrix must be one-hot per row (each fine class has exactly one parent)")
+    counts = pm.sum(0)
+    if not bool((counts > 0).all()):
+        empty = torch.nonzero(counts == 0).flatten().tolist()
+        raise ValueError(f"coarse classes {empty} have no children in parent_matrix; every coarse class needs one")
+    return [torch.nonzero(pm[:, c]).flatten() for c in range(pm.shape[1])]
+
+
+def _consistency_kl(logits_coarse: Tensor, logits_fine: Tensor, groups: list[Tensor]) -> Tensor:
+    if logits_coarse.dim() < 2 or logits_fine.dim() != logits_coarse.dim():
+        raise ValueError(
+            f"logits must be [B, C, ...] with the same number of dims, got {tuple(logits_coarse.shape)} "
+            f"and {tuple(logits_fine.shape)}"
+        )
+    if logits_coarse.shape[0] != logits_fine.shape[0] or logits_coarse.shape[2:] != logits_fine.shape[2:]:
+        raise ValueError(
+            f"coarse logits {tuple(logits_coarse.shape)} and fine logits {tuple(logits_fine.shape)} must share "
+            "batch and spatial size; resize one head before comparing them"
+        )
+    if logits_coarse.shape[1] != len(groups):
+        raise ValueError(f"coarse logits have {logits_coarse.shape[1]} classes, parent_matrix has {len(groups)}")
+    n_fine = sum(len(g) for g in groups)
+    if logits_fine.shape[1] != n_fine:
+        raise ValueError(f"fine logits have {logits_fine.shape[1]} classes, parent_matrix has {n_fine}")
+    logp_coarse = F.log_softmax(logits_coarse.float(), dim=1)
+    logp_fine = F.log_softmax(logits_fine.float(), dim=1)
+    # log q_c = logsumexp of the children's log-probabilities: stable even for tiny probabilities.
+    log_q = torch.stack(
+        [torch.logsumexp(logp_fine.index_select(1, g.to(logp_fine.device)), dim=1) for g in groups], dim=1
+    )
+    kl = (logp_coarse.exp() * (logp_coarse - log_q)).sum(1)
+    return kl.mean()
+
+
+def consistency_kl(logits_coarse: Tensor, logits_fine: Tensor, parent_matrix: Tensor) -> Tensor:
+    """Mean over all pixels of KL(softmax(coarse) || fine probabilities summed per parent).
+
+    ``logits_coarse`` [B, C_l, ...], ``logits_fine`` [B, C_{l+1}, ...] with the same spatial size,
+    ``parent_matrix`` [C_{l+1}, C_l] one-hot (``Taxonomy.parent_matrix(l)``). Needs no labels; it is
+    0 exactly when the coarse head equals the fine head marginalised onto the coarse classes.
+    """
+    return _consistency_kl(logits_coarse, logits_fine, _children_groups(parent_matrix))
+
+
+def _tree_min(
+    logits: Sequence[Tensor], level_targets: Sequence[Tensor], parent_index: Sequence[Tensor], ignore_index: int
+) -> Tensor:
+    n = len(logits)
+    if len(level_targets) != n or len(parent_index) != n - 1:
+        raise ValueError(
+            f"got {len(logits)} logit maps, {len(level_targets)} target maps and {len(parent_index)} parent maps; "
+            "need one logit and target map per level"
+        )
+    z = [x.float() for x in logits]
+    shape = (z[0].shape[0],) + tuple(z[0].shape[2:])
+    for l in range(n):
+        if (z[l].shape[0],) + tuple(z[l].shape[2:]) != shape or tuple(level_targets[l].shape) != shape:
+            raise ValueError(
+                f"level {l}: logits {tuple(z[l].shape)} / targets {tuple(level_targets[l].shape)} do not match "
+                f"batch and spatial size {shape} of level 0; all levels must share one resolution"
+            )
+    # sigmoid is monotone, so min/max of scores = sigmoid of min/max of logits; working on logits lets
+    # -log(m) = softplus(-z_min) and -log(1 - M) = softplus(z_max) be exact without an eps clamp.
+    z_min = [z[0]]
+    for l in range(1, n):
+        parents = parent_index[l - 1].to(z[l].device)
+        z_min.append(torch.minimum(z[l], z_min[l - 1].index_select(1, parents)))
+    z_max = [z[-1]]
+    for l in range(n - 2, -1, -1):
+        parents = parent_index[l].to(z[l].device)
+        finer = z_max[0]
+        index = parents.view(1, -1, *([1] * (finer.dim() - 2))).expand_as(finer)
+        z_max.insert(0, z[l].scatter_reduce(1, index, finer, reduce="amax", include_self=True))
+
+    valid = torch.ones(shape, dtype=torch.bool, device=z[0].device)
+    for t in level_targets:
+        valid &= t != ignore_index
+    per_pixel = torch.zeros(shape, device=z[0].device)
+    num_nodes = 0
+    for l in range(n):
+        c = z[l].shape[1]
+        num_nodes += c
+        t = level_targets[l].to(z[l].device).long()
+        safe = torch.where(valid, t, torch.zeros_like(t))
+        if bool(((safe < 0) | (safe >= c)).any()):
+            raise ValueError(f"level {l} targets must be in 0..{c - 1} or ignore_index {ignore_index}")
+        neg = F.softplus(z_max[l])  # -log(1 - M_v) for every node
+        pos = F.softplus(-z_min[l])  # -log(m_v)
+        idx = safe.unsqueeze(1)
+        per_pixel = per_pixel + neg.sum(1) + (pos.gather(1, idx) - neg.gather(1, idx)).squeeze(1)
+    total = (per_pixel * valid).sum()
+    return total / valid.sum().clamp_min(1) / num_nodes
+
+
+def tree_min_loss(
+    logits: Sequence[Tensor], level_targets: Sequence[Tensor], taxonomy: Taxonomy, ignore_index: int | None = None
+) -> Tensor:
+    """HSSN tree-min loss over all (level, class) nodes, averaged over valid pixels and nodes.
+
+    ``logits`` is one [B, C_l, ...] map per level and ``level_targets`` one class-index map per level
+    (``taxonomy.to_levels(leaf_mask)``), all at one resolution. With s = sigmoid(logits), m_v = min of s
+    over v and its ancestors and M_v = max of s over v and its descendants, each pixel costs
+    sum_v [-y_v log m_v - (1 - y_v) log(1 - M_v)]. Pixels ignored at any level are left out; an all-ignore
+    batch gives 0. ``ignore_index`` defaults to the taxonomy's.
+    """
+    if len(logits) != taxonomy.num_levels:
+        raise ValueError(f"got {len(logits)} logit maps; taxonomy {taxonomy.name!r} has {taxonomy.num_levels} levels")
+    ignore = taxonomy.ignore_index if ignore_index is None else ignore_index
+    parents = [taxonomy.parent_index(l) for l in range(taxonomy.num_levels - 1)]
+    return _tree_min(logits, level_targets, parents, ignore)
+
+
+# ---------------------------------------------------------------------- module
+class HierarchicalLoss(nn.Module):
+    """Weighted per-level cross-entropy plus optional consistency and tree-min terms.
+
+    ``total = ce_weight * sum_l level_weights[l] * CE_l + consistency_weight * KL + tree_min_weight * TM``
+    where KL is :func:`consistency_kl` averaged over adjacent level pairs and TM is
+    :func:`tree_min_loss`. ``forward`` returns ``(total, parts)``; each part is its *weighted*
+    contribution (``ce/L0``, ``ce/L1``, ..., ``consistency`` and ``tree_min`` when their weight is
+    non-zero), so the parts other than ``total`` add up to ``total``.
+
+    Lower-resolution loss: when a level's logits are smaller (or larger) than the mask, the leaf
+    mask is resized to the logits with nearest neighbour (label values are picked, never blended)
+    instead of upsampling the logits. Computing the loss at the head's stride this way is a
+    deliberate speed and memory saving; upsample the logits yourself for a full-resolution loss.
+    """
+
+    def __init__(
+        self,
+        taxonomy: Taxonomy,
+        level_weights: Sequence[float] | None = None,
+        consistency_weight: float = 0.0,
+        tree_min_weight: float = 0.0,
+        ce_weight: float = 1.0,
+        label_smoothing: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.taxonomy = taxonomy
+        self.num_levels = taxonomy.num_levels
+        self.ignore_index = taxonomy.ignore_index
+        if level_weights is None:
+            level_weights = [1.0] * self.num_levels
+        level_weights = [float(w) for w in level_weights]
+        if len(level_weights) != self.num_levels:
+            raise ValueError(
+                f"level_weights has {len(level_weights)} entries but taxonomy {taxonomy.name!r} has "
+                f"{self.num_levels} levels; give one weight per level (coarse to fine)"
+            )
+        for name, value in [
+            *((f"level_weights[{i}]", w) for i, w in enumerate(level_weights)),
+            ("consistency_weight", consistency_weight),
+            ("tree_min_weight", tree_min_weight),
+            ("ce_weight", ce_weight),
+        ]:
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        self.level_weights = level_weights
+        self.consistency_weight = float(consistency_weight)
+        self.tree_min_weight = float(tree_min_weight)
+        self.ce_weight = float(ce_weight)
+        self.label_smoothing = float(label_smoothing)
+        self.sizes = [taxonomy.num_classes(l) for l in range(self.num_levels)]
+        self._groups = [_children_groups(taxonomy.parent_matrix(l)) for l in range(self.num_levels - 1)]
+        for l in range(self.num_levels - 1):
+            self.register_buffer(f"_parent_index_{l}", taxonomy.parent_index(l), persistent=False)
+
+    def _parents(self) -> list[Tensor]:
+        return [getattr(self, f"_parent_index_{l}") for l in range(self.num_levels - 1)]
+
+    def _targets_at(self, leaf_mask: Tensor, size: tuple[int, ...], cache: dict) -> list[Tensor]:
+        if size not in cache:
+            mask = leaf_mask
+            if tuple(mask.shape[1:]) != size:
+                mask = F.interpolate(mask[:, None].float(), size=size, mode="nearest")[:, 0].long()
+            cache[size] = self.taxonomy.to_levels(mask)
+        return cache[size]
+
+    def forward(self, logits: Sequence[Tensor], leaf_mask: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """``logits``: one [B, C_l, h, w] map per level; ``leaf_mask``: LongTensor [B, H, W] of leaf ids."""
+        if len(logits) != self.num_levels:
+            raise ValueError(
+                f"got {len(logits)} logit maps but taxonomy {self.taxonomy.name!r} has {self.num_levels} levels; "
+                "pass one [B, C_l, h, w] tensor per level, coarse to fine"
+            )
+        if leaf_mask.dim() != 3 or leaf_mask.dtype.is_floating_point:
+            raise ValueError(
+                f"leaf_mask must be an integer tensor [B, H, W], got {leaf_mask.dtype} {tuple(leaf_mask.shape)}"
+            )
+        for l, x in enumerate(logits):
+            if x.dim() != 4 or x.shape[1] != self.sizes[l] or x.shape[0] != leaf_mask.shape[0]:
+                raise ValueError(
+                    f"logits[{l}] has shape {tuple(x.shape)}; expected [{leaf_mask.shape[0]}, {self.sizes[l]}, h, w] "
+                    f"(batch of the mask, {self.sizes[l]} classes at level {l})"
+                )
+        leaf_mask = leaf_mask.long()
+        cache: dict = {}
+        parts: dict[str, Tensor] = {}
+        total = logits[0].new_zeros((), dtype=torch.float32)
+        for l, x in enumerate(logits):
+            target = self._targets_at(leaf_mask, tuple(x.shape[2:]), cache)[l]
+            ce_sum = F.cross_entropy(
+                x.float(), target, ignore_index=self.ignore_index, reduction="sum", label_smoothing=self.label_smoothing
+            )
+            ce = ce_sum / (target != self.ignore_index).sum().clamp_min(1)  # 0, not nan, for all-ignore
+            part = self.ce_weight * self.level_weights[l] * ce
+            parts[f"ce/L{l}"] = part
+            total = total + part
+
+        cross_level = self.consistency_weight > 0 or self.tree_min_weight > 0
+        if cross_level and len({tuple(x.shape[2:]) for x in logits}) > 1:
+            raise ValueError(
+                f"consistency/tree-min need all levels at one resolution, got {[tuple(x.shape[2:]) for x in logits]}; "
+                "resize the heads to a common size or disable these terms"
+            )
+        if self.consistency_weight > 0:
+            if self.num_levels > 1:
+                kl = sum(
+                    _consistency_kl(logits[l], logits[l + 1], self._groups[l]) for l in range(self.num_levels - 1)
+                ) / (self.num_levels - 1)
+            else:
+                kl = total.new_zeros(())
+            parts["consistency"] = self.consistency_weight * kl
+            total = total + parts["consistency"]
+        if self.tree_min_weight > 0:
+            targets = self._targets_at(leaf_mask, tuple(logits[0].shape[2:]), cache)
+            tm = _tree_min(logits, targets, self._parents(), self.ignore_index)
+            parts["tree_min"] = self.tree_min_weight * tm
+            total = total + parts["tree_min"]
+        parts["total"] = total
+        return total, parts

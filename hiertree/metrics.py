@@ -1,0 +1,194 @@
+"""Per-level segmentation metrics accumulated over a whole split.
+
+One confusion matrix per taxonomy level is accumulated on the tensors' own device (CPU or CUDA, no
+host sync per batch) and turned into IoU, mIoU and pixel accuracy only in :meth:`compute`. IoU is
+computed from the split-wide confusion matrix (not averaged per image), which is the usual
+definition for semantic segmentation benchmarks.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import torch
+
+from .taxonomy import Taxonomy
+
+__all__ = ["HierarchicalMetrics", "format_table"]
+
+Prediction = torch.Tensor | Sequence[torch.Tensor]
+
+
+class HierarchicalMetrics:
+    """Confusion-matrix metrics for every level of a taxonomy.
+
+    ``update(pred, target)`` takes a leaf-id target map and either a leaf-id prediction map (the
+    coarser levels are derived through the taxonomy, so they always agree with the tree) or a list
+    with one class-index map per level (e.g. each head's argmax), in which case the share of pixels
+    whose per-level predictions agree with the tree is reported as ``consistency``.
+
+    ``background`` names the class left out of ``mIoU`` at every level that has a class of that
+    name (``mIoU_with_background`` keeps it); pass ``None`` to average over all classes everywhere.
+    """
+
+    def __init__(self, taxonomy: Taxonomy, background: str | None = "background") -> None:
+        self.taxonomy = taxonomy
+        self.background = background
+        self.num_levels = taxonomy.num_levels
+        self.sizes = [taxonomy.num_classes(l) for l in range(self.num_levels)]
+        self._parent_index = [taxonomy.parent_index(l) for l in range(self.num_levels - 1)]
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything accumulated so far (call at the start of each evaluation)."""
+        self._confusion: list[torch.Tensor] | None = None
+        self._consistent: torch.Tensor | None = None
+        self._pixels: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------ accumulation
+    def _state_on(self, device: torch.device) -> None:
+        if self._confusion is None:
+            self._confusion = [torch.zeros(c, c, dtype=torch.int64, device=device) for c in self.sizes]
+            self._consistent = torch.zeros((), dtype=torch.int64, device=device)
+            self._pixels = torch.zeros((), dtype=torch.int64, device=device)
+        elif self._confusion[0].device != device:
+            self._confusion = [m.to(device) for m in self._confusion]
+            self._consistent = self._consistent.to(device)
+            self._pixels = self._pixels.to(device)
+
+    @torch.no_grad()
+    def update(self, pred: Prediction, target: torch.Tensor) -> None:
+        """Add one batch: ``target`` is a leaf-id map [B,H,W] or [H,W] (may hold ignore_index);
+        ``pred`` is a leaf-id map of the same shape or a list of per-level class-index maps."""
+        target = torch.as_tensor(target)
+        if target.dtype.is_floating_point or target.dtype == torch.bool:
+            raise TypeError(f"target must be an integer leaf-id map, got dtype {target.dtype}; cast it with .long()")
+        target = target.long()
+        level_targets = self.taxonomy.to_levels(target)  # raises on values that are no leaf id nor ignore
+        valid = target != self.taxonomy.ignore_index
+
+        per_level = isinstance(pred, (list, tuple))
+        if per_level:
+            if len(pred) != self.num_levels:
+                raise ValueError(
+                    f"got {len(pred)} per-level prediction maps but taxonomy {self.taxonomy.name!r} has "
+                    f"{self.num_levels} levels; pass one class-index map per level (coarse to fine)"
+                )
+            level_preds = [self._check_pred(p, target, f"pred[{l}]", self.sizes[l]) for l, p in enumerate(pred)]
+        else:
+            leaf_pred = self._check_pred(pred, target, "pred", self.taxonomy.num_leaves)
+            level_preds = self.taxonomy.levels_from_leaves(leaf_pred)
+
+        self._state_on(target.device)
+        assert self._confusion is not None and self._consistent is not None and self._pixels is not None
+        n_valid = valid.sum()
+        for l, (t, p) in enumerate(zip(level_targets, level_preds)):
+            c = self.sizes[l]
+            idx = t[valid] * c + p[valid]
+            self._confusion[l] += torch.bincount(idx, minlength=c * c).reshape(c, c)
+        if per_level:
+            agree = torch.ones_like(valid)
+            for l, parents in enumerate(self._parent_index):
+                agree &= parents.to(target.device)[level_preds[l + 1]] == level_preds[l]
+            self._consistent += (agree & valid).sum()
+        else:
+            self._consistent += n_valid
+        self._pixels += n_valid
+
+    def _check_pred(self, pred: torch.Tensor, target: torch.Tensor, where: str, num: int) -> torch.Tensor:
+        pred = torch.as_tensor(pred)
+        if pred.dtype.is_floating_point or pred.dtype == torch.bool:
+            raise TypeError(
+                f"{where} must hold integer class indices, got dtype {pred.dtype}; "
+                "take logits.argmax(1) before calling update"
+            )
+        if pred.shape != target.shape:
+            raise ValueError(
+                f"{where} has shape {tuple(pred.shape)} but target has {tuple(target.shape)}; "
+                "resize the prediction to the label resolution first"
+            )
+        if pred.device != target.device:
+            raise ValueError(f"{where} is on {pred.device} but target is on {target.device}; put both on one device")
+        pred = pred.long()
+        if pred.numel() and (int(pred.min()) < 0 or int(pred.max()) >= num):
+            raise ValueError(
+                f"{where} holds values in [{int(pred.min())}, {int(pred.max())}] but must be in 0..{num - 1}; "
+                "predictions cannot contain ignore_index or ids outside the taxonomy"
+            )
+        return pred
+
+    # ------------------------------------------------------------------ results
+    def confusion(self, level: int) -> torch.Tensor:
+        """int64 [C_l, C_l] confusion matrix of ``level`` on CPU (rows = target, cols = prediction)."""
+        if self._confusion is None:
+            c = self.sizes[level]
+            return torch.zeros(c, c, dtype=torch.int64)
+        return self._confusion[level].cpu()
+
+    def compute(self) -> dict[str, Any]:
+        """Per-level IoU / mIoU / pixel accuracy, tree consistency and the counted pixel total.
+
+        Undefined values are reported, not invented: the IoU of a class absent from both target and
+        prediction is ``None`` (and left out of the means); a mean over no defined class, the pixel
+        accuracy and the consistency of an empty split are ``nan``.
+        """
+        levels = []
+        for l in range(self.num_levels):
+            conf = self.confusion(l).double()
+            tp = conf.diag()
+            denom = conf.sum(0) + conf.sum(1) - tp
+            names = self.taxonomy.classes(l)
+            iou: dict[str, float | None] = {
+                name: (float(tp[i] / denom[i]) if denom[i] > 0 else None) for i, name in enumerate(names)
+            }
+            fg = [v for name, v in iou.items() if v is not None and name != self.background]
+            every = [v for v in iou.values() if v is not None]
+            total = float(conf.sum())
+            levels.append(
+                {
+                    "level": l,
+                    "classes": names,
+                    "iou": iou,
+                    "mIoU": _mean(fg),
+                    "mIoU_with_background": _mean(every),
+                    "pixel_accuracy": float(tp.sum()) / total if total > 0 else math.nan,
+                    "confusion": self.confusion(l).tolist(),
+                }
+            )
+        pixels = int(self._pixels) if self._pixels is not None else 0
+        consistent = int(self._consistent) if self._consistent is not None else 0
+        return {
+            "levels": levels,
+            "consistency": consistent / pixels if pixels > 0 else math.nan,
+            "pixels": pixels,
+        }
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else math.nan
+
+
+def _pct(value: float | None) -> str:
+    if value is None:
+        return "    n/a"
+    if math.isnan(value):
+        return "    nan"
+    return f"{100.0 * value:7.2f}"
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """Render a :meth:`HierarchicalMetrics.compute` result as a plain-text table (values in %)."""
+    lines = [f"{'level':<7}{'mIoU':>8}{'mIoU_bg':>9}{'pix_acc':>9}"]
+    for lv in result["levels"]:
+        lines.append(
+            f"{'L' + str(lv['level']):<7}{_pct(lv['mIoU']):>8}{_pct(lv['mIoU_with_background']):>9}"
+            f"{_pct(lv['pixel_accuracy']):>9}"
+        )
+    for lv in result["levels"]:
+        lines.append(f"per-class IoU, L{lv['level']}:")
+        width = max((len(n) for n in lv["classes"]), default=0)
+        for name in lv["classes"]:
+            lines.append(f"  {name:<{width}} {_pct(lv['iou'][name])}")
+    lines.append(f"consistency {_pct(result['consistency'])}   pixels {result['pixels']}")
+    return "\n".join(lines)
