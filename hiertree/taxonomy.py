@@ -115,13 +115,7 @@ class Taxonomy:
     def from_yaml(cls, path_or_text: str | Path) -> "Taxonomy":
         """Parse a taxonomy from a YAML file path or from YAML text."""
         text, source = _read_source(path_or_text)
-        try:
-            data = yaml.load(text, Loader=_UniqueKeyLoader)
-        except TaxonomyError as err:
-            raise TaxonomyError(f"{source}: {err}") from None
-        except yaml.YAMLError as err:
-            raise TaxonomyError(f"{source}: not valid YAML: {err}") from None
-        return cls.from_dict(data, source=source)
+        return cls.from_yaml_text(text, source)
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "<dict>") -> "Taxonomy":
@@ -204,7 +198,7 @@ class Taxonomy:
         except TaxonomyError as err:
             raise TaxonomyError(f"{source}: {err}") from None
         except yaml.YAMLError as err:
-            raise TaxonomyError(f"{source}: not valid YAML: {err}") from None
+            raise TaxonomyError(f"{source}: {_yaml_problem(err)}") from None
         return cls.from_dict(data, source=source)
 
     @classmethod
@@ -399,6 +393,12 @@ def _read_source(path_or_text: str | Path) -> tuple[str, str]:
             f"({', '.join(list_builtin())})"
         )
     return path_or_text, "<text>"
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    if "recursive" in str(err):
+        return "the tree refers back to itself (a cycle through a YAML alias); every node needs its own entry"
+    return f"not valid YAML: {err}"
 
 
 def _names(graph: nx.DiGraph) -> list[str]:

@@ -1,0 +1,209 @@
+"""Taxonomy parsing, levels and matrices: hand-computed answers, every bad input, and property tests."""
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from hiertree.taxonomy import Taxonomy, TaxonomyError, list_builtin
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def pp() -> Taxonomy:
+    return Taxonomy.builtin("pascal_part")
+
+
+def test_builtin_listed():
+    assert "pascal_part" in list_builtin()
+
+
+def test_pascal_part_levels(pp):
+    assert pp.num_levels == 3
+    assert pp.classes(0) == ["background", "body"]
+    assert pp.classes(1) == ["background", "upper_body", "lower_body"]
+    assert pp.classes(2) == ["background", "low_hand", "torso", "low_leg", "head", "up_leg", "up_hand"]
+    assert pp.level_sizes == [2, 3, 7]
+
+
+def test_pascal_part_luts(pp):
+    #               ids: 0  1  2  3  4  5  6
+    assert pp.leaf_to_class(0).tolist() == [0, 1, 1, 1, 1, 1, 1]
+    assert pp.leaf_to_class(1).tolist() == [0, 1, 1, 2, 1, 2, 1]
+    assert pp.leaf_to_class(2).tolist() == [0, 1, 2, 3, 4, 5, 6]
+    lut = pp.leaf_lut(1)
+    assert lut.shape == (256,) and lut[255] == 255 and lut[3] == 2 and lut[100] == 255
+
+
+def test_pascal_part_matrices(pp):
+    expected_m1 = torch.tensor(
+        [[1, 0, 0], [0, 1, 0], [0, 1, 0], [0, 0, 1], [0, 1, 0], [0, 0, 1], [0, 1, 0]], dtype=torch.float
+    )
+    assert torch.equal(pp.mapping_matrix(1), expected_m1)
+    assert torch.equal(pp.parent_matrix(0), torch.tensor([[1.0, 0], [0, 1], [0, 1]]))
+    assert torch.equal(pp.parent_matrix(1), expected_m1)  # level 2 classes are the leaves
+    assert pp.parent_index(0).tolist() == [0, 1, 1]
+    # mapping(l) = mapping(l+1) @ parent(l): the matrices compose along the tree
+    assert torch.equal(pp.mapping_matrix(2) @ pp.parent_matrix(1) @ pp.parent_matrix(0), pp.mapping_matrix(0))
+    with pytest.raises(IndexError):
+        pp.parent_matrix(2)
+
+
+def test_to_levels_keeps_ignore(pp):
+    mask = torch.tensor([[0, 1, 255], [3, 5, 6]])
+    l0, l1, l2 = pp.to_levels(mask)
+    assert l0.tolist() == [[0, 1, 255], [1, 1, 1]]
+    assert l1.tolist() == [[0, 1, 255], [2, 2, 1]]
+    assert l2.tolist() == [[0, 1, 255], [3, 5, 6]]
+    with pytest.raises(ValueError, match=r"\[7\]"):
+        pp.to_levels(torch.tensor([[7]]))
+
+
+def test_four_level_unbalanced_example():
+    t = Taxonomy.from_yaml(ROOT / "examples" / "figures_4level.yaml")
+    assert t.num_levels == 4 and t.num_leaves == 11
+    assert t.classes(0) == ["background", "person", "object"]
+    assert t.classes(1) == ["background", "head", "trunk", "ball", "block"]
+    assert t.classes(2) == ["background", "head", "torso", "arm", "leg", "ball", "block"]
+    assert t.classes(3) == ["background", "head", "torso", "upper_arm", "forearm", "hand", "thigh", "shin", "foot", "ball", "block"]
+    assert t.leaf_to_class(2).tolist() == [0, 1, 2, 3, 3, 3, 4, 4, 4, 5, 6]
+    assert t.parent_index(1).tolist() == [0, 1, 2, 2, 2, 3, 4]
+    assert t.colors(0).tolist()[1] == [220, 120, 60]
+
+
+def test_round_trip_and_leaf_form(pp):
+    assert Taxonomy.from_yaml(pp.to_yaml()) == pp
+    t = Taxonomy.from_yaml("tree:\n  bg: {id: 0, color: [1, 2, 3]}\n  fg: {a: 1, b: 2}\n")
+    assert t.colors(0).tolist()[0] == [1, 2, 3]
+    assert t.classes(1) == ["bg", "a", "b"]
+
+
+def test_single_level_tree():
+    t = Taxonomy.from_yaml("tree: {bg: 0, cat: 1}")
+    assert t.num_levels == 1 and t.classes(0) == ["bg", "cat"]
+
+
+BAD = [
+    ("tree: {a: 0, b: {a: 1}}", r"duplicate class name 'a'"),
+    ("tree: {a: 0, a: 1}", r"duplicate key 'a'"),
+    ("tree: {a: 0, b: 0}", r"duplicate id 0"),
+    ("tree: {a: 0, b: -1}", r"negative"),
+    ("tree: {a: 0, b: 1.5}", r"must be an integer"),
+    ("tree: {a: 0, b: 'x'}", r"must be an integer"),
+    ("tree: {a: 0, b: true}", r"must be an integer"),
+    ("tree: {a: 0, b: 2}", r"contiguous.*missing \[1\]"),
+    ("tree: {a: 0, b: {id: 1, c: 2}}", r"key 'tree.b'.*inner node cannot have an id"),
+    ("tree: {a: 0, b: }", r"key 'tree.b'.*leaf has no id"),
+    ("tree: {a: 0, b: {color: [1, 2, 3]}}", r"leaf has no id"),
+    ("tree: {}", r"empty branch"),
+    ("tree: {a: 0, b: {}}", r"key 'tree.b'.*empty branch"),
+    ("ignore_index: 1\ntree: {a: 0, b: 1}", r"ignore_index 1 collides.*'b'"),
+    ("ignore_index: x\ntree: {a: 0}", r"ignore_index"),
+    ("tree: [a, b]", r"expected a mapping"),
+    ("trees: {a: 0}", r"unknown top-level key 'trees'.*did you mean 'tree'"),
+    ("name: x", r"missing the 'tree' key"),
+    ("tree: {a: 0, b: 1}\ncolors: {c: [1, 2, 3]}", r"colors.c"),
+    ("tree: {a: 0, b: 1}\ncolors: {a: [1, 2]}", r"\[r, g, b\]"),
+    ("tree: {a: 0, 5: 1}", r"non-empty strings"),
+    ("tree: &x {a: 0, b: *x}", r"cycle|duplicate"),
+    ("tree: {a: 0\n  b: [", r"not valid YAML"),
+    ("- just\n- a list", r"expected a mapping"),
+]
+
+
+@pytest.mark.parametrize("text,match", BAD)
+def test_bad_taxonomies_have_clear_errors(text, match):
+    with pytest.raises(TaxonomyError, match=match):
+        Taxonomy.from_yaml(text + ("\n" if "\n" not in text else ""))
+
+
+def test_errors_name_the_file(tmp_path):
+    f = tmp_path / "mine.yaml"
+    f.write_text("tree: {a: 0, b: 0}\n")
+    with pytest.raises(TaxonomyError, match="mine.yaml"):
+        Taxonomy.from_yaml(f)
+    with pytest.raises(TaxonomyError, match="does not exist"):
+        Taxonomy.from_yaml(tmp_path / "missing.yaml")
+    with pytest.raises(TaxonomyError, match="no built-in taxonomy 'pascal_prt'.*did you mean 'pascal_part'"):
+        Taxonomy.builtin("pascal_prt")
+
+
+# ---------------------------------------------------------------- property tests
+names = st.text(alphabet="abcdefghijklmnop", min_size=1, max_size=6)
+
+
+@st.composite
+def trees(draw, depth=0):
+    """A random nested mapping whose leaves are placeholders (None), later numbered."""
+    n = draw(st.integers(1, 4))
+    out = {}
+    for _ in range(n):
+        key = draw(names)
+        if key in out:
+            continue
+        if depth < 3 and draw(st.booleans()):
+            out[key] = draw(trees(depth + 1))
+        else:
+            out[key] = None
+    return out
+
+
+def _number(tree, counter, prefix=""):
+    out = {}
+    for k, v in tree.items():
+        name = f"{prefix}{k}"
+        if v is None:
+            out[name] = counter.pop()
+        else:
+            out[name] = _number(v, counter, name + "_")
+    return out
+
+
+def _count(tree):
+    return sum(1 if v is None else _count(v) for v in tree.values())
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(trees(), st.randoms(use_true_random=False))
+def test_random_trees_are_consistent(shape, rnd):
+    ids = list(range(_count(shape)))
+    rnd.shuffle(ids)
+    t = Taxonomy.from_dict({"tree": _number(shape, ids)})
+    leaves = torch.arange(t.num_leaves)
+    # the deepest level is the leaves themselves, by id
+    assert t.leaf_to_class(-1).tolist() == list(range(t.num_leaves))
+    for level in range(t.num_levels):
+        m = t.mapping_matrix(level)
+        assert m.shape == (t.num_leaves, t.num_classes(level))
+        assert torch.equal(m.sum(1), torch.ones(t.num_leaves))  # each leaf has exactly one ancestor
+        assert torch.all(m.sum(0) >= 1)  # every class holds at least one leaf
+        if level + 1 < t.num_levels:
+            p = t.parent_matrix(level)
+            assert torch.equal(t.mapping_matrix(level + 1) @ p, m)
+    levels = t.to_levels(leaves)
+    for level in range(t.num_levels):
+        assert torch.equal(levels[level], t.leaf_to_class(level))
+    assert Taxonomy.from_yaml(t.to_yaml()) == t
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.text(max_size=80))
+def test_fuzzed_text_never_raw_traceback(text):
+    try:
+        Taxonomy.from_yaml("tree:\n" + text + "\n")
+    except TaxonomyError:
+        pass
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.recursive(st.none() | st.integers(-3, 12) | st.floats(allow_nan=False) | st.booleans() | names,
+                    lambda c: st.dictionaries(names, c, max_size=4) | st.lists(c, max_size=3), max_leaves=12))
+def test_fuzzed_structures_never_raw_traceback(tree):
+    try:
+        Taxonomy.from_yaml(yaml.safe_dump({"tree": tree}))
+    except TaxonomyError:
+        pass
