@@ -1,0 +1,29 @@
+"""hiertree: hierarchy-aware semantic segmentation for PyTorch.
+
+The :class:`Taxonomy` (a class tree written in YAML) sizes everything else: the multi-head
+:class:`HierSegModel`, the :class:`HierarchicalLoss`, the per-level :class:`HierarchicalMetrics`
+and the datasets' per-level targets.
+"""
+
+from hiertree.taxonomy import Taxonomy, TaxonomyError
+
+__version__ = "0.1.0"
+
+__all__ = ["Taxonomy", "TaxonomyError", "HierSegModel", "HierarchicalLoss", "HierarchicalMetrics", "__version__"]
+
+
+def __getattr__(name: str):
+    # heavy modules (timm, albumentations) load on first use, so `import hiertree` stays fast
+    if name == "HierSegModel":
+        from hiertree.models import HierSegModel
+
+        return HierSegModel
+    if name == "HierarchicalLoss":
+        from hiertree.losses import HierarchicalLoss
+
+        return HierarchicalLoss
+    if name == "HierarchicalMetrics":
+        from hiertree.metrics import HierarchicalMetrics
+
+        return HierarchicalMetrics
+    raise AttributeError(f"module 'hiertree' has no attribute {name!r}")

@@ -1,0 +1,81 @@
+"""DeepLabV3 ASPP with an optional low-level skip (DeepLabV3+)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["ASPP", "DeepLabDecoder"]
+
+
+def conv_bn_relu(cin: int, cout: int, k: int = 1, dilation: int = 1, separable: bool = False) -> nn.Sequential:
+    """k×k conv (depthwise-separable when asked) + BN + ReLU, padding keeps the size."""
+    pad = dilation * (k // 2)
+    if separable and k > 1:
+        convs = [nn.Conv2d(cin, cin, k, padding=pad, dilation=dilation, groups=cin, bias=False), nn.Conv2d(cin, cout, 1, bias=False)]
+    else:
+        convs = [nn.Conv2d(cin, cout, k, padding=pad, dilation=dilation, bias=False)]
+    return nn.Sequential(*convs, nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class _ImagePool(nn.Module):
+    """Global context branch; no BatchNorm so batch size 1 trains."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.conv(x.mean((2, 3), keepdim=True)))
+        return y.expand(-1, -1, x.shape[2], x.shape[3])
+
+
+class ASPP(nn.Module):
+    """Atrous spatial pyramid pooling: 1×1, one 3×3 branch per rate, image pooling, then a 1×1 projection."""
+
+    def __init__(self, cin: int, cout: int, rates: Sequence[int], separable: bool = True, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.branches = nn.ModuleList(
+            [conv_bn_relu(cin, cout, 1)] + [conv_bn_relu(cin, cout, 3, r, separable) for r in rates] + [_ImagePool(cin, cout)]
+        )
+        self.project = nn.Sequential(conv_bn_relu(cout * len(self.branches), cout, 1), nn.Dropout(dropout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.project(torch.cat([b(x) for b in self.branches], 1))
+
+
+class DeepLabDecoder(nn.Module):
+    """ASPP on the deepest map; with ``skip`` the result is upsampled and fused with a low-level map."""
+
+    def __init__(
+        self,
+        in_channels: tuple[int, int],
+        channels: int = 256,
+        rates: Sequence[int] = (6, 12, 18),
+        skip: bool = True,
+        skip_channels: int = 48,
+        separable: bool = True,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.aspp = ASPP(in_channels[1], channels, rates, separable, dropout)
+        self.skip = skip
+        if skip:
+            self.low_proj = conv_bn_relu(in_channels[0], skip_channels, 1)
+            self.fuse = nn.Sequential(
+                conv_bn_relu(channels + skip_channels, channels, 3, separable=separable),
+                conv_bn_relu(channels, channels, 3, separable=separable),
+            )
+        else:
+            self.fuse = conv_bn_relu(channels, channels, 3, separable=separable)
+        self.out_channels = channels
+
+    def forward(self, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+        x = self.aspp(high)
+        if self.skip:
+            x = F.interpolate(x, size=low.shape[2:], mode="bilinear", align_corners=False)
+            x = torch.cat([x, self.low_proj(low)], 1)
+        return self.fuse(x)

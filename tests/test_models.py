@@ -1,0 +1,116 @@
+"""Model shapes, padding to the stride, tree-consistent decoding, the flat variant, encoder weights."""
+
+import pytest
+import torch
+
+from hiertree.inference import coarse_logits_from_leaves, leaf_path_scores, tree_consistent_levels
+from hiertree.models import EncoderError, HierSegModel
+from hiertree.taxonomy import Taxonomy
+
+TINY = dict(encoder="tf_efficientnet_lite0", decoder_channels=16, skip_channels=8)
+
+
+@pytest.fixture(scope="module")
+def pp():
+    return Taxonomy.builtin("pascal_part")
+
+
+@pytest.mark.parametrize("skip,os_", [(True, 16), (False, 8)])
+def test_heads_sized_from_taxonomy_any_input_size(pp, skip, os_):
+    torch.manual_seed(0)
+    model = HierSegModel(pp, output_stride=os_, skip=skip, **TINY).eval()
+    x = torch.randint(0, 256, (2, 3, 45, 71), dtype=torch.uint8)
+    logits = model(x)
+    assert [tuple(z.shape) for z in logits] == [(2, 2, 45, 71), (2, 3, 45, 71), (2, 7, 45, 71)]
+    low = model(x, upsample=False)
+    r = model.output_reduction
+    assert low[0].shape[-2:] == (-(-45 // r), -(-71 // r))
+
+
+def test_padding_does_not_change_the_valid_region_result(pp):
+    """A stride-aligned image padded by the model gives logits of the right size, finite everywhere."""
+    model = HierSegModel(pp, **TINY).eval()
+    x = torch.randint(0, 256, (1, 3, 33, 33)).float()
+    out = model(x)
+    assert all(torch.isfinite(z).all() for z in out)
+
+
+def test_path_scores_hand_computed(pp):
+    # one pixel; level logits chosen so log-probs are easy: uniform at L0, sharp at L1, uniform at L2
+    l0 = torch.zeros(1, 2, 1, 1)
+    l1 = torch.tensor([0.0, 10.0, 0.0]).view(1, 3, 1, 1)
+    l2 = torch.zeros(1, 7, 1, 1)
+    s = leaf_path_scores([l0, l1, l2], pp)[0, :, 0, 0]
+    lp1 = torch.log_softmax(l1.flatten(), 0)
+    for leaf in range(7):
+        expect = torch.log(torch.tensor(0.5)) + lp1[pp.leaf_to_class(1)[leaf]] + torch.log(torch.tensor(1 / 7))
+        assert torch.isclose(s[leaf], expect, atol=1e-6)
+    leaf, levels = tree_consistent_levels([l0, l1, l2], pp)
+    # upper_body wins at L1; all its leaves tie at L2, argmax takes the first upper_body leaf (id 1)
+    assert leaf.item() == 1 and [lv.item() for lv in levels] == [1, 1, 1]
+
+
+def test_path_decoding_can_overrule_a_confident_fine_head(pp):
+    l0 = torch.tensor([8.0, 0.0]).view(1, 2, 1, 1)  # background, confidently
+    l1 = torch.tensor([4.0, 0.0, 0.0]).view(1, 3, 1, 1)
+    l2 = torch.tensor([0.0, 1.0, 0, 0, 0, 0, 0]).view(1, 7, 1, 1)  # fine head mildly prefers low_hand
+    leaf, levels = tree_consistent_levels([l0, l1, l2], pp)
+    assert leaf.item() == 0 and [lv.item() for lv in levels] == [0, 0, 0]
+
+
+def test_predictions_are_always_tree_consistent(pp):
+    torch.manual_seed(1)
+    logits = [torch.randn(2, n, 8, 8) for n in pp.level_sizes]
+    leaf, levels = tree_consistent_levels(logits, pp)
+    for level in range(2):
+        parent = pp.parent_index(level)
+        assert torch.equal(parent[levels[level + 1]], levels[level])
+
+
+def test_flat_coarse_logits_sum_probabilities(pp):
+    torch.manual_seed(2)
+    z = torch.randn(1, 7, 3, 3)
+    coarse = coarse_logits_from_leaves(z, pp)
+    p = z.softmax(1)
+    expect = torch.einsum("bnhw,nc->bchw", p, pp.mapping_matrix(1))
+    assert torch.allclose(coarse[1].softmax(1), expect, atol=1e-6)
+    model = HierSegModel(pp, flat=True, **TINY).eval()
+    assert len(model.heads) == 1
+    out = model.predict(torch.zeros(1, 3, 32, 32))
+    assert len(out["levels"]) == 3 and out["leaf"].shape == (1, 32, 32)
+
+
+def test_predict_returns_probabilities_on_request(pp):
+    model = HierSegModel(pp, **TINY).eval()
+    out = model.predict(torch.zeros(1, 3, 32, 32), probabilities=True)
+    assert [p.shape[1] for p in out["probs"]] == [2, 3, 7]
+    assert torch.allclose(out["probs"][2].sum(1), torch.ones(1, 32, 32), atol=1e-5)
+
+
+def test_from_config_rejects_unknown_option(pp):
+    with pytest.raises(ValueError, match="decoder_chanels"):
+        HierSegModel.from_config(pp, {"decoder_chanels": 8})
+
+
+def test_encoder_weight_errors(pp, monkeypatch, tmp_path):
+    with pytest.raises(EncoderError, match="does not exist"):
+        HierSegModel(pp, encoder_weights=str(tmp_path / "nope.safetensors"), **TINY)
+    with pytest.raises(EncoderError, match="unknown timm encoder"):
+        HierSegModel(pp, encoder="not_a_model_xyz")
+    # offline: the hub fails fast and the error says what to do instead
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(EncoderError, match="could not fetch ImageNet weights.*local"):
+        HierSegModel(pp, encoder_weights="imagenet", **TINY)
+
+
+def test_local_weights_file_loads_through_timm(pp, tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(3)
+    ref = timm.create_model("tf_efficientnet_lite0")
+    path = tmp_path / "enc.safetensors"
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(path))
+    model = HierSegModel(pp, encoder_weights=str(path), **TINY)
+    got = model.encoder.backbone.conv_stem.weight
+    assert torch.equal(got, ref.conv_stem.weight)
