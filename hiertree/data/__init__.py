@@ -1,0 +1,182 @@
+"""Datasets for hiertree: a folder reader, a procedural dataset, augmentation and batching.
+
+Every source yields ``(image uint8 HxWx3 RGB, leaf-id mask uint8 HxW[, id])``; :class:`SegDataset`
+turns that into model-ready tensors and :func:`pad_collate` batches images of different sizes.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import get_worker_info
+
+from .errors import DataError
+from .folder import MaskFolder
+from .synthetic import ROLES, SyntheticFigures, role_map_from_names
+from .transforms import PairTransform, eval_transform, normalize_to_tensor, train_transform
+
+if TYPE_CHECKING:
+    from ..taxonomy import Taxonomy
+
+__all__ = [
+    "DataError",
+    "MaskFolder",
+    "ROLES",
+    "SyntheticFigures",
+    "role_map_from_names",
+    "PairTransform",
+    "train_transform",
+    "eval_transform",
+    "normalize_to_tensor",
+    "SegDataset",
+    "pad_collate",
+    "build_datasets",
+    "DATA_KEYS",
+    "SYNTHETIC_KEYS",
+]
+
+
+class SegDataset(torch.utils.data.Dataset):
+    """Wrap a source of ``(image, mask[, id])`` into ``{"image": float 3xHxW, "mask": long HxW, "id": str}``.
+
+    ``transform`` is a :class:`PairTransform` (or any ``(image, mask) -> (image, mask)`` callable, or
+    None). A PairTransform without a fixed seed is reseeded from torch's seed — per data-loader worker
+    (``worker_info.seed``) or from ``torch.initial_seed()`` in the main process — so forked workers do
+    not repeat each other's augmentations and ``torch.manual_seed`` makes runs repeatable.
+    """
+
+    def __init__(self, source: Sequence, transform: Callable | None, taxonomy: "Taxonomy") -> None:
+        self.source = source
+        self.transform = transform
+        self.taxonomy = taxonomy
+        self._seeded_with: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def _maybe_reseed(self) -> None:
+        t = self.transform
+        if not isinstance(t, PairTransform) or t.is_identity:
+            return
+        info = get_worker_info()
+        if info is None:
+            if t.seed is None and self._seeded_with is None:
+                self._seeded_with = torch.initial_seed()
+                t.reseed(self._seeded_with)
+        elif self._seeded_with != info.seed:
+            self._seeded_with = info.seed
+            t.reseed(info.seed + (t.seed or 0))
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = self.source[index]
+        if len(item) == 3:
+            image, mask, sid = item
+        elif len(item) == 2:
+            (image, mask), sid = item, str(index)
+        else:
+            raise DataError(f"SegDataset: source item {index} has {len(item)} fields; expected (image, mask[, id])")
+        if self.transform is not None:
+            self._maybe_reseed()
+            image, mask = self.transform(image, mask)
+        mask = np.asarray(mask)
+        if mask.size and int(mask.max()) >= self.taxonomy.num_leaves:  # fast path: all values are leaf ids
+            try:
+                self.taxonomy.check_mask(mask, where=f"sample {sid!r}")
+            except ValueError as err:
+                raise DataError(str(err)) from None
+        return {
+            "image": normalize_to_tensor(image),
+            "mask": torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64)),
+            "id": str(sid),
+        }
+
+
+def pad_collate(batch: Sequence[Mapping[str, Any]], ignore_index: int, multiple: int = 1) -> dict[str, Any]:
+    """Stack samples, padding images with 0 and masks with ``ignore_index`` at the bottom/right.
+
+    The padded size is the batch's largest height/width rounded up to ``multiple`` (e.g. the model's
+    output stride); ``"size"`` keeps each sample's original ``(h, w)`` for cropping predictions back.
+    """
+    if not batch:
+        raise DataError("pad_collate: empty batch")
+    if isinstance(multiple, bool) or not isinstance(multiple, int) or multiple < 1:
+        raise DataError(f"pad_collate: 'multiple' must be a positive integer, got {multiple!r}")
+    sizes = [tuple(s["image"].shape[-2:]) for s in batch]
+    for s, (h, w) in zip(batch, sizes):
+        if tuple(s["mask"].shape) != (h, w):
+            raise DataError(f"pad_collate: sample {s.get('id')!r} has image {h}x{w} but mask {tuple(s['mask'].shape)}")
+    height = -(-max(h for h, _ in sizes) // multiple) * multiple
+    width = -(-max(w for _, w in sizes) // multiple) * multiple
+    first = batch[0]["image"]
+    images = first.new_zeros((len(batch), first.shape[0], height, width))
+    masks = torch.full((len(batch), height, width), int(ignore_index), dtype=torch.long)
+    for k, (s, (h, w)) in enumerate(zip(batch, sizes)):
+        images[k, :, :h, :w] = s["image"]
+        masks[k, :h, :w] = s["mask"]
+    return {"image": images, "mask": masks, "id": [str(s.get("id", k)) for k, s in enumerate(batch)], "size": sizes}
+
+
+DATA_KEYS: tuple[str, ...] = (
+    "kind", "root", "train_split", "val_split", "crop", "scale", "longest", "hflip", "color_jitter",
+    "skip_bad", "synthetic",
+)
+SYNTHETIC_KEYS: tuple[str, ...] = ("num_train", "num_val", "size", "seed", "roles")
+_KINDS = ("synthetic", "folder")
+
+
+def _check_keys(cfg: Mapping[str, Any], allowed: tuple[str, ...], where: str) -> None:
+    if not isinstance(cfg, Mapping):
+        raise DataError(f"config key {where!r}: expected a mapping, got {type(cfg).__name__}")
+    for key in cfg:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), allowed, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise DataError(f"config key '{where}.{key}': unknown setting{hint}; allowed: {', '.join(allowed)}")
+
+
+def build_datasets(data_cfg: Mapping[str, Any], taxonomy: "Taxonomy") -> tuple[SegDataset, SegDataset]:
+    """``(train, val)`` datasets from the ``data`` section of a config (see :data:`DATA_KEYS`).
+
+    Train gets :func:`train_transform`; val gets :func:`eval_transform` (``longest`` only). Synthetic
+    val images use ``seed + 1``, so they never repeat a training image.
+    """
+    _check_keys(data_cfg, DATA_KEYS, "data")
+    kind = data_cfg.get("kind", "synthetic")
+    longest = data_cfg.get("longest", 512)
+    train_tf = train_transform(
+        crop=data_cfg.get("crop", 128),
+        scale=tuple(data_cfg.get("scale", (0.5, 2.0))),
+        longest=longest,
+        hflip=bool(data_cfg.get("hflip", True)),
+        color_jitter=float(data_cfg.get("color_jitter", 0.2)),
+        ignore_index=taxonomy.ignore_index,
+    )
+    val_tf = eval_transform(longest)
+    if kind == "synthetic":
+        syn = data_cfg.get("synthetic") or {}
+        _check_keys(syn, SYNTHETIC_KEYS, "data.synthetic")
+        if "roles" not in syn:
+            raise DataError(
+                "config key 'data.synthetic.roles' is missing: map each synthetic role "
+                f"({', '.join(ROLES)}) to a leaf name of taxonomy {taxonomy.name!r}; unmapped roles become background"
+            )
+        roles = role_map_from_names(taxonomy, syn["roles"])
+        size, seed = syn.get("size", 128), int(syn.get("seed", 0))
+        size = size if isinstance(size, int) else tuple(size)
+        train_src = SyntheticFigures(int(syn.get("num_train", 2000)), size, seed, roles)
+        val_src = SyntheticFigures(int(syn.get("num_val", 200)), size, seed + 1, roles)
+    elif kind == "folder":
+        root = data_cfg.get("root")
+        if not root:
+            raise DataError("config key 'data.root' is missing: set it to the dataset folder for kind 'folder'")
+        skip_bad = bool(data_cfg.get("skip_bad", False))
+        train_src = MaskFolder(root, data_cfg.get("train_split", "train"), taxonomy, skip_bad)
+        val_src = MaskFolder(root, data_cfg.get("val_split", "val"), taxonomy, skip_bad)
+    else:
+        close = difflib.get_close_matches(str(kind), _KINDS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise DataError(f"config key 'data.kind': unknown dataset kind {kind!r}{hint}; choose one of {', '.join(_KINDS)}")
+    return SegDataset(train_src, train_tf, taxonomy), SegDataset(val_src, val_tf, taxonomy)

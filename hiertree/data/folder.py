@@ -1,0 +1,217 @@
+"""Read a folder of JPEG images and per-pixel leaf-id masks, with errors that name the file.
+
+Layout (``<id>`` from ``<split>_id.txt``, LF or CRLF)::
+
+    root/JPEGImages/<id>.jpg
+    root/masks/<id>.png        (uint8, one value per pixel)   -- or --
+    root/gt_masks/<id>.npy     (uint8 2-D array)
+    root/<split>_id.txt
+
+``__init__`` checks the list and that every file exists (cheap); decoding problems surface in
+``__getitem__``. With ``skip_bad=True`` a bad sample is recorded in :attr:`MaskFolder.skipped` and
+the next good one (index + 1, + 2, ... modulo the length) is returned instead.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import cv2
+import numpy as np
+
+from .errors import DataError
+
+if TYPE_CHECKING:
+    from ..taxonomy import Taxonomy
+
+__all__ = ["MaskFolder", "read_id_list"]
+
+IMAGE_DIR = "JPEGImages"
+MASK_FORMATS: tuple[tuple[str, str], ...] = (("masks", ".png"), ("gt_masks", ".npy"))
+_JPEG_SOI, _JPEG_EOI = b"\xff\xd8", b"\xff\xd9"
+
+
+def read_id_list(path: Path) -> list[str]:
+    """Sample ids of a split list: one per line, LF or CRLF, blanks skipped; duplicates are an error."""
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: split list is not UTF-8 text ({err}); write one sample id per line") from None
+    ids: list[str] = []
+    first_line: dict[str, int] = {}
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        sid = line.strip()
+        if not sid:
+            continue
+        if sid in first_line:
+            raise DataError(
+                f"{path}: line {lineno}: duplicate id {sid!r} (first on line {first_line[sid]}); "
+                "each sample may be listed once, remove the repeat"
+            )
+        first_line[sid] = lineno
+        ids.append(sid)
+    if not ids:
+        raise DataError(f"{path}: split list is empty; write one sample id per line")
+    return ids
+
+
+def _read_image(path: Path) -> np.ndarray:
+    """RGB uint8 HxWx3; grayscale and RGBA are converted, EXIF rotation is ignored (masks are not rotated)."""
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as err:
+        raise DataError(f"{path}: cannot read image file ({err}); check permissions or re-copy it") from None
+    if data.size == 0:
+        raise DataError(f"{path}: image file is empty (0 bytes); re-copy it or remove its id from the split list")
+    raw = data.tobytes()
+    if raw[:2] == _JPEG_SOI and not raw.rstrip(b"\x00 \t\r\n").endswith(_JPEG_EOI):
+        raise DataError(
+            f"{path}: truncated JPEG (no end-of-image marker, {data.size} bytes); "
+            "re-copy or re-download it, or use skip_bad=True to skip it"
+        )
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    if image is None:
+        raise DataError(
+            f"{path}: not a decodable image ({data.size} bytes, starts {raw[:4]!r}); "
+            "replace it with a valid JPEG or remove its id from the split list"
+        )
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _read_png_mask(path: Path) -> np.ndarray:
+    try:  # Pillow keeps palette indices; OpenCV would expand a palette PNG to colours
+        from PIL import Image
+
+        with Image.open(path) as im:
+            im.load()
+            if im.mode not in ("L", "P"):
+                raise DataError(
+                    f"{path}: mask PNG has mode {im.mode!r}; save it as 8-bit grayscale or palette "
+                    "(one leaf id per pixel), not colour"
+                )
+            return np.asarray(im)
+    except ImportError:
+        mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    except DataError:
+        raise
+    except Exception as err:  # PIL raises several types for corrupt files
+        raise DataError(f"{path}: cannot decode mask PNG ({err}); re-export it as an 8-bit PNG") from None
+    if mask is None:
+        raise DataError(f"{path}: cannot decode mask PNG; re-export it as an 8-bit PNG")
+    return mask
+
+
+def _read_npy_mask(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise DataError(f"{path}: not a readable .npy array ({err}); re-save it with numpy.save") from None
+
+
+def _check_mask_array(mask: np.ndarray, path: Path) -> np.ndarray:
+    if mask.ndim != 2:
+        raise DataError(f"{path}: mask must be 2-D (H x W, one leaf id per pixel), got shape {mask.shape}")
+    if mask.dtype != np.uint8:
+        raise DataError(f"{path}: mask dtype must be uint8, got {mask.dtype}; convert with mask.astype(np.uint8)")
+    return mask
+
+
+class MaskFolder:
+    """Samples ``(image RGB uint8 HxWx3, mask uint8 HxW, id)`` of one split of a mask folder."""
+
+    def __init__(self, root: str | Path, split: str, taxonomy: "Taxonomy", skip_bad: bool = False) -> None:
+        self.root = Path(root)
+        self.split = split
+        self.taxonomy = taxonomy
+        self.skip_bad = skip_bad
+        self.skipped: list[tuple[str, str]] = []
+        self._skipped_ids: set[str] = set()
+        if not self.root.is_dir():
+            raise DataError(
+                f"dataset root {str(self.root)!r} does not exist or is not a folder; point data.root at the folder "
+                f"holding {IMAGE_DIR}/, masks/ or gt_masks/ and <split>_id.txt"
+            )
+        list_path = self.root / f"{split}_id.txt"
+        if not list_path.is_file():
+            found = sorted(p.name[: -len("_id.txt")] for p in self.root.glob("*_id.txt"))
+            raise DataError(
+                f"{list_path}: split list not found; available splits in {self.root}: "
+                f"{', '.join(found) if found else 'none (no *_id.txt files)'}"
+            )
+        self.ids = read_id_list(list_path)
+        self._masks: list[Path | None] = []
+        self._missing: dict[str, str] = {}
+        for sid in self.ids:
+            self._masks.append(self._locate(sid))
+        if self._missing and not skip_bad:
+            first = next(iter(self._missing.values()))
+            more = f" (and {len(self._missing) - 1} more ids)" if len(self._missing) > 1 else ""
+            raise DataError(f"{first}{more}; listed in {list_path}")
+        if len(self._missing) == len(self.ids):
+            raise DataError(f"{list_path}: every listed sample is missing files, e.g. {next(iter(self._missing.values()))}")
+
+    def _locate(self, sid: str) -> Path | None:
+        image = self.root / IMAGE_DIR / f"{sid}.jpg"
+        if not image.is_file():
+            self._missing[sid] = f"{image}: image for id {sid!r} not found; add it or remove the id from the list"
+            return None
+        for folder, ext in MASK_FORMATS:
+            path = self.root / folder / f"{sid}{ext}"
+            if path.is_file():
+                return path
+        looked = " or ".join(str(self.root / folder / f"{sid}{ext}") for folder, ext in MASK_FORMATS)
+        self._missing[sid] = f"mask for id {sid!r} not found: looked for {looked}; add one or remove the id"
+        return None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def image_path(self, index: int) -> Path:
+        return self.root / IMAGE_DIR / f"{self.ids[index]}.jpg"
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray, str]:
+        """Sample ``index`` or a :class:`DataError` naming the bad file; no skipping."""
+        sid = self.ids[index]
+        mask_path = self._masks[index]
+        if mask_path is None:
+            raise DataError(self._missing[sid])
+        image_path = self.image_path(index)
+        image = _read_image(image_path)
+        raw = _read_png_mask(mask_path) if mask_path.suffix == ".png" else _read_npy_mask(mask_path)
+        mask = _check_mask_array(raw, mask_path)
+        if mask.shape != image.shape[:2]:
+            raise DataError(
+                f"{mask_path}: mask is {mask.shape[0]}x{mask.shape[1]} (HxW) but image {image_path.name} is "
+                f"{image.shape[0]}x{image.shape[1]}; they must match pixel for pixel"
+            )
+        try:
+            self.taxonomy.check_mask(mask, where=str(mask_path))
+        except ValueError as err:
+            raise DataError(str(err)) from None
+        return image, mask, sid
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray, str]:
+        n = len(self.ids)
+        if not -n <= index < n:
+            raise IndexError(f"split {self.split!r} of {self.root} has {n} samples, asked for index {index}")
+        index %= n
+        if not self.skip_bad:
+            return self.load(index)
+        first_error = None
+        for step in range(n):
+            j = (index + step) % n
+            try:
+                return self.load(j)
+            except DataError as err:
+                first_error = first_error or err
+                self._record(self.ids[j], str(err))
+        raise DataError(f"split {self.split!r} of {self.root}: every sample is bad, e.g. {first_error}")
+
+    def _record(self, sid: str, reason: str) -> None:
+        if sid in self._skipped_ids:
+            return
+        self._skipped_ids.add(sid)
+        self.skipped.append((sid, reason))
+        warnings.warn(f"skipping bad sample {sid!r}: {reason}", RuntimeWarning, stacklevel=3)
