@@ -464,6 +464,9 @@ def test_build_synthetic(tax):
     assert np.array_equal(val.source[0][0], SyntheticFigures(3, 64, seed=5)[0][0])  # val seed = seed + 1
     assert np.array_equal(train.source[0][0], SyntheticFigures(3, 64, seed=4)[0][0])
     assert torch.equal(val[1]["mask"], torch.from_numpy(val.source[1][1].astype(np.int64)))  # no augmentation
+    a, _ = build_datasets(synthetic_cfg(), tax, seed=7)
+    b, _ = build_datasets(synthetic_cfg(), tax, seed=7)
+    assert all(torch.equal(a[k]["image"], b[k]["image"]) for k in range(3))  # seed fixes augmentation
 
 
 @pytest.mark.parametrize(
@@ -472,6 +475,7 @@ def test_build_synthetic(tax):
         (synthetic_cfg(kind="folders"), "did you mean 'folder'"),
         (synthetic_cfg(crpo=64), "data.crpo"),
         (synthetic_cfg(synthetic={"num_train": 2}), "data.synthetic.roles"),
+        (synthetic_cfg(synthetic={"num_train": 2, "roles": None}), "data.synthetic.roles"),
         (synthetic_cfg(synthetic={"roles": {"background": "background", "head": "hed"}}), "did you mean 'head'"),
         ({"kind": "folder"}, "data.root"),
     ],

@@ -137,11 +137,14 @@ def _check_keys(cfg: Mapping[str, Any], allowed: tuple[str, ...], where: str) ->
             raise DataError(f"config key '{where}.{key}': unknown setting{hint}; allowed: {', '.join(allowed)}")
 
 
-def build_datasets(data_cfg: Mapping[str, Any], taxonomy: "Taxonomy") -> tuple[SegDataset, SegDataset]:
+def build_datasets(
+    data_cfg: Mapping[str, Any], taxonomy: "Taxonomy", seed: int | None = None
+) -> tuple[SegDataset, SegDataset]:
     """``(train, val)`` datasets from the ``data`` section of a config (see :data:`DATA_KEYS`).
 
     Train gets :func:`train_transform`; val gets :func:`eval_transform` (``longest`` only). Synthetic
-    val images use ``seed + 1``, so they never repeat a training image.
+    val images use ``data.synthetic.seed + 1``, so they never repeat a training image. ``seed`` fixes
+    the augmentation stream (None: it follows torch's seed); it does not change the synthetic images.
     """
     _check_keys(data_cfg, DATA_KEYS, "data")
     kind = data_cfg.get("kind", "synthetic")
@@ -153,12 +156,13 @@ def build_datasets(data_cfg: Mapping[str, Any], taxonomy: "Taxonomy") -> tuple[S
         hflip=bool(data_cfg.get("hflip", True)),
         color_jitter=float(data_cfg.get("color_jitter", 0.2)),
         ignore_index=taxonomy.ignore_index,
+        seed=seed,
     )
     val_tf = eval_transform(longest)
     if kind == "synthetic":
         syn = data_cfg.get("synthetic") or {}
         _check_keys(syn, SYNTHETIC_KEYS, "data.synthetic")
-        if "roles" not in syn:
+        if syn.get("roles") is None:
             raise DataError(
                 "config key 'data.synthetic.roles' is missing: map each synthetic role "
                 f"({', '.join(ROLES)}) to a leaf name of taxonomy {taxonomy.name!r}; unmapped roles become background"
