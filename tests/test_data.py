@@ -399,7 +399,7 @@ def test_seg_dataset_output_types_and_ignore_kept(tax):
     ds = SegDataset([(image, mask), (image, mask, "x7")], None, tax)
     a, b = ds[0], ds[1]
     assert a["id"] == "0" and b["id"] == "x7"
-    assert a["image"].shape == (3, 10, 12) and a["image"].dtype == torch.float32
+    assert a["image"].shape == (3, 10, 12) and a["image"].dtype == torch.uint8
     assert a["mask"].dtype == torch.int64 and a["mask"][0, 0] == 255
     assert torch.equal(a["mask"], torch.from_numpy(mask.astype(np.int64)))
 

@@ -40,12 +40,14 @@ __all__ = [
 
 
 class SegDataset(torch.utils.data.Dataset):
-    """Wrap a source of ``(image, mask[, id])`` into ``{"image": float 3xHxW, "mask": long HxW, "id": str}``.
+    """Wrap a source of ``(image, mask[, id])`` into ``{"image": uint8 3xHxW, "mask": long HxW, "id": str}``.
 
+    Images stay uint8 (4× fewer bytes to move); the model normalises them for its encoder.
     ``transform`` is a :class:`PairTransform` (or any ``(image, mask) -> (image, mask)`` callable, or
-    None). A PairTransform without a fixed seed is reseeded from torch's seed — per data-loader worker
-    (``worker_info.seed``) or from ``torch.initial_seed()`` in the main process — so forked workers do
-    not repeat each other's augmentations and ``torch.manual_seed`` makes runs repeatable.
+    None). Indices past ``len`` encode ``epoch * len + i`` (see ``hiertree.engine.EpochSampler``): the
+    sample is ``i`` and its augmentation is seeded from that index alone, so it is the same whichever
+    worker loads it and a resumed run repeats it exactly. Plain indices keep one random stream per
+    data-loader worker (``worker_info.seed``), or ``torch.initial_seed()`` in the main process.
     """
 
     def __init__(self, source: Sequence, transform: Callable | None, taxonomy: "Taxonomy") -> None:
@@ -56,6 +58,11 @@ class SegDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.source)
+
+    def _seed_for(self, index: int) -> None:
+        t = self.transform
+        if isinstance(t, PairTransform) and not t.is_identity:
+            t.reseed((t.seed or 0) * 1_000_003 + index)
 
     def _maybe_reseed(self) -> None:
         t = self.transform
@@ -71,6 +78,10 @@ class SegDataset(torch.utils.data.Dataset):
             t.reseed(info.seed + (t.seed or 0))
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        encoded = index >= len(self.source)
+        if encoded:
+            self._seed_for(index)
+            index %= len(self.source)
         item = self.source[index]
         if len(item) == 3:
             image, mask, sid = item
@@ -79,7 +90,8 @@ class SegDataset(torch.utils.data.Dataset):
         else:
             raise DataError(f"SegDataset: source item {index} has {len(item)} fields; expected (image, mask[, id])")
         if self.transform is not None:
-            self._maybe_reseed()
+            if not encoded:
+                self._maybe_reseed()
             image, mask = self.transform(image, mask)
         mask = np.asarray(mask)
         if mask.size and int(mask.max()) >= self.taxonomy.num_leaves:  # fast path: all values are leaf ids
@@ -88,7 +100,7 @@ class SegDataset(torch.utils.data.Dataset):
             except ValueError as err:
                 raise DataError(str(err)) from None
         return {
-            "image": normalize_to_tensor(image),
+            "image": torch.from_numpy(np.ascontiguousarray(np.asarray(image).transpose(2, 0, 1))),
             "mask": torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64)),
             "id": str(sid),
         }

@@ -74,6 +74,14 @@ class HierSegModel(nn.Module):
             raise ValueError(f"unknown model option(s) {sorted(unknown)}; allowed: {sorted(MODEL_DEFAULTS)}")
         return cls(taxonomy, **{**MODEL_DEFAULTS, **cfg})
 
+    @classmethod
+    def from_pretrained(cls, path: str, map_location: str | torch.device = "cpu", prefer: str = "best") -> "HierSegModel":
+        """Rebuild a trained model from a checkpoint or run folder alone (no network, no other file)."""
+        from hiertree.checkpoint import load_model
+
+        model, _ = load_model(path, prefer=prefer, map_location=map_location)
+        return model
+
     def forward(self, images: torch.Tensor, upsample: bool = True) -> list[torch.Tensor]:
         """Logits per level, at input size (``upsample=True``) or at the decoder's stride."""
         h, w = images.shape[-2:]

@@ -1,0 +1,185 @@
+"""Checkpoints that survive crashes: each save is a complete folder, published by an atomic link swap.
+
+A run folder looks like::
+
+    runs/demo/config.yaml        resolved config of the run
+    runs/demo/ckpt-000120/       model.safetensors, config.yaml, taxonomy.yaml, metrics.json, train_state.pt
+    runs/demo/last -> ckpt-000120
+    runs/demo/best -> ckpt-000080
+
+A checkpoint folder is written under a temporary name, fsynced, renamed, and only then does the
+``last``/``best`` symlink move (``os.replace`` of a fresh link: atomic on POSIX). A process killed at
+any point leaves the previous checkpoint loadable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from hiertree.taxonomy import Taxonomy
+
+__all__ = ["save_checkpoint", "resolve_checkpoint", "load_checkpoint", "load_model", "CheckpointError", "unwrap"]
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint folder is missing, incomplete or does not match; the message says which and why."""
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain module under DDP / torch.compile wrappers."""
+    while True:
+        if hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write(path: Path, data: bytes | str) -> None:
+    mode = "wb" if isinstance(data, bytes) else "w"
+    with open(path, mode) as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _point(link: Path, target_name: str) -> None:
+    tmp = link.with_name(f".{link.name}.tmp")
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    os.symlink(target_name, tmp)
+    os.replace(tmp, link)
+    _fsync_dir(link.parent)
+
+
+def save_checkpoint(
+    run_dir: str | Path,
+    tag: str,
+    model: torch.nn.Module,
+    cfg: dict,
+    taxonomy: Taxonomy,
+    metrics: dict | None = None,
+    train_state: dict | None = None,
+    links: tuple[str, ...] = ("last",),
+    model_card: str | None = None,
+) -> Path:
+    """Write ``run_dir/<tag>/`` completely, then point each name in ``links`` at it; prune unlinked ones."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    final = run_dir / tag
+    tmp = run_dir / f".{tag}.partial"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    state = {k: v.detach().contiguous().cpu() for k, v in unwrap(model).state_dict().items()}
+    save_file(state, str(tmp / "model.safetensors"))
+    with open(tmp / "model.safetensors", "rb+") as f:
+        os.fsync(f.fileno())
+    _write(tmp / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
+    _write(tmp / "taxonomy.yaml", taxonomy.to_yaml())
+    if metrics is not None:
+        _write(tmp / "metrics.json", json.dumps(metrics, indent=2))
+    if model_card is not None:
+        _write(tmp / "README.md", model_card)
+    if train_state is not None:
+        with open(tmp / "train_state.pt", "wb") as f:
+            torch.save(train_state, f)
+            f.flush()
+            os.fsync(f.fileno())
+    _fsync_dir(tmp)
+    if final.exists():
+        # re-saving the same tag: move the old one aside first so a link never dangles for long
+        old = run_dir / f".{tag}.old"
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    _fsync_dir(run_dir)
+    for name in links:
+        _point(run_dir / name, tag)
+    _prune(run_dir)
+    return final
+
+
+def _prune(run_dir: Path) -> None:
+    keep = {os.readlink(p) for p in run_dir.iterdir() if p.is_symlink()}
+    for p in run_dir.iterdir():
+        if p.is_dir() and not p.is_symlink() and p.name.startswith("ckpt-") and p.name not in keep:
+            shutil.rmtree(p, ignore_errors=True)
+        elif p.name.startswith(".") and p.name.endswith((".partial", ".old")) and p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def resolve_checkpoint(path: str | Path, prefer: str = "best") -> Path:
+    """A checkpoint folder from itself or from a run folder (``best``, else ``last``)."""
+    path = Path(path)
+    if (path / "model.safetensors").is_file():
+        return path
+    for name in (prefer, "last", "best"):
+        cand = path / name
+        if (cand / "model.safetensors").is_file():
+            return cand.resolve()
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    raise CheckpointError(
+        f"{path} holds no checkpoint: expected model.safetensors there or in {path}/best or {path}/last"
+    )
+
+
+def load_checkpoint(path: str | Path, prefer: str = "best") -> dict[str, Any]:
+    """``{"dir", "config", "taxonomy", "state_dict", "metrics"}`` of a checkpoint folder."""
+    ckpt = resolve_checkpoint(path, prefer)
+    missing = [n for n in ("model.safetensors", "config.yaml", "taxonomy.yaml") if not (ckpt / n).is_file()]
+    if missing:
+        raise CheckpointError(f"{ckpt} is incomplete: missing {missing}")
+    try:
+        cfg = yaml.safe_load((ckpt / "config.yaml").read_text())
+        taxonomy = Taxonomy.from_yaml(ckpt / "taxonomy.yaml")
+        state = load_file(str(ckpt / "model.safetensors"))
+    except Exception as err:
+        raise CheckpointError(f"{ckpt}: cannot read checkpoint ({type(err).__name__}: {err})") from None
+    metrics = json.loads((ckpt / "metrics.json").read_text()) if (ckpt / "metrics.json").is_file() else None
+    return {"dir": ckpt, "config": cfg, "taxonomy": taxonomy, "state_dict": state, "metrics": metrics}
+
+
+def load_model(path: str | Path, prefer: str = "best", map_location: str | torch.device = "cpu"):
+    """Rebuild a :class:`HierSegModel` from a checkpoint folder alone (no network, no other file)."""
+    from hiertree.models import HierSegModel
+
+    ck = load_checkpoint(path, prefer)
+    model_cfg = dict(ck["config"]["model"])
+    model_cfg["encoder_weights"] = None  # the trained weights below replace any pretrained ones
+    model = HierSegModel.from_config(ck["taxonomy"], model_cfg)
+    missing, unexpected = model.load_state_dict(ck["state_dict"], strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{ck['dir']}: weights do not match the model its config describes "
+            f"(missing {missing[:5]}, unexpected {unexpected[:5]}); was it written by another hiertree version?"
+        )
+    model.config["encoder_weights"] = ck["config"]["model"].get("encoder_weights")
+    return model.to(map_location).eval(), ck

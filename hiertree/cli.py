@@ -1,0 +1,101 @@
+"""Command-line entry points: ``hiertree-train`` (= ``python train.py``) and ``hiertree-eval`` (= ``python eval.py``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+__all__ = ["train_main", "eval_main"]
+
+
+def _fail(err: Exception) -> int:
+    print(f"hiertree: error: {err}", file=sys.stderr)
+    return 2
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    """Train from a YAML config plus ``key=value`` overrides (overrides win)."""
+    parser = argparse.ArgumentParser(prog="hiertree-train", description=train_main.__doc__)
+    parser.add_argument("--config", "-c", help="YAML config (see configs/); defaults apply to missing keys")
+    parser.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.epochs=5 model.encoder=resnet18")
+    args = parser.parse_args(argv)
+    from hiertree.checkpoint import CheckpointError
+    from hiertree.config import ConfigError, load_config
+    from hiertree.data import DataError
+    from hiertree.engine import TrainingError, train
+    from hiertree.models import EncoderError
+    from hiertree.taxonomy import TaxonomyError
+
+    command = " ".join(["python train.py"] + [shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])])
+    try:
+        cfg = load_config(args.config, args.overrides)
+        result = train(cfg, command=command)
+    except (ConfigError, TaxonomyError, DataError, EncoderError, CheckpointError, TrainingError) as err:
+        return _fail(err)
+    print(f"hiertree: run folder {result['run_dir']} (best checkpoint: {result['run_dir']}/best)")
+    return 130 if result["stopped"] else 0
+
+
+def eval_main(argv: list[str] | None = None) -> int:
+    """Evaluate a checkpoint per level (mIoU, pixel accuracy, per-class IoU); writes the table as JSON."""
+    parser = argparse.ArgumentParser(prog="hiertree-eval", description=eval_main.__doc__)
+    parser.add_argument("--checkpoint", required=True, help="checkpoint folder, or a run folder (uses its best)")
+    parser.add_argument("--data", help="dataset folder (JPEGImages/, masks/ or gt_masks/, <split>_id.txt); default: the checkpoint's data")
+    parser.add_argument("--split", default=None, help="split to score (default: the config's val split)")
+    parser.add_argument("--out", help="JSON file to write (default: <checkpoint>/eval-<split>.json)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--hflip", action="store_true", help="test-time augmentation: average with the mirrored image")
+    parser.add_argument("--scales", type=float, nargs="+", help="test-time scales, e.g. 0.75 1 1.25")
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--max-batches", type=int)
+    parser.add_argument("overrides", nargs="*", help="data.*=value overrides for the dataset")
+    args = parser.parse_args(argv)
+
+    import torch
+    from torch.utils.data import DataLoader
+
+    from hiertree.checkpoint import CheckpointError, load_model
+    from hiertree.config import ConfigError, apply_overrides, merge, DEFAULTS
+    from hiertree.data import DataError, build_datasets, pad_collate
+    from hiertree.engine import TrainingError, resolve_device
+    from hiertree.evaluate import evaluate
+    from hiertree.metrics import format_table
+
+    try:
+        device = resolve_device(args.device)
+        model, ck = load_model(args.checkpoint, map_location=device)
+        cfg = merge(DEFAULTS, ck["config"], DEFAULTS, source=str(ck["dir"] / "config.yaml"))
+        cfg = apply_overrides(cfg, args.overrides)
+        if args.data:
+            cfg["data"]["kind"], cfg["data"]["root"] = "folder", args.data
+        if args.split:
+            cfg["data"]["val_split"] = args.split
+        taxonomy = ck["taxonomy"]
+        _, val_ds = build_datasets(cfg["data"], taxonomy, seed=cfg["train"]["seed"])
+        loader = DataLoader(val_ds, batch_size=args.batch_size or cfg["eval"]["batch_size"], shuffle=False,
+                            num_workers=min(cfg["train"]["num_workers"], 2),
+                            collate_fn=lambda b: pad_collate(b, taxonomy.ignore_index))
+        amp = "bf16" if device.type == "cuda" else "none"
+        scales = args.scales or cfg["eval"]["scales"]
+        hflip = args.hflip or cfg["eval"]["hflip"]
+        result = evaluate(model, loader, taxonomy, device, amp, hflip, scales, args.max_batches, flat=model.flat)
+    except (ConfigError, DataError, CheckpointError, TrainingError) as err:
+        return _fail(err)
+    split = cfg["data"]["val_split"]
+    print(f"checkpoint {ck['dir']} on {cfg['data']['kind']} split {split!r} ({len(val_ds)} images)"
+          f"{', hflip' if hflip else ''}{', scales ' + str(scales) if list(scales) != [1.0] else ''}")
+    print(format_table(result["tree"]))
+    print(f"raw per-head argmax: tree-consistent pixels {result['raw']['consistency']:.4f}")
+    out = Path(args.out) if args.out else Path(ck["dir"]) / f"eval-{split}.json"
+    result.update({"checkpoint": str(ck["dir"]), "split": split, "hflip": hflip, "scales": list(scales),
+                   "images": len(val_ds), "device": str(device)})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {out}")
+    return 0

@@ -1,0 +1,84 @@
+"""Per-level evaluation of a model over a whole split (one confusion matrix per level)."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from hiertree.metrics import HierarchicalMetrics
+from hiertree.models.hierseg import decode
+from hiertree.taxonomy import Taxonomy
+
+__all__ = ["evaluate", "tta_log_probs", "autocast_for"]
+
+
+def autocast_for(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
+    """bf16 (or fp16) autocast on CUDA when asked; a no-op elsewhere (CPU trains in fp32)."""
+    if device.type != "cuda" or amp in ("none", "fp32", None):
+        return contextlib.nullcontext()
+    dtype = torch.float16 if amp == "fp16" else torch.bfloat16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def tta_log_probs(model: torch.nn.Module, images: torch.Tensor, hflip: bool = False, scales: Sequence[float] = (1.0,)) -> list[torch.Tensor]:
+    """Per-level log of the probabilities averaged over flips and scales (the identity when no TTA)."""
+    h, w = images.shape[-2:]
+    views = [(s, f) for s in scales for f in ((False, True) if hflip else (False,))]
+    total: list[torch.Tensor] | None = None
+    for scale, flip in views:
+        x = images.float()
+        if scale != 1.0:
+            x = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
+        if flip:
+            x = x.flip(-1)
+        logits = model(x)
+        probs = []
+        for z in logits:
+            z = z.float()
+            if flip:
+                z = z.flip(-1)
+            if scale != 1.0:
+                z = F.interpolate(z, size=(h, w), mode="bilinear", align_corners=False)
+            probs.append(z.softmax(1))
+        total = probs if total is None else [a + b for a, b in zip(total, probs)]
+    return [(p / len(views)).clamp_min(1e-12).log() for p in total]
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module,
+    loader: Iterable[dict],
+    taxonomy: Taxonomy,
+    device: torch.device,
+    amp: str = "none",
+    hflip: bool = False,
+    scales: Sequence[float] = (1.0,),
+    max_batches: int | None = None,
+    flat: bool = False,
+    channels_last: bool = False,
+) -> dict:
+    """Scores of tree-consistent predictions and of each head's raw argmax, per level.
+
+    Returns ``{"tree": metrics, "raw": metrics}`` where each is :meth:`HierarchicalMetrics.compute`'s
+    result; ``raw`` carries the share of pixels whose raw per-head labels agree with the tree.
+    """
+    was_training = model.training
+    model.eval()
+    tree, raw = HierarchicalMetrics(taxonomy), HierarchicalMetrics(taxonomy)
+    for i, batch in enumerate(loader):
+        if max_batches is not None and i >= max_batches:
+            break
+        images = batch["image"].to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        target = batch["mask"].to(device, non_blocking=True)
+        with autocast_for(device, amp):
+            logp = tta_log_probs(model, images, hflip, scales)
+        out = decode(logp, taxonomy, flat=flat)
+        tree.update(out["leaf"], target)
+        raw.update(out["raw"], target)
+    model.train(was_training)
+    return {"tree": tree.compute(), "raw": raw.compute()}

@@ -1,0 +1,64 @@
+"""End to end through the real commands: train.py then eval.py on tiny synthetic runs, two different trees."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hiertree.cli import eval_main, train_main
+from hiertree.models import HierSegModel
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "data.crop=64", "data.synthetic.size=64", "data.synthetic.num_train=32", "data.synthetic.num_val=8",
+    "model.decoder_channels=16", "model.skip_channels=8", "train.epochs=2", "train.batch_size=8",
+    "train.max_steps=3", "train.num_workers=0", "train.progress=false", "train.warmup_steps=1",
+]
+
+
+def test_demo_config_trains_and_evaluates(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train_main(["--config", str(ROOT / "configs/demo.yaml"), *TINY, f"train.out_dir={out}"]) == 0
+    assert (out / "config.yaml").is_file() and (out / "log.csv").is_file()
+    best = out / "best"
+    for name in ("model.safetensors", "config.yaml", "taxonomy.yaml", "metrics.json", "train_state.pt", "README.md"):
+        assert (best / name).is_file(), name
+    assert train_main  # the model card names the taxonomy's levels
+    assert "L2 (7)" in (best / "README.md").read_text()
+    capsys.readouterr()
+    assert eval_main(["--checkpoint", str(out), "--out", str(tmp_path / "e.json")]) == 0
+    printed = capsys.readouterr().out
+    assert "L0" in printed and "L2" in printed and "head" in printed
+    result = json.loads((tmp_path / "e.json").read_text())
+    levels = result["tree"]["levels"]
+    assert [lv["classes"][-1] for lv in levels] == ["body", "lower_body", "up_hand"]
+    assert result["tree"]["consistency"] == 1.0
+    assert 0.0 <= levels[2]["pixel_accuracy"] <= 1.0
+    # the checkpoint alone rebuilds the model
+    model = HierSegModel.from_pretrained(str(out))
+    assert [h.out_channels for h in model.heads] == [2, 3, 7]
+
+
+def test_four_level_tree_needs_only_yaml(tmp_path, capsys):
+    """A 4-level, unbalanced, 11-leaf taxonomy trains and evaluates with the same commands, no code change."""
+    out = tmp_path / "fig"
+    os.chdir(ROOT)
+    assert train_main(["--config", "configs/figures_4level.yaml", *TINY, f"train.out_dir={out}"]) == 0
+    assert eval_main(["--checkpoint", str(out), "--out", str(tmp_path / "e.json")]) == 0
+    result = json.loads((tmp_path / "e.json").read_text())
+    assert [len(lv["classes"]) for lv in result["tree"]["levels"]] == [3, 5, 7, 11]
+    assert "hand" in result["tree"]["levels"][3]["iou"]
+
+
+def test_cli_errors_are_one_line_not_tracebacks(tmp_path):
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
+    proc = subprocess.run([sys.executable, "train.py", "--config", "configs/demo.yaml", "train.epoch=3"],
+                          cwd=ROOT, capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2
+    assert "unknown key 'train.epoch'; did you mean 'epochs'" in proc.stderr and "Traceback" not in proc.stderr
+    proc = subprocess.run([sys.executable, "eval.py", "--checkpoint", str(tmp_path / "none")],
+                          cwd=ROOT, capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
