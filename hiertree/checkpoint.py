@@ -8,17 +8,20 @@ A run folder looks like::
     runs/demo/best -> ckpt-000080
 
 A checkpoint folder is written under a temporary name, fsynced, renamed, and only then does the
-``last``/``best`` symlink move (``os.replace`` of a fresh link: atomic on POSIX). A process killed at
-any point leaves the previous checkpoint loadable.
+``last``/``best`` symlink move (``os.replace`` of a fresh link: atomic on POSIX). A folder that a link
+points at is never modified or replaced (saving an existing tag again writes ``<tag>-r1``, ...), so a
+process killed at any point -- even by SIGKILL -- leaves the previous checkpoint loadable; leftovers
+(``.<tag>.partial``, unlinked folders) are removed by the next save.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 import yaml
@@ -26,7 +29,9 @@ from safetensors.torch import load_file, save_file
 
 from hiertree.taxonomy import Taxonomy
 
-__all__ = ["save_checkpoint", "resolve_checkpoint", "load_checkpoint", "load_model", "CheckpointError", "unwrap"]
+__all__ = [
+    "save_checkpoint", "resolve_checkpoint", "load_checkpoint", "load_model", "CheckpointError", "unwrap", "state_digest",
+]
 
 
 class CheckpointError(RuntimeError):
@@ -42,6 +47,16 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
             model = model._orig_mod
         else:
             return model
+
+
+def state_digest(state: Mapping[str, torch.Tensor]) -> str:
+    """sha256 over a state dict's names, dtypes, shapes and bytes: equal digests mean identical weights."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -85,11 +100,19 @@ def save_checkpoint(
     links: tuple[str, ...] = ("last",),
     model_card: str | None = None,
 ) -> Path:
-    """Write ``run_dir/<tag>/`` completely, then point each name in ``links`` at it; prune unlinked ones."""
+    """Write ``run_dir/<tag>/`` completely, then point each name in ``links`` at it; prune unlinked ones.
+
+    Returns the folder written: ``run_dir/<tag>``, or ``<tag>-r<k>`` if ``<tag>`` already exists
+    (a live checkpoint is never overwritten in place).
+    """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    final = run_dir / tag
-    tmp = run_dir / f".{tag}.partial"
+    name, k = tag, 0
+    while (run_dir / name).exists() or (run_dir / name).is_symlink():
+        k += 1
+        name = f"{tag}-r{k}"
+    final = run_dir / name
+    tmp = run_dir / f".{name}.partial"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
@@ -109,27 +132,19 @@ def save_checkpoint(
             f.flush()
             os.fsync(f.fileno())
     _fsync_dir(tmp)
-    if final.exists():
-        # re-saving the same tag: move the old one aside first so a link never dangles for long
-        old = run_dir / f".{tag}.old"
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
+    os.replace(tmp, final)  # a new name: nothing points at it yet
     _fsync_dir(run_dir)
-    for name in links:
-        _point(run_dir / name, tag)
-    _prune(run_dir)
+    for link in links:
+        _point(run_dir / link, name)
+    _prune(run_dir, keep=name)
     return final
 
 
-def _prune(run_dir: Path) -> None:
-    keep = {os.readlink(p) for p in run_dir.iterdir() if p.is_symlink()}
+def _prune(run_dir: Path, keep: str) -> None:
+    """Remove checkpoint folders no link points at (but ``keep``) and leftovers of interrupted saves."""
+    linked = {os.readlink(p) for p in run_dir.iterdir() if p.is_symlink()} | {keep}
     for p in run_dir.iterdir():
-        if p.is_dir() and not p.is_symlink() and p.name.startswith("ckpt-") and p.name not in keep:
+        if p.is_dir() and not p.is_symlink() and p.name.startswith("ckpt-") and p.name not in linked:
             shutil.rmtree(p, ignore_errors=True)
         elif p.name.startswith(".") and p.name.endswith((".partial", ".old")) and p.is_dir():
             shutil.rmtree(p, ignore_errors=True)

@@ -14,8 +14,18 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 __all__ = ["train_main", "eval_main"]
 
 
+def _one_line(err: Exception) -> str:
+    """The error's own message; one raised in a data-loader worker arrives wrapped with the worker's traceback."""
+    text = str(err)
+    if "\nOriginal Traceback" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        prefix = f"{type(err).__module__}.{type(err).__name__}: "
+        text = last[len(prefix):] if last.startswith(prefix) else last
+    return text
+
+
 def _fail(err: Exception) -> int:
-    print(f"hiertree: error: {err}", file=sys.stderr)
+    print(f"hiertree: error: {_one_line(err)}", file=sys.stderr)
     return 2
 
 
@@ -39,7 +49,9 @@ def train_main(argv: list[str] | None = None) -> int:
     except (ConfigError, TaxonomyError, DataError, EncoderError, CheckpointError, TrainingError) as err:
         return _fail(err)
     print(f"hiertree: run folder {result['run_dir']} (best checkpoint: {result['run_dir']}/best)")
-    return 130 if result["stopped"] else 0
+    if result["stopped"]:  # 128 + signal number, as a shell reports a signalled job: 130 SIGINT, 143 SIGTERM
+        return 128 + int(result["signal"] or 15)
+    return 0
 
 
 def eval_main(argv: list[str] | None = None) -> int:
@@ -63,7 +75,7 @@ def eval_main(argv: list[str] | None = None) -> int:
     from hiertree.checkpoint import CheckpointError, load_model
     from hiertree.config import ConfigError, apply_overrides, merge, DEFAULTS
     from hiertree.data import DataError, build_datasets, pad_collate
-    from hiertree.engine import TrainingError, resolve_device
+    from hiertree.engine import TrainingError, drop_bad_samples, resolve_device
     from hiertree.evaluate import evaluate
     from hiertree.metrics import format_table
 
@@ -78,6 +90,7 @@ def eval_main(argv: list[str] | None = None) -> int:
             cfg["data"]["val_split"] = args.split
         taxonomy = ck["taxonomy"]
         _, val_ds = build_datasets(cfg["data"], taxonomy, seed=cfg["train"]["seed"])
+        skipped = drop_bad_samples(val_ds)  # data.skip_bad=true: scored without them, listed in the JSON
         loader = DataLoader(val_ds, batch_size=args.batch_size or cfg["eval"]["batch_size"], shuffle=False,
                             num_workers=min(cfg["train"]["num_workers"], 2),
                             collate_fn=lambda b: pad_collate(b, taxonomy.ignore_index))
@@ -92,9 +105,11 @@ def eval_main(argv: list[str] | None = None) -> int:
           f"{', hflip' if hflip else ''}{', scales ' + str(scales) if list(scales) != [1.0] else ''}")
     print(format_table(result["tree"]))
     print(f"raw per-head argmax: tree-consistent pixels {result['raw']['consistency']:.4f}")
+    if skipped:
+        print(f"skipped {len(skipped)} bad sample(s) (data.skip_bad): {', '.join(s['id'] for s in skipped)}")
     out = Path(args.out) if args.out else Path(ck["dir"]) / f"eval-{split}.json"
     result.update({"checkpoint": str(ck["dir"]), "split": split, "hflip": hflip, "scales": list(scales),
-                   "images": len(val_ds), "device": str(device)})
+                   "images": len(val_ds), "device": str(device), "skipped": skipped})
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(f"wrote {out}")

@@ -1,9 +1,11 @@
 """The training loop, readable top to bottom: data → model → loss → AdamW → evaluate → checkpoint.
 
 Runs on CPU in fp32 and on CUDA with bf16 autocast + channels_last; under ``torchrun`` it trains
-with DistributedDataParallel (rank 0 evaluates and writes). Every epoch's data order and every
-sample's augmentation derive from (seed, epoch, index), so a resumed run sees exactly what an
-uninterrupted one would have.
+with DistributedDataParallel (rank 0 evaluates and writes, every rank resumes from the same
+checkpoint). Every epoch's data order and every sample's augmentation derive from (seed, epoch,
+index), the data loaders draw from their own generators (not the global RNG that dropout uses) and
+the schedule's length depends on ``train.epochs`` only, so a resumed run -- from an epoch boundary
+or mid-epoch -- computes exactly what an uninterrupted one would have (bit-identical on CPU).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import random
 import signal
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -24,16 +27,16 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Sampler
 
-from hiertree.checkpoint import load_checkpoint, save_checkpoint, unwrap
+from hiertree.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, state_digest, unwrap
 from hiertree.config import dump_config
-from hiertree.data import build_datasets, pad_collate
+from hiertree.data import DataError, MaskFolder, SegDataset, build_datasets, pad_collate
 from hiertree.evaluate import autocast_for, evaluate
 from hiertree.losses import HierarchicalLoss
 from hiertree.metrics import format_table
 from hiertree.models import HierSegModel
 from hiertree.taxonomy import Taxonomy
 
-__all__ = ["train", "TrainingError", "EpochSampler", "resolve_device", "build_model", "model_card"]
+__all__ = ["train", "TrainingError", "EpochSampler", "resolve_device", "build_model", "model_card", "drop_bad_samples"]
 
 
 class TrainingError(RuntimeError):
@@ -44,8 +47,9 @@ class TrainingError(RuntimeError):
 class EpochSampler(Sampler[int]):
     """Shuffled indices for one epoch, seeded by (seed, epoch), sharded over ranks, resumable mid-epoch.
 
-    Each yielded value is ``epoch * len(dataset) + index`` so the dataset can seed that sample's
-    augmentation from (epoch, index) alone, whatever worker loads it.
+    Each yielded value is ``(epoch + 1) * len(dataset) + index`` -- always past ``len``, epoch 0
+    included -- so :class:`~hiertree.data.SegDataset` seeds that sample's augmentation from
+    (epoch, index) alone, whatever worker loads it and wherever in the epoch a run resumed.
     """
 
     def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1) -> None:
@@ -71,7 +75,7 @@ class EpochSampler(Sampler[int]):
         usable = self.batches_per_epoch * self.batch_size
         mine = order[self.rank :: self.world][:usable]
         for i in mine[self.skip_batches * self.batch_size :].tolist():
-            yield self.epoch * self.n + i
+            yield (self.epoch + 1) * self.n + i
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -185,9 +189,144 @@ class _StopFlag:
             signal.signal(sig, old)
 
 
+def _worker_init(worker_id: int) -> None:
+    """Data-loader workers leave SIGINT/SIGTERM to the main process, which saves and stops cleanly.
+
+    Ctrl-C reaches the whole process group; a worker dying of it would crash the loader mid-save.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+class _GoodSamples:
+    """The samples of a source that passed :func:`drop_bad_samples`, re-indexed 0..n-1."""
+
+    def __init__(self, source: MaskFolder, keep: list[int]) -> None:
+        self.source, self.keep = source, keep
+
+    def __len__(self) -> int:
+        return len(self.keep)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.source[self.keep[index]]
+
+
+def drop_bad_samples(dataset: SegDataset, threads: int = 4) -> list[dict[str, str]]:
+    """With ``data.skip_bad``: read every sample of a folder split once, here, and keep only the good ones.
+
+    Scanning in the calling process (threads; decoding releases the GIL) gives one complete,
+    deterministic list whatever the number of data-loader workers -- workers only hold copies of the
+    dataset, so what they skip never reaches the main process. Returns ``[{"split", "id", "reason"}]``;
+    a no-op (``[]``) for other sources or without ``skip_bad``.
+    """
+    src = dataset.source
+    if not isinstance(src, MaskFolder) or not src.skip_bad:
+        return []
+
+    def check(i: int) -> dict[str, str] | None:
+        try:
+            src.load(i)
+        except DataError as err:
+            return {"split": src.split, "id": src.ids[i], "reason": str(err)}
+        return None
+
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        found = list(pool.map(check, range(len(src))))
+    bad = [r for r in found if r is not None]
+    if len(bad) == len(found):
+        raise DataError(f"split {src.split!r} of {src.root}: every sample is bad, e.g. {bad[0]['reason']}")
+    if bad:
+        dataset.source = _GoodSamples(src, [i for i, r in enumerate(found) if r is None])
+    return bad
+
+
+def _check_resumable(ck: dict, cfg: dict, taxonomy: Taxonomy) -> None:
+    """The checkpoint must hold training state for this very model and taxonomy."""
+    where = ck["dir"]
+    if ck["taxonomy"] != taxonomy:
+        theirs, ours = ck["taxonomy"], taxonomy
+        raise TrainingError(
+            f"cannot resume from {where}: its taxonomy {theirs.name!r} (levels {theirs.level_sizes}) differs from "
+            f"this config's {cfg['taxonomy']!r} ({ours.name!r}, levels {ours.level_sizes}); resume with the run's own "
+            f"taxonomy ({where}/taxonomy.yaml) or start a new run in another train.out_dir"
+        )
+    theirs = ck["config"].get("model", {})
+    diff = [f"model.{k}: checkpoint {theirs.get(k)!r}, config {cfg['model'].get(k)!r}"
+            for k in sorted(set(theirs) | set(cfg["model"]))
+            if k != "encoder_weights" and theirs.get(k) != cfg["model"].get(k)]
+    if diff:
+        raise TrainingError(
+            f"cannot resume from {where}: the model differs ({'; '.join(diff)}); set these keys as in "
+            f"{where}/config.yaml or start a new run in another train.out_dir"
+        )
+    if not (where / "train_state.pt").is_file():
+        raise CheckpointError(
+            f"{where} holds weights but no train_state.pt (optimizer, schedule, RNG), so training cannot resume "
+            "from it; point train.resume at a run folder written by train.py, or drop train.resume"
+        )
+
+
+def _load_train_state(path: Path) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise CheckpointError(f"{path}: cannot read training state ({type(err).__name__}: {err}); "
+                              "resume from an older checkpoint folder of the run instead") from None
+    missing = [k for k in ("optimizer", "scheduler", "scaler", "step", "epoch", "batch_in_epoch", "best", "rng")
+               if k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: training state lacks {missing}; was it written by another hiertree version?")
+    return state
+
+
+def _agree(flags: list[bool], distributed: bool, device: torch.device) -> list[bool]:
+    """Each flag true on any rank is true on every rank (so all ranks skip or stop at the same step)."""
+    if not distributed:
+        return flags
+    t = torch.tensor([float(f) for f in flags], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return [bool(v) for v in t.tolist()]
+
+
+def _average_buffers(model: torch.nn.Module) -> None:
+    """DDP: average floating buffers (BatchNorm running stats) over ranks before evaluating or saving.
+
+    DDP broadcasts rank 0's buffers at each forward, but the last forward's update leaves every rank
+    with its own; averaging makes all ranks (and the checkpoint) hold the same, better estimate.
+    """
+    world = dist.get_world_size()
+    for buf in unwrap(model).buffers():
+        if buf.is_floating_point():
+            dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+            buf.div_(world)
+
+
+def _check_ranks_agree(model: torch.nn.Module, main_process: bool) -> str:
+    """DDP: every rank must end with the same weights and buffers; returns their sha256."""
+    digest = state_digest(unwrap(model).state_dict())
+    digests: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(digests, digest)
+    if len(set(digests)) != 1:
+        raise TrainingError(f"after training the ranks hold different weights (sha256 per rank: {digests}); "
+                            "this is a bug or a non-deterministic op under DDP -- please report it")
+    if main_process:
+        print(f"hiertree: all {len(digests)} ranks hold identical weights (sha256 {digest})")
+    return digest
+
+
 # ---------------------------------------------------------------------- the loop
 def train(cfg: dict, command: str = "") -> dict:
-    """Train a model as ``cfg`` says; returns ``{"run_dir", "best", "last_metrics", "steps", "stopped"}``."""
+    """Train a model as ``cfg`` says; returns ``{"run_dir", "best", "last_metrics", "steps", "stopped", "signal"}``.
+
+    SIGINT/SIGTERM (from the first line on) make it save a checkpoint and return with ``stopped``
+    set; ``train.max_steps`` stops early (saving where it stopped) without changing the schedule,
+    whose length is always ``train.epochs`` epochs -- so a stopped run resumes onto the same curve.
+    """
+    with _StopFlag() as stop:
+        return _train(cfg, command, stop)
+
+
+def _train(cfg: dict, command: str, stop: _StopFlag) -> dict:
     tcfg = cfg["train"]
     world = int(os.environ.get("WORLD_SIZE", "1"))
     distributed = world > 1
@@ -210,18 +349,32 @@ def train(cfg: dict, command: str = "") -> dict:
     torch.manual_seed(seed)
     amp = tcfg["amp"] if tcfg["amp"] != "auto" else ("bf16" if device.type == "cuda" else "none")
     channels_last = tcfg["channels_last"] is True or (tcfg["channels_last"] == "auto" and device.type == "cuda")
+    run_dir = Path(tcfg["out_dir"])
 
     taxonomy = Taxonomy.load(cfg["taxonomy"])
     train_ds, val_ds = build_datasets(cfg["data"], taxonomy, seed=seed)
+    skipped = drop_bad_samples(train_ds) + drop_bad_samples(val_ds)
+    if main_process and cfg["data"]["skip_bad"]:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "skipped.json").write_text(json.dumps({"count": len(skipped), "samples": skipped}, indent=2))
+        if skipped:
+            print(f"hiertree: data.skip_bad: skipping {len(skipped)} bad sample(s), listed in {run_dir / 'skipped.json'}",
+                  file=sys.stderr)
     sampler = EpochSampler(len(train_ds), tcfg["batch_size"], seed, rank, world)
     workers = tcfg["num_workers"]
-    loader_kw = dict(num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+    # the loaders get their own generators: drawing worker seeds from the global RNG would shift
+    # the dropout stream by one draw per loader iterator, and a resumed run creates them afresh
+    loader_kw = dict(num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+                     worker_init_fn=_worker_init if workers > 0 else None)
     if workers > 0:
         loader_kw["prefetch_factor"] = 4
     train_loader = DataLoader(train_ds, batch_size=tcfg["batch_size"], sampler=sampler, drop_last=True,
-                              collate_fn=lambda b: pad_collate(b, taxonomy.ignore_index), **loader_kw)
+                              collate_fn=lambda b: pad_collate(b, taxonomy.ignore_index),
+                              generator=torch.Generator().manual_seed(seed), **loader_kw)
     val_loader = DataLoader(val_ds, batch_size=cfg["eval"]["batch_size"], shuffle=False, num_workers=workers,
-                            collate_fn=lambda b: pad_collate(b, taxonomy.ignore_index))
+                            collate_fn=lambda b: pad_collate(b, taxonomy.ignore_index),
+                            worker_init_fn=_worker_init if workers > 0 else None,
+                            generator=torch.Generator().manual_seed(seed))
 
     model = build_model(cfg, taxonomy).to(device)
     if channels_last:
@@ -233,30 +386,34 @@ def train(cfg: dict, command: str = "") -> dict:
     optimizer = torch.optim.AdamW(_param_groups(model, tcfg["weight_decay"]), lr=tcfg["lr"],
                                   fused=device.type == "cuda")
     steps_per_epoch = sampler.batches_per_epoch
+    # the schedule spans train.epochs whatever train.max_steps says: max_steps only stops the run
+    # early, so stopping at max_steps and resuming lands on the uninterrupted run's curve
     total_steps = tcfg["epochs"] * steps_per_epoch
-    if tcfg["max_steps"]:
-        total_steps = min(total_steps, tcfg["max_steps"])
     scheduler = _schedule(optimizer, tcfg, max(total_steps, 1))
     scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
 
-    run_dir = Path(tcfg["out_dir"])
     step, start_epoch, skip_batches, best, bad_steps = 0, 0, 0, -math.inf, 0
     resume = tcfg["resume"]
     if resume == "auto":
         resume = str(run_dir) if (run_dir / "last" / "train_state.pt").is_file() else None
     if resume:
         ck = load_checkpoint(resume, prefer="last")
-        if ck["taxonomy"] != taxonomy:
-            raise TrainingError(f"cannot resume from {ck['dir']}: its taxonomy differs from this config's ({cfg['taxonomy']})")
-        if ck["config"]["model"] != cfg["model"]:
-            raise TrainingError(f"cannot resume from {ck['dir']}: its model config {ck['config']['model']} differs from {cfg['model']}")
+        _check_resumable(ck, cfg, taxonomy)
         unwrap(model).load_state_dict(ck["state_dict"])
-        state = torch.load(ck["dir"] / "train_state.pt", map_location="cpu", weights_only=False)
+        state = _load_train_state(ck["dir"] / "train_state.pt")
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         step, start_epoch, skip_batches, best = state["step"], state["epoch"], state["batch_in_epoch"], state["best"]
         bad_steps = state.get("bad_steps", 0)
+        saved_layout = (state.get("batch_size", tcfg["batch_size"]), state.get("world", world),
+                        state.get("steps_per_epoch", steps_per_epoch))
+        if saved_layout != (tcfg["batch_size"], world, steps_per_epoch) and main_process:
+            print(f"hiertree: warning: {ck['dir']} was written with batch size, ranks, steps per epoch {saved_layout}, "
+                  f"now {(tcfg['batch_size'], world, steps_per_epoch)}; training goes on but not as the original run would",
+                  file=sys.stderr)
+        if skip_batches >= steps_per_epoch:
+            start_epoch, skip_batches = start_epoch + 1, 0
         _set_rng_state(state["rng"])
         if main_process:
             print(f"hiertree: resumed from {ck['dir']} at epoch {start_epoch}, step {step}")
@@ -269,7 +426,7 @@ def train(cfg: dict, command: str = "") -> dict:
         (run_dir / "config.yaml").write_text(dump_config(cfg))
         print(taxonomy.describe())
         print(f"hiertree: {len(train_ds)} train / {len(val_ds)} val samples, device {device}, amp {amp}, "
-              f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, {total_steps} steps")
+              f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, {total_steps} steps", flush=True)
     log_path = run_dir / "log.csv"
 
     def save(tag_epoch: int, batch_in_epoch: int, metrics: dict | None, links: tuple[str, ...]) -> None:
@@ -277,103 +434,118 @@ def train(cfg: dict, command: str = "") -> dict:
             return
         state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                  "step": step, "epoch": tag_epoch, "batch_in_epoch": batch_in_epoch, "best": best,
-                 "bad_steps": bad_steps, "rng": _rng_state()}
+                 "bad_steps": bad_steps, "rng": _rng_state(), "batch_size": tcfg["batch_size"], "world": world,
+                 "steps_per_epoch": steps_per_epoch}
         save_checkpoint(run_dir, f"ckpt-{step:07d}", model, cfg, taxonomy, metrics, state, links,
                         model_card(cfg, taxonomy, metrics, command))
 
     last_metrics, stopped = None, None
+    max_steps = tcfg["max_steps"]
     model.train()
-    with _StopFlag() as stop:
-        for epoch in range(start_epoch, tcfg["epochs"]):
-            sampler.set_epoch(epoch, skip_batches)
-            batch_in_epoch = skip_batches
-            skip_batches = 0
-            sums: dict[str, float] = {}
-            t0, seen = time.time(), 0
-            bar = train_loader
-            if main_process and tcfg["progress"]:
-                from tqdm import tqdm
+    for epoch in range(start_epoch, tcfg["epochs"]):
+        sampler.set_epoch(epoch, skip_batches)
+        batch_in_epoch = skip_batches
+        skip_batches = 0
+        sums: dict[str, float] = {}
+        t0, seen, stop_now = time.time(), 0, False
+        bar = train_loader
+        if main_process and tcfg["progress"]:
+            from tqdm import tqdm
 
-                bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{tcfg['epochs']}", leave=False, dynamic_ncols=True)
-            for batch in bar:
-                images = batch["image"].to(device, non_blocking=True)
-                if channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                masks = batch["mask"].to(device, non_blocking=True)
-                with autocast_for(device, amp):
-                    logits = fwd_model(images, upsample=cfg["loss"]["full_resolution"])
-                    loss, parts = criterion([z.float() for z in logits], masks)
-                if not torch.isfinite(loss):
-                    bad_steps += 1
-                    batch_in_epoch += 1
-                    optimizer.zero_grad(set_to_none=True)
-                    if bad_steps > tcfg["max_bad_steps"]:
-                        where = (run_dir / "last").resolve() if (run_dir / "last").exists() else "none yet"
-                        raise TrainingError(
-                            f"non-finite loss ({loss.item()}) at step {step + 1} (epoch {epoch + 1}); "
-                            f"{bad_steps} bad step(s) > train.max_bad_steps={tcfg['max_bad_steps']}. "
-                            f"Last good checkpoint: {where}. Lower train.lr, set train.grad_clip, or check the data"
-                        )
-                    print(f"hiertree: skipped step {step + 1}: non-finite loss ({bad_steps}/{tcfg['max_bad_steps']})", file=sys.stderr)
-                    continue
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if tcfg["grad_clip"]:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg["grad_clip"])
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                step += 1
+            bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{tcfg['epochs']}", leave=False, dynamic_ncols=True)
+        for batch in bar:
+            images = batch["image"].to(device, non_blocking=True)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            masks = batch["mask"].to(device, non_blocking=True)
+            with autocast_for(device, amp):
+                logits = fwd_model(images, upsample=cfg["loss"]["full_resolution"])
+                loss, parts = criterion([z.float() for z in logits], masks)
+            bad, stop_now = _agree([not bool(torch.isfinite(loss)), stop.signal is not None], distributed, device)
+            if bad:
+                bad_steps += 1
                 batch_in_epoch += 1
-                seen += images.shape[0]
-                for k, v in parts.items():
-                    sums[k] = sums.get(k, 0.0) + float(v.detach())
-                if bar is not train_loader:
-                    bar.set_postfix(loss=f"{float(loss):.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-                if stop.signal is not None or (tcfg["max_steps"] and step >= tcfg["max_steps"]):
+                optimizer.zero_grad(set_to_none=True)
+                if bad_steps > tcfg["max_bad_steps"]:
+                    where = (run_dir / "last").resolve() if (run_dir / "last").exists() else "none yet"
+                    raise TrainingError(
+                        f"non-finite loss ({loss.item()}) at step {step + 1} (epoch {epoch + 1}, batch {batch_in_epoch}); "
+                        f"{bad_steps} bad step(s) > train.max_bad_steps={tcfg['max_bad_steps']}. "
+                        f"Last good checkpoint: {where}. Lower train.lr, set train.grad_clip, or check the data; "
+                        "resume with train.resume=auto"
+                    )
+                if main_process:
+                    print(f"hiertree: skipped step {step + 1}: non-finite loss ({bad_steps}/{tcfg['max_bad_steps']})",
+                          file=sys.stderr)
+                if stop_now:
                     break
-            n = max(batch_in_epoch, 1)
-            epoch_done = batch_in_epoch >= steps_per_epoch
-            if stop.signal is not None and not epoch_done:
-                save(epoch, batch_in_epoch, None, ("last",))
-                stopped = f"signal {stop.signal}"
+                continue
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if tcfg["grad_clip"]:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg["grad_clip"])
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            step += 1
+            batch_in_epoch += 1
+            seen += images.shape[0]
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            if bar is not train_loader:
+                bar.set_postfix(loss=f"{float(loss):.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+            if stop_now or (max_steps and step >= max_steps):
                 break
-            metrics = None
-            final = epoch + 1 == tcfg["epochs"] or (tcfg["max_steps"] and step >= tcfg["max_steps"]) or stop.signal is not None
-            if main_process and ((epoch + 1) % tcfg["eval_every"] == 0 or final):
-                metrics = evaluate(unwrap(model), val_loader, taxonomy, device, amp, cfg["eval"]["hflip"],
-                                   cfg["eval"]["scales"], cfg["eval"]["max_batches"], flat=cfg["model"]["flat"],
-                                   channels_last=channels_last)
-                metrics["epoch"] = epoch + 1
-                last_metrics = metrics
-                print(f"epoch {epoch + 1}/{tcfg['epochs']}  loss {sums.get('total', 0) / n:.4f}  "
-                      f"{seen / (time.time() - t0):.1f} img/s")
-                print(format_table(metrics["tree"]))
-                print(f"  raw per-head argmax: tree-consistent pixels {metrics['raw']['consistency']:.4f}")
-            links = ("last",)
-            if metrics is not None and _score(metrics) > best:
-                best = _score(metrics)
-                links = ("last", "best")
+        n = max(batch_in_epoch, 1)
+        epoch_done = batch_in_epoch >= steps_per_epoch
+        hit_max = bool(max_steps and step >= max_steps)
+        if distributed:
+            _average_buffers(model)
+        if stop_now and not epoch_done:
+            save(epoch, batch_in_epoch, None, ("last",))
+            stopped = f"signal {stop.signal}"
+            break
+        metrics = None
+        final = epoch + 1 == tcfg["epochs"] or hit_max or stop_now
+        if main_process and ((epoch + 1) % tcfg["eval_every"] == 0 or final):
+            metrics = evaluate(unwrap(model), val_loader, taxonomy, device, amp, cfg["eval"]["hflip"],
+                               cfg["eval"]["scales"], cfg["eval"]["max_batches"], flat=cfg["model"]["flat"],
+                               channels_last=channels_last)
+            metrics["epoch"] = epoch + 1
+            last_metrics = metrics
+            print(f"epoch {epoch + 1}/{tcfg['epochs']}  loss {sums.get('total', 0) / n:.4f}  "
+                  f"{seen / (time.time() - t0):.1f} img/s")
+            print(format_table(metrics["tree"]))
+            print(f"  raw per-head argmax: tree-consistent pixels {metrics['raw']['consistency']:.4f}")
+        links = ("last",)
+        if metrics is not None and _score(metrics) > best:
+            best = _score(metrics)
+            links = ("last", "best")
+        if epoch_done:
             save(epoch + 1, 0, metrics, links)
-            if main_process:
-                row = {"epoch": epoch + 1, "step": step, "lr": scheduler.get_last_lr()[0], "seconds": round(time.time() - t0, 2),
-                       **{f"loss/{k}": round(v / n, 6) for k, v in sums.items()}}
-                if metrics is not None:
-                    row.update({f"mIoU/L{lv['level']}": round(lv["mIoU"], 6) for lv in metrics["tree"]["levels"]})
-                new = not log_path.exists()
-                with open(log_path, "a", newline="") as f:
-                    writer = csv.DictWriter(f, fieldnames=list(row))
-                    if new:
-                        writer.writeheader()
-                    writer.writerow(row)
-            if stop.signal is not None:
-                stopped = f"signal {stop.signal}"
-                break
-            if tcfg["max_steps"] and step >= tcfg["max_steps"]:
-                break
+        else:  # stopped by max_steps mid-epoch: resume continues this epoch where it stopped
+            save(epoch, batch_in_epoch, metrics, links)
+        if main_process:
+            row = {"epoch": epoch + 1, "step": step, "lr": scheduler.get_last_lr()[0], "seconds": round(time.time() - t0, 2),
+                   **{f"loss/{k}": round(v / n, 6) for k, v in sums.items()}}
+            if metrics is not None:
+                row.update({f"mIoU/L{lv['level']}": round(lv["mIoU"], 6) for lv in metrics["tree"]["levels"]})
+            new = not log_path.exists()
+            with open(log_path, "a", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=list(row))
+                if new:
+                    writer.writeheader()
+                writer.writerow(row)
+        if stop_now:
+            stopped = f"signal {stop.signal}"
+            break
+        if hit_max:
+            break
     if distributed:
+        _check_ranks_agree(model, main_process)
         dist.barrier()
     if main_process and last_metrics is not None:
         (run_dir / "metrics.json").write_text(json.dumps(last_metrics, indent=2))
-    return {"run_dir": run_dir, "best": best, "last_metrics": last_metrics, "steps": step, "stopped": stopped}
+    return {"run_dir": run_dir, "best": best, "last_metrics": last_metrics, "steps": step, "stopped": stopped,
+            "signal": stop.signal}
