@@ -48,7 +48,8 @@ def train_main(argv: list[str] | None = None) -> int:
         result = train(cfg, command=command)
     except (ConfigError, TaxonomyError, DataError, EncoderError, CheckpointError, TrainingError) as err:
         return _fail(err)
-    print(f"hiertree: run folder {result['run_dir']} (best checkpoint: {result['run_dir']}/best)")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the run
+        print(f"hiertree: run folder {result['run_dir']} (best checkpoint: {result['run_dir']}/best)")
     if result["stopped"]:  # 128 + signal number, as a shell reports a signalled job: 130 SIGINT, 143 SIGTERM
         return 128 + int(result["signal"] or 15)
     return 0
