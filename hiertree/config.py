@@ -35,7 +35,8 @@ DEFAULTS: dict[str, Any] = {
         "hflip": True,
         "color_jitter": 0.2,
         "skip_bad": False,
-        "synthetic": {"num_train": 2000, "num_val": 200, "size": 128, "seed": 0, "roles": None},
+        "synthetic": {"num_train": 2000, "num_val": 200, "size": 128, "seed": 0, "roles": None,
+                      "figures": [1, 3], "figure_scale": [0.4, 1.0], "clutter": True},
     },
     "model": copy.deepcopy(MODEL_DEFAULTS),
     "loss": {

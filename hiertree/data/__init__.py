@@ -135,7 +135,7 @@ DATA_KEYS: tuple[str, ...] = (
     "kind", "root", "train_split", "val_split", "crop", "scale", "longest", "hflip", "color_jitter",
     "skip_bad", "synthetic",
 )
-SYNTHETIC_KEYS: tuple[str, ...] = ("num_train", "num_val", "size", "seed", "roles")
+SYNTHETIC_KEYS: tuple[str, ...] = ("num_train", "num_val", "size", "seed", "roles", "figures", "figure_scale", "clutter")
 _KINDS = ("synthetic", "folder")
 
 
@@ -182,8 +182,10 @@ def build_datasets(
         roles = role_map_from_names(taxonomy, syn["roles"])
         size, seed = syn.get("size", 128), int(syn.get("seed", 0))
         size = size if isinstance(size, int) else tuple(size)
-        train_src = SyntheticFigures(int(syn.get("num_train", 2000)), size, seed, roles)
-        val_src = SyntheticFigures(int(syn.get("num_val", 200)), size, seed + 1, roles)
+        look = dict(figures=tuple(syn.get("figures", (1, 3))), figure_scale=tuple(syn.get("figure_scale", (0.4, 1.0))),
+                    clutter=bool(syn.get("clutter", True)))
+        train_src = SyntheticFigures(int(syn.get("num_train", 2000)), size, seed, roles, **look)
+        val_src = SyntheticFigures(int(syn.get("num_val", 200)), size, seed + 1, roles, **look)
     elif kind == "folder":
         root = data_cfg.get("root")
         if not root:

@@ -131,9 +131,9 @@ def _draw(img: np.ndarray, roles: np.ndarray, op: tuple) -> None:
             cv2.fillConvexPoly(target, np.round(geo * _ONE).astype(np.int32), value, cv2.LINE_8, _SHIFT)
 
 
-def _figure(rng: np.random.Generator, h: int, w: int) -> list[tuple]:
+def _figure(rng: np.random.Generator, h: int, w: int, scale: tuple[float, float] = (0.4, 1.0)) -> list[tuple]:
     """Draw ops for one person, back to front; local units are the figure height."""
-    fh = rng.uniform(0.4, 1.0) * h
+    fh = rng.uniform(*scale) * h
     top = rng.uniform(-0.2 * fh, h - 0.55 * fh)
     hip = np.array([rng.uniform(-0.1, 1.1) * w, top + 0.5 * fh])
     tilt = rng.normal(0.0, 0.12)
@@ -244,6 +244,9 @@ class SyntheticFigures:
         size: int | tuple[int, int] = 128,
         seed: int = 0,
         role_to_leaf: Mapping[str, int] | None = None,
+        figures: tuple[int, int] = (1, 3),
+        figure_scale: tuple[float, float] = (0.4, 1.0),
+        clutter: bool = True,
     ) -> None:
         if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
             raise DataError(f"SyntheticFigures: num_images must be a positive integer, got {num_images!r}")
@@ -252,6 +255,13 @@ class SyntheticFigures:
             raise DataError(f"SyntheticFigures: size must be an int or (height, width) of ints >= 16, got {size!r}")
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise DataError(f"SyntheticFigures: seed must be a non-negative integer, got {seed!r}")
+        lo, hi = (int(v) for v in figures)
+        if not 0 <= lo <= hi:
+            raise DataError(f"SyntheticFigures: figures must be (min, max) with 0 <= min <= max, got {figures!r}")
+        s_lo, s_hi = (float(v) for v in figure_scale)
+        if not 0.05 <= s_lo <= s_hi <= 2.0:
+            raise DataError(f"SyntheticFigures: figure_scale must be (min, max) within 0.05..2 of the image height, got {figure_scale!r}")
+        self.figures, self.figure_scale, self.clutter = (lo, hi), (s_lo, s_hi), bool(clutter)
         self.num_images, self.height, self.width, self.seed = num_images, h, w, seed
         self.role_to_leaf = None if role_to_leaf is None else dict(role_to_leaf)
         self._lut = _lut(role_to_leaf)
@@ -271,10 +281,11 @@ class SyntheticFigures:
         h, w = self.height, self.width
         canvas = _background(rng, h, w)
         roles = np.zeros((h, w), dtype=np.uint8)
-        for _ in range(rng.integers(2, 7)):  # unlabelled distractors, part of the background
+        for _ in range(rng.integers(2, 7) if self.clutter else 0):  # unlabelled distractors, part of the background
             _draw(canvas, roles, _clutter(rng, h, w, "background"))
-        objects = [_figure(rng, h, w) for _ in range(rng.integers(1, 4))]
-        objects += [[_clutter(rng, h, w, "ball" if rng.random() < 0.5 else "block")] for _ in range(rng.integers(0, 4))]
+        objects = [_figure(rng, h, w, self.figure_scale) for _ in range(rng.integers(self.figures[0], self.figures[1] + 1))]
+        n_objects = rng.integers(0, 4) if self.clutter else 0
+        objects += [[_clutter(rng, h, w, "ball" if rng.random() < 0.5 else "block")] for _ in range(n_objects)]
         for k in np.argsort(rng.random(len(objects)), kind="stable"):
             for op in objects[k]:
                 _draw(canvas, roles, op)

@@ -1,0 +1,204 @@
+"""Speed benchmark: hiertree vs the flat smp DeepLabV3+ baseline, side by side in one run.
+
+Measures, per model: training throughput end to end (real data loader) and model only (tensors
+already on the device), data-pipeline throughput, peak GPU memory, and CPU inference latency for
+one 512² image. Writes ``benchmarks/results/speed-<tag>-<device>.json`` and prints ratios.
+
+    python benchmarks/speed.py --data /root/d/datasets/pascal-part          # GPU numbers
+    python benchmarks/speed.py --smoke                                     # synthetic data, CPU check
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.baselines import SmpFlatDeepLabV3Plus  # noqa: E402
+from hiertree.config import load_config  # noqa: E402
+from hiertree.data import build_datasets, pad_collate  # noqa: E402
+from hiertree.engine import EpochSampler, build_model  # noqa: E402
+from hiertree.evaluate import autocast_for  # noqa: E402
+from hiertree.losses import HierarchicalLoss  # noqa: E402
+from hiertree.taxonomy import Taxonomy  # noqa: E402
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def make_models(cfg: dict, taxonomy: Taxonomy) -> dict[str, torch.nn.Module]:
+    mc = cfg["model"]
+    return {
+        "hiertree": build_model({**cfg, "model": {**mc, "encoder_weights": None}}, taxonomy),
+        "smp": SmpFlatDeepLabV3Plus(taxonomy, mc["encoder"], None, mc["output_stride"]),
+    }
+
+
+def train_step_fn(model, criterion, optimizer, device, amp, full_res):
+    def step(images, masks):
+        with autocast_for(device, amp):
+            logits = model(images, upsample=full_res)
+            loss, _ = criterion([z.float() for z in logits], masks)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def time_steps(step, batches, device, warmup: int, steps: int) -> float:
+    """Images per second over ``steps`` steps after ``warmup`` steps."""
+    it = iter(batches)
+    for _ in range(warmup):
+        step(*next(it))
+    _sync(device)
+    t0, n = time.perf_counter(), 0
+    for _ in range(steps):
+        images, masks = next(it)
+        step(images, masks)
+        n += images.shape[0]
+    _sync(device)
+    return n / (time.perf_counter() - t0)
+
+
+def bench(args) -> dict:
+    cfg = load_config(args.config, args.overrides)
+    taxonomy = Taxonomy.load(cfg["taxonomy"])
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    amp = "bf16" if device.type == "cuda" else "none"
+    bs, crop = cfg["train"]["batch_size"], cfg["data"]["crop"]
+    train_ds, _ = build_datasets(cfg["data"], taxonomy, seed=0)
+    workers = cfg["train"]["num_workers"]
+
+    def loader():
+        sampler = EpochSampler(len(train_ds), bs, 0)
+
+        def forever():
+            epoch = 0
+            while True:
+                sampler.set_epoch(epoch)
+                dl = DataLoader(train_ds, batch_size=bs, sampler=sampler, drop_last=True, num_workers=workers,
+                                pin_memory=device.type == "cuda", persistent_workers=False,
+                                prefetch_factor=4 if workers else None,
+                                collate_fn=lambda b: pad_collate(b, taxonomy.ignore_index))
+                for batch in dl:
+                    yield batch
+                epoch += 1
+
+        for batch in forever():
+            images = batch["image"].to(device, non_blocking=True)
+            if device.type == "cuda":
+                images = images.contiguous(memory_format=torch.channels_last)
+            yield images, batch["mask"].to(device, non_blocking=True)
+
+    # data pipeline alone
+    t0, n = time.perf_counter(), 0
+    gen = loader()
+    next(gen)
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        images, _ = next(gen)
+        n += images.shape[0]
+    data_ips = n / (time.perf_counter() - t0)
+    del gen
+
+    results = {}
+    for name, model in make_models(cfg, taxonomy).items():
+        model = model.to(device)
+        if device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        fwd = torch.compile(model) if cfg["train"]["compile"] else model
+        criterion = HierarchicalLoss(taxonomy, cfg["loss"]["level_weights"], cfg["loss"]["consistency_weight"]).to(device)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+        full_res = cfg["loss"]["full_resolution"] if name == "hiertree" else True
+        step = train_step_fn(fwd, criterion, opt, device, amp, full_res)
+        model.train()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        fixed_images = torch.randint(0, 256, (bs, 3, crop, crop), dtype=torch.uint8, device=device)
+        if device.type == "cuda":
+            fixed_images = fixed_images.contiguous(memory_format=torch.channels_last)
+        fixed_masks = torch.randint(0, taxonomy.num_leaves, (bs, crop, crop), device=device)
+
+        def fixed():
+            while True:
+                yield fixed_images, fixed_masks
+
+        model_only = time_steps(step, fixed(), device, args.warmup, args.steps)
+        end_to_end = time_steps(step, loader(), device, args.warmup, args.steps)
+        row = {"train_img_s_model_only": round(model_only, 1), "train_img_s_end_to_end": round(end_to_end, 1),
+               "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 3)}
+        if device.type == "cuda":
+            row["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+        results[name] = row
+        model.to("cpu")
+    # CPU inference latency, one 512² image, the machine's threads (2 on the dev/CI machines)
+    for name, model in make_models(cfg, taxonomy).items():
+        model.eval()
+        x = torch.randint(0, 256, (1, 3, args.infer_size, args.infer_size), dtype=torch.uint8)
+        times = []
+        with torch.inference_mode():
+            for i in range(args.infer_repeats + 2):
+                t0 = time.perf_counter()
+                model(x)
+                if i >= 2:
+                    times.append(time.perf_counter() - t0)
+        results[name]["cpu_infer_ms_median"] = round(1000 * statistics.median(times), 1)
+    ratios = {
+        "train_end_to_end_x": round(results["hiertree"]["train_img_s_end_to_end"] / results["smp"]["train_img_s_end_to_end"], 2),
+        "train_model_only_x": round(results["hiertree"]["train_img_s_model_only"] / results["smp"]["train_img_s_model_only"], 2),
+        "cpu_infer_speedup_x": round(results["smp"]["cpu_infer_ms_median"] / results["hiertree"]["cpu_infer_ms_median"], 2),
+    }
+    return {"config": cfg, "batch_size": bs, "crop": crop, "amp": amp, "data_pipeline_img_s": round(data_ips, 1),
+            "models": results, "ratios": ratios}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(ROOT / "configs" / "pascal_part.yaml"))
+    parser.add_argument("--data", help="dataset folder; default: the config's")
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--infer-size", type=int, default=512)
+    parser.add_argument("--infer-repeats", type=int, default=10)
+    parser.add_argument("--smoke", action="store_true", help="synthetic data, tiny sizes: checks the script only")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args(argv)
+    if args.data:
+        args.overrides = [f"data.root={args.data}"] + args.overrides
+    if args.smoke:
+        args.config = str(ROOT / "configs" / "demo.yaml")
+        args.overrides = ["data.crop=64", "data.synthetic.size=64", "train.batch_size=2", "train.num_workers=0",
+                          "model.decoder_channels=16"] + args.overrides
+        args.steps, args.warmup, args.infer_size, args.infer_repeats = 2, 1, 64, 2
+    report = bench(args)
+    now = dt.datetime.now(dt.timezone.utc)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    report.update({"date": now.isoformat(timespec="seconds"), "torch": torch.__version__,
+                   "device": torch.cuda.get_device_name(0) if dev == "cuda" else f"CPU {platform.machine()}, {torch.get_num_threads()} threads",
+                   "command": "python benchmarks/speed.py " + " ".join(argv if argv is not None else sys.argv[1:])})
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"speed-{'smoke' if args.smoke else now.strftime('%Y%m%d-%H%M')}-{dev}.json"
+    path.write_text(json.dumps(report, indent=2, default=str))
+    print(json.dumps({k: report[k] for k in ("device", "data_pipeline_img_s", "models", "ratios")}, indent=2))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
