@@ -20,6 +20,7 @@ from hiertree.config import load_config
 from hiertree.data import build_datasets, pad_collate
 from hiertree.evaluate import evaluate
 from hiertree.models import HierSegModel
+from hiertree.predict import predict_images
 from hiertree.report import HEADER_H, LABEL_W, PAD, TILE, collect_samples, image_score, write_report
 from hiertree.taxonomy import Taxonomy
 
@@ -44,10 +45,6 @@ def setup():
 
 def _cells(line):
     return [c.strip() for c in line.strip().strip("|").split("|")]
-
-
-def _num(text):
-    return None if text == "n/a" else float(text)
 
 
 def _close(text, value):
@@ -101,8 +98,6 @@ def test_collect_samples_and_worst_best_grid(setup, tmp_path):
     every = []
     for i in range(len(val)):
         item = val[i]
-        from hiertree.predict import predict_images
-
         pred = predict_images(model, [item["image"].numpy().transpose(1, 2, 0)])[0]
         every.append(image_score(item["mask"].numpy(), pred["leaf"], taxonomy))
     assert scores[:2] == sorted(every)[:2] and scores[2:] == sorted(every, reverse=True)[:2]
