@@ -90,6 +90,7 @@ def eval_main(argv: list[str] | None = None) -> int:
         if args.split:
             cfg["data"]["val_split"] = args.split
         taxonomy = ck["taxonomy"]
+        cfg["data"]["train_split"] = cfg["data"]["val_split"]  # only the scored split has to exist
         _, val_ds = build_datasets(cfg["data"], taxonomy, seed=cfg["train"]["seed"])
         skipped = drop_bad_samples(val_ds)  # data.skip_bad=true: scored without them, listed in the JSON
         loader = DataLoader(val_ds, batch_size=args.batch_size or cfg["eval"]["batch_size"], shuffle=False,

@@ -190,12 +190,11 @@ class _StopFlag:
 
 
 def _worker_init(worker_id: int) -> None:
-    """Data-loader workers leave SIGINT/SIGTERM to the main process, which saves and stops cleanly.
-
-    Ctrl-C reaches the whole process group; a worker dying of it would crash the loader mid-save.
+    """Data-loader workers ignore SIGINT: Ctrl-C reaches the whole process group, and a worker dying of
+    it would break the loader while the main process saves. SIGTERM keeps its default, because
+    multiprocessing stops workers with it at exit; send SIGTERM to the main process only.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class _GoodSamples:

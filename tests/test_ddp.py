@@ -16,7 +16,7 @@ ENV = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "OMP_NUM_THREADS": "1"}
 # 16 samples, 2 ranks x batch 4 = 2 steps per epoch
 TINY = [
     "data.crop=64", "data.synthetic.size=64", "data.synthetic.num_train=16", "data.synthetic.num_val=4",
-    "model.decoder_channels=16", "model.skip_channels=8", "train.batch_size=4", "train.progress=false",
+    "model.decoder_channels=16", "model.skip_channels=8", "model.encoder_weights=null", "train.batch_size=4", "train.progress=false",
     "train.warmup_steps=1", "train.threads=1", "train.num_workers=0", "train.epochs=2", "eval.batch_size=4",
 ]
 

@@ -22,7 +22,7 @@ ENV = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1",
        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
 TINY = [
     "data.crop=64", "data.synthetic.size=64", "data.synthetic.num_train=16", "data.synthetic.num_val=4",
-    "model.decoder_channels=16", "model.skip_channels=8", "train.batch_size=8", "train.progress=false",
+    "model.decoder_channels=16", "model.skip_channels=8", "model.encoder_weights=null", "train.batch_size=8", "train.progress=false",
     "train.warmup_steps=1", "train.threads=1", "eval.batch_size=4",
 ]
 

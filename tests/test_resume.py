@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # 16 samples / batch 8 = 2 steps per epoch; dropout stays on (model default 0.1) so the RNG state matters
 TINY = [
     "data.crop=64", "data.synthetic.size=64", "data.synthetic.num_train=16", "data.synthetic.num_val=4",
-    "model.decoder_channels=16", "model.skip_channels=8", "train.epochs=4", "train.batch_size=8",
+    "model.decoder_channels=16", "model.skip_channels=8", "model.encoder_weights=null", "train.epochs=4", "train.batch_size=8",
     "train.num_workers=0", "train.progress=false", "train.warmup_steps=1", "train.threads=1", "eval.batch_size=4",
 ]
 
