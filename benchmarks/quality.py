@@ -31,7 +31,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.baselines import SmpFlatDeepLabV3Plus  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
 from hiertree.config import load_config  # noqa: E402
+from hiertree.data import build_datasets, pad_collate  # noqa: E402
+from hiertree.evaluate import evaluate  # noqa: E402
 from hiertree.engine import train  # noqa: E402
 from hiertree.taxonomy import Taxonomy  # noqa: E402
 from hiertree.weights import resolve_encoder_weights  # noqa: E402
@@ -43,6 +47,7 @@ VARIANTS: dict[str, list[str]] = {
     "heads_kl": [],
     "treemin": ["loss.consistency_weight=0", "loss.tree_min_weight=1.0"],
 }
+TTA_SCALES = (0.75, 1.0, 1.25)
 SMOKE = ["train.epochs=1", "train.max_steps=2", "train.batch_size=2", "data.crop=128", "train.num_workers=0",
          "train.warmup_steps=1", "eval.max_batches=2", "eval.batch_size=2", "model.decoder_channels=32"]
 
@@ -53,7 +58,7 @@ def device_name() -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def run_variant(name: str, base_cfg: Path, overrides: list[str], out_root: Path) -> dict:
+def run_variant(name: str, base_cfg: Path, overrides: list[str], out_root: Path, tta: bool = False) -> dict:
     cfg = load_config(base_cfg, VARIANTS[name] + overrides + [f"train.out_dir={out_root / name}"])
     model = None
     if name == "smp":
@@ -82,6 +87,16 @@ def run_variant(name: str, base_cfg: Path, overrides: list[str], out_root: Path)
     }
     if torch.cuda.is_available():
         row["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    if tta:
+        taxonomy = Taxonomy.load(cfg["taxonomy"])
+        _, val_ds = build_datasets(cfg["data"], taxonomy, seed=cfg["train"]["seed"])
+        loader = DataLoader(val_ds, batch_size=cfg["eval"]["batch_size"], collate_fn=lambda b: pad_collate(b, taxonomy.ignore_index))
+        model = result["model"]
+        device = next(model.parameters()).device
+        amp = "bf16" if device.type == "cuda" else "none"
+        tta_m = evaluate(model, loader, taxonomy, device, amp, hflip=True, scales=TTA_SCALES,
+                         max_batches=cfg["eval"]["max_batches"], flat=cfg["model"]["flat"])
+        row["tta"] = [lv["mIoU"] for lv in tta_m["tree"]["levels"]]
     return row
 
 
@@ -101,6 +116,10 @@ def markdown(report: dict) -> str:
         t = r["tree"] + [float("nan")] * (3 - len(r["tree"]))
         lines.append(f"| {r['variant']} | {t[0]:.4f} | {t[1]:.4f} | {t[2]:.4f} | {r['raw'][-1]:.4f} | "
                      f"{r['raw_consistency']:.4f} | {r['seconds']} |")
+    if any("tta" in r for r in report["runs"]):
+        lines += ["", f"Flip + multi-scale {list(TTA_SCALES)} test-time augmentation (reported apart from single scale):", "",
+                  "| variant | L0 mIoU | L1 mIoU | L2 mIoU |", "| --- | --- | --- | --- |"]
+        lines += [f"| {r['variant']} | " + " | ".join(f"{v:.4f}" for v in r["tta"]) + " |" for r in report["runs"] if "tta" in r]
     lines += ["", "Commands:", ""] + [f"- {r['variant']}: `{r['command']}`" for r in report["runs"]] + [""]
     return "\n".join(lines)
 
@@ -112,11 +131,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     parser.add_argument("--runs-dir", default="runs/quality")
+    parser.add_argument("--tta", action="store_true", help="also score flip + multi-scale (0.75, 1, 1.25) test-time augmentation")
     parser.add_argument("--smoke", action="store_true", help="a few steps per variant (checks the script, no numbers)")
     parser.add_argument("overrides", nargs="*", help="config overrides applied to every variant")
     args = parser.parse_args(argv)
     overrides = [f"data.root={args.data}"] + (SMOKE if args.smoke else []) + args.overrides
-    runs = [run_variant(v, Path(args.config), overrides, Path(args.runs_dir)) for v in args.variants]
+    runs = [run_variant(v, Path(args.config), overrides, Path(args.runs_dir), args.tta) for v in args.variants]
     now = dt.datetime.now(dt.timezone.utc)
     report = {"date": now.isoformat(timespec="seconds"), "device": device_name(), "torch": torch.__version__,
               "data": args.data, "config": args.config, "overrides": overrides, "smoke": args.smoke, "runs": runs}

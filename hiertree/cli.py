@@ -99,7 +99,8 @@ def eval_main(argv: list[str] | None = None) -> int:
         amp = "bf16" if device.type == "cuda" else "none"
         scales = args.scales or cfg["eval"]["scales"]
         hflip = args.hflip or cfg["eval"]["hflip"]
-        result = evaluate(model, loader, taxonomy, device, amp, hflip, scales, args.max_batches, flat=model.flat)
+        result = evaluate(model, loader, taxonomy, device, amp, hflip, scales, args.max_batches, flat=model.flat,
+                          max_side=cfg["eval"]["max_side"], window=cfg["eval"]["window"], overlap=cfg["eval"]["overlap"])
     except (ConfigError, DataError, CheckpointError, TrainingError) as err:
         return _fail(err)
     split = cfg["data"]["val_split"]

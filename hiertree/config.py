@@ -75,6 +75,9 @@ DEFAULTS: dict[str, Any] = {
         "hflip": False,  # test-time augmentation: average with the mirrored image
         "scales": [1.0],  # test-time multi-scale (1.0 alone = single scale)
         "max_batches": None,
+        "max_side": 2048,  # images with a longer side are predicted with overlapping windows
+        "window": 1024,
+        "overlap": 0.25,
     },
 }
 

@@ -314,18 +314,21 @@ def _check_ranks_agree(model: torch.nn.Module, main_process: bool) -> str:
 
 
 # ---------------------------------------------------------------------- the loop
-def train(cfg: dict, command: str = "") -> dict:
-    """Train a model as ``cfg`` says; returns ``{"run_dir", "best", "last_metrics", "steps", "stopped", "signal"}``.
+def train(cfg: dict, command: str = "", model: torch.nn.Module | None = None) -> dict:
+    """Train a model as ``cfg`` says; returns ``{"run_dir", "best", "last_metrics", "steps", "stopped", "signal", "model"}``.
 
     SIGINT/SIGTERM (from the first line on) make it save a checkpoint and return with ``stopped``
     set; ``train.max_steps`` stops early (saving where it stopped) without changing the schedule,
     whose length is always ``train.epochs`` epochs -- so a stopped run resumes onto the same curve.
+
+    ``model`` replaces the one ``cfg["model"]`` describes (benchmarks train other architectures in the
+    same loop); it must take 0..255 images and return per-level logits like :class:`HierSegModel`.
     """
     with _StopFlag() as stop:
-        return _train(cfg, command, stop)
+        return _train(cfg, command, stop, model)
 
 
-def _train(cfg: dict, command: str, stop: _StopFlag) -> dict:
+def _train(cfg: dict, command: str, stop: _StopFlag, model: torch.nn.Module | None = None) -> dict:
     tcfg = cfg["train"]
     world = int(os.environ.get("WORLD_SIZE", "1"))
     distributed = world > 1
@@ -375,7 +378,7 @@ def _train(cfg: dict, command: str, stop: _StopFlag) -> dict:
                             worker_init_fn=_worker_init if workers > 0 else None,
                             generator=torch.Generator().manual_seed(seed))
 
-    model = build_model(cfg, taxonomy).to(device)
+    model = (model if model is not None else build_model(cfg, taxonomy)).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     criterion = HierarchicalLoss(
@@ -510,7 +513,8 @@ def _train(cfg: dict, command: str, stop: _StopFlag) -> dict:
         if main_process and ((epoch + 1) % tcfg["eval_every"] == 0 or final):
             metrics = evaluate(unwrap(model), val_loader, taxonomy, device, amp, cfg["eval"]["hflip"],
                                cfg["eval"]["scales"], cfg["eval"]["max_batches"], flat=cfg["model"]["flat"],
-                               channels_last=channels_last)
+                               channels_last=channels_last, max_side=cfg["eval"]["max_side"],
+                               window=cfg["eval"]["window"], overlap=cfg["eval"]["overlap"])
             metrics["epoch"] = epoch + 1
             last_metrics = metrics
             print(f"epoch {epoch + 1}/{tcfg['epochs']}  loss {sums.get('total', 0) / n:.4f}  "
@@ -547,4 +551,4 @@ def _train(cfg: dict, command: str, stop: _StopFlag) -> dict:
     if main_process and last_metrics is not None:
         (run_dir / "metrics.json").write_text(json.dumps(last_metrics, indent=2))
     return {"run_dir": run_dir, "best": best, "last_metrics": last_metrics, "steps": step, "stopped": stopped,
-            "signal": stop.signal}
+            "signal": stop.signal, "model": unwrap(model)}

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from hiertree.metrics import HierarchicalMetrics
 from hiertree.models.hierseg import decode
+from hiertree.sliding import logits_any_size
 from hiertree.taxonomy import Taxonomy
 
 __all__ = ["evaluate", "tta_log_probs", "autocast_for"]
@@ -23,8 +24,19 @@ def autocast_for(device: torch.device, amp: str) -> contextlib.AbstractContextMa
     return torch.autocast("cuda", dtype=dtype)
 
 
-def tta_log_probs(model: torch.nn.Module, images: torch.Tensor, hflip: bool = False, scales: Sequence[float] = (1.0,)) -> list[torch.Tensor]:
-    """Per-level log of the probabilities averaged over flips and scales (the identity when no TTA)."""
+def tta_log_probs(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    hflip: bool = False,
+    scales: Sequence[float] = (1.0,),
+    max_side: int | None = None,
+    window: int = 512,
+    overlap: float = 0.25,
+) -> list[torch.Tensor]:
+    """Per-level log of the probabilities averaged over flips and scales (the identity when no TTA).
+
+    Views with a side above ``max_side`` are predicted tile by tile (``window``, ``overlap``).
+    """
     h, w = images.shape[-2:]
     views = [(s, f) for s in scales for f in ((False, True) if hflip else (False,))]
     total: list[torch.Tensor] | None = None
@@ -34,7 +46,7 @@ def tta_log_probs(model: torch.nn.Module, images: torch.Tensor, hflip: bool = Fa
             x = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
         if flip:
             x = x.flip(-1)
-        logits = model(x)
+        logits = logits_any_size(model, x, max_side, window, overlap) if max_side else model(x)
         probs = []
         for z in logits:
             z = z.float()
@@ -59,6 +71,9 @@ def evaluate(
     max_batches: int | None = None,
     flat: bool = False,
     channels_last: bool = False,
+    max_side: int | None = None,
+    window: int = 512,
+    overlap: float = 0.25,
 ) -> dict:
     """Scores of tree-consistent predictions and of each head's raw argmax, per level.
 
@@ -76,7 +91,7 @@ def evaluate(
             images = images.contiguous(memory_format=torch.channels_last)
         target = batch["mask"].to(device, non_blocking=True)
         with autocast_for(device, amp):
-            logp = tta_log_probs(model, images, hflip, scales)
+            logp = tta_log_probs(model, images, hflip, scales, max_side, window, overlap)
         out = decode(logp, taxonomy, flat=flat)
         tree.update(out["leaf"], target)
         raw.update(out["raw"], target)

@@ -33,15 +33,16 @@ def test_smp_baseline_wrapper_speaks_hiertree():
 def test_quality_benchmark_smoke(tmp_path):
     from benchmarks.quality import main
 
-    rc = main(["--data", str(SAMPLE), "--smoke", "--variants", "smp", "heads_kl", "--out", str(tmp_path),
+    rc = main(["--data", str(SAMPLE), "--smoke", "--tta", "--variants", "smp", "heads_kl", "--out", str(tmp_path),
                "--runs-dir", str(tmp_path / "runs"), "model.encoder_weights=null"])
     assert rc == 0
     report = json.loads((tmp_path / "quality-smoke-cpu.json").read_text())
     assert [r["variant"] for r in report["runs"]] == ["smp", "heads_kl"]
     for r in report["runs"]:
         assert len(r["tree"]) == 3 and r["tree_consistency"] == 1.0 and 0.0 <= r["raw_consistency"] <= 1.0
+        assert len(r["tta"]) == 3
     md = (tmp_path / "quality-smoke-cpu.md").read_text()
-    assert "| smp |" in md and "| heads_kl |" in md and "device: CPU" in md
+    assert "| smp |" in md and "| heads_kl |" in md and "device: CPU" in md and "test-time augmentation" in md
 
 
 def test_speed_benchmark_smoke(tmp_path):

@@ -44,7 +44,7 @@ class SegDataset(torch.utils.data.Dataset):
 
     Images stay uint8 (4× fewer bytes to move); the model normalises them for its encoder.
     ``transform`` is a :class:`PairTransform` (or any ``(image, mask) -> (image, mask)`` callable, or
-    None). Indices past ``len`` encode ``epoch * len + i`` (see ``hiertree.engine.EpochSampler``): the
+    None). Indices past ``len`` encode ``(epoch + 1) * len + i`` (see ``hiertree.engine.EpochSampler``): the
     sample is ``i`` and its augmentation is seeded from that index alone, so it is the same whichever
     worker loads it and a resumed run repeats it exactly. Plain indices keep one random stream per
     data-loader worker (``worker_info.seed``), or ``torch.initial_seed()`` in the main process.
