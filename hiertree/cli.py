@@ -67,6 +67,10 @@ def eval_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scales", type=float, nargs="+", help="test-time scales, e.g. 0.75 1 1.25")
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--max-batches", type=int)
+    parser.add_argument("--report", metavar="DIR", help="where to write the Markdown report with charts (default: "
+                        "<checkpoint>/report-<split>; needs matplotlib: hiertree[report])")
+    parser.add_argument("--no-report", action="store_true", help="write the JSON only")
+    parser.add_argument("--report-samples", type=int, default=4, help="worst and best images shown in the report (0: none)")
     parser.add_argument("overrides", nargs="*", help="data.*=value overrides for the dataset")
     args = parser.parse_args(argv)
 
@@ -116,4 +120,16 @@ def eval_main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(f"wrote {out}")
+    if not args.no_report:
+        report_dir = Path(args.report) if args.report else out.parent / f"report-{split}"
+        try:
+            from hiertree.report import collect_samples, write_report
+
+            k = args.report_samples
+            samples = collect_samples(model, val_ds, taxonomy, device, k=k) if k > 0 else None
+            print(f"wrote {write_report(result, taxonomy, report_dir, samples=samples, k=k)}")
+        except ImportError as err:
+            if args.report:
+                return _fail(err)
+            print(f"hiertree: report skipped ({err})")
     return 0

@@ -68,6 +68,7 @@ DEFAULTS: dict[str, Any] = {
         "max_bad_steps": 0,  # non-finite losses tolerated (skipped) before stopping
         "resume": None,  # a run or checkpoint folder, or "auto" (the out_dir's last checkpoint if any)
         "progress": True,
+        "log_every": 20,  # steps between step-level scalars (CSV/TensorBoard)
         "threads": None,  # torch CPU threads; None leaves torch's default
     },
     "eval": {

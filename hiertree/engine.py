@@ -34,7 +34,9 @@ from hiertree.evaluate import autocast_for, evaluate
 from hiertree.losses import HierarchicalLoss
 from hiertree.metrics import format_table
 from hiertree.models import HierSegModel
+from hiertree.models.hierseg import decode
 from hiertree.taxonomy import Taxonomy
+from hiertree.tblog import TrainLogger
 
 __all__ = ["train", "TrainingError", "EpochSampler", "resolve_device", "build_model", "model_card", "drop_bad_samples"]
 
@@ -430,6 +432,8 @@ def _train(cfg: dict, command: str, stop: _StopFlag, model: torch.nn.Module | No
         print(f"hiertree: {len(train_ds)} train / {len(val_ds)} val samples, device {device}, amp {amp}, "
               f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, {total_steps} steps", flush=True)
     log_path = run_dir / "log.csv"
+    logger = TrainLogger(run_dir, taxonomy, tensorboard="auto") if main_process else None
+    preview: dict | None = None  # a few val images shown in TensorBoard after each evaluation
 
     def save(tag_epoch: int, batch_in_epoch: int, metrics: dict | None, links: tuple[str, ...]) -> None:
         if not main_process:
@@ -496,7 +500,9 @@ def _train(cfg: dict, command: str, stop: _StopFlag, model: torch.nn.Module | No
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             if bar is not train_loader:
-                bar.set_postfix(loss=f"{float(loss):.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+                bar.set_postfix(loss=f"{float(loss.detach()):.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+            if logger is not None and step % tcfg["log_every"] == 0:
+                logger.log_step(step, {"lr": scheduler.get_last_lr()[0], **{f"loss/{k}": float(v.detach()) for k, v in parts.items()}})
             if stop_now or (max_steps and step >= max_steps):
                 break
         n = max(batch_in_epoch, 1)
@@ -521,6 +527,14 @@ def _train(cfg: dict, command: str, stop: _StopFlag, model: torch.nn.Module | No
                   f"{seen / (time.time() - t0):.1f} img/s")
             print(format_table(metrics["tree"]))
             print(f"  raw per-head argmax: tree-consistent pixels {metrics['raw']['consistency']:.4f}")
+            if logger is not None and logger.writer is not None:
+                if preview is None:
+                    preview = next(iter(val_loader))
+                plain = unwrap(model).eval()
+                with torch.no_grad(), autocast_for(device, amp):
+                    shown = decode(plain(preview["image"][:4].to(device)), taxonomy, flat=cfg["model"]["flat"])["levels"]
+                logger.log_images(epoch + 1, preview["image"][:4], preview["mask"][:4], [p.cpu() for p in shown])
+                plain.train()
         links = ("last",)
         if metrics is not None and _score(metrics) > best:
             best = _score(metrics)
@@ -540,6 +554,7 @@ def _train(cfg: dict, command: str, stop: _StopFlag, model: torch.nn.Module | No
                 if new:
                     writer.writeheader()
                 writer.writerow(row)
+            logger.log_epoch(epoch + 1, step, {k: v for k, v in row.items() if k not in ("epoch", "step")})
         if stop_now:
             stopped = f"signal {stop.signal}"
             break
@@ -548,6 +563,8 @@ def _train(cfg: dict, command: str, stop: _StopFlag, model: torch.nn.Module | No
     if distributed:
         _check_ranks_agree(model, main_process)
         dist.barrier()
+    if logger is not None:
+        logger.close()
     if main_process and last_metrics is not None:
         (run_dir / "metrics.json").write_text(json.dumps(last_metrics, indent=2))
     return {"run_dir": run_dir, "best": best, "last_metrics": last_metrics, "steps": step, "stopped": stopped,

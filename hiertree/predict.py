@@ -227,12 +227,12 @@ def find_images(inputs: Sequence[str | Path]) -> list[Path]:
 
 
 def _resolve_device(spec: str) -> torch.device:
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(spec)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise PredictError(f"--device {spec} but CUDA is not available here; use --device auto or cpu")
-    return device
+    from hiertree.engine import TrainingError, resolve_device
+
+    try:
+        return resolve_device(spec)
+    except TrainingError:
+        raise PredictError(f"--device {spec} but CUDA is not available here; use --device auto or cpu") from None
 
 
 def _unique_stems(paths: Sequence[Path]) -> list[str]:

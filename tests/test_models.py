@@ -99,6 +99,8 @@ def test_encoder_weight_errors(pp, monkeypatch, tmp_path):
         HierSegModel(pp, encoder="not_a_model_xyz")
     # offline: the hub fails fast and the error says what to do instead
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hub = pytest.importorskip("huggingface_hub.constants")
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)  # read at import time; make it take effect now
     with pytest.raises(EncoderError, match="could not fetch ImageNet weights.*local"):
         HierSegModel(pp, encoder_weights="imagenet", **TINY)
 

@@ -1,5 +1,6 @@
 """End to end through the real commands: train.py then eval.py on tiny synthetic runs, two different trees."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -29,8 +30,14 @@ def test_demo_config_trains_and_evaluates(tmp_path, capsys):
     assert train_main  # the model card names the taxonomy's levels
     assert "L2 (7)" in (best / "README.md").read_text()
     capsys.readouterr()
-    assert eval_main(["--checkpoint", str(out), "--out", str(tmp_path / "e.json")]) == 0
+    assert eval_main(["--checkpoint", str(out), "--out", str(tmp_path / "e.json"), "--report-samples", "1"]) == 0
     printed = capsys.readouterr().out
+    if importlib.util.find_spec("matplotlib"):  # the report holds the JSON's numbers
+        md = (tmp_path / "report-val" / "report.md").read_text()
+        l2 = json.loads((tmp_path / "e.json").read_text())["tree"]["levels"][2]["mIoU"]
+        assert f"{l2:.4f}" in md
+    if importlib.util.find_spec("tensorboard"):
+        assert list((out / "tb").glob("events.*")) and (out / "curves.png").is_file()
     assert "L0" in printed and "L2" in printed and "head" in printed
     result = json.loads((tmp_path / "e.json").read_text())
     levels = result["tree"]["levels"]
@@ -47,7 +54,7 @@ def test_four_level_tree_needs_only_yaml(tmp_path, capsys):
     out = tmp_path / "fig"
     os.chdir(ROOT)
     assert train_main(["--config", "configs/figures_4level.yaml", *TINY, f"train.out_dir={out}"]) == 0
-    assert eval_main(["--checkpoint", str(out), "--out", str(tmp_path / "e.json")]) == 0
+    assert eval_main(["--checkpoint", str(out), "--out", str(tmp_path / "e.json"), "--no-report"]) == 0
     result = json.loads((tmp_path / "e.json").read_text())
     assert [len(lv["classes"]) for lv in result["tree"]["levels"]] == [3, 5, 7, 11]
     assert "hand" in result["tree"]["levels"][3]["iou"]
