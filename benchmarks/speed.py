@@ -80,6 +80,10 @@ def bench(args) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     amp = "bf16" if device.type == "cuda" else "none"
     bs, crop = cfg["train"]["batch_size"], cfg["data"]["crop"]
+    results: dict[str, dict] = {name: {} for name in ("hiertree", "smp")}
+    data_ips = None
+    if args.cpu_infer_only:
+        return _cpu_inference(cfg, taxonomy, args, results, data_ips)
     train_ds, _ = build_datasets(cfg["data"], taxonomy, seed=0)
     workers = cfg["train"]["num_workers"]
 
@@ -115,7 +119,6 @@ def bench(args) -> dict:
     data_ips = n / (time.perf_counter() - t0)
     del gen
 
-    results = {}
     for name, model in make_models(cfg, taxonomy).items():
         model = model.to(device)
         if device.type == "cuda":
@@ -145,7 +148,11 @@ def bench(args) -> dict:
             row["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
         results[name] = row
         model.to("cpu")
-    # CPU inference latency, one 512² image, the machine's threads (2 on the dev/CI machines)
+    return _cpu_inference(cfg, taxonomy, args, results, data_ips)
+
+
+def _cpu_inference(cfg: dict, taxonomy: Taxonomy, args, results: dict, data_ips: float | None) -> dict:
+    """CPU latency of one image (the machine's threads: 2 on the dev/CI machines), median of repeats."""
     for name, model in make_models(cfg, taxonomy).items():
         model.eval()
         x = torch.randint(0, 256, (1, 3, args.infer_size, args.infer_size), dtype=torch.uint8)
@@ -157,13 +164,14 @@ def bench(args) -> dict:
                 if i >= 2:
                     times.append(time.perf_counter() - t0)
         results[name]["cpu_infer_ms_median"] = round(1000 * statistics.median(times), 1)
-    ratios = {
-        "train_end_to_end_x": round(results["hiertree"]["train_img_s_end_to_end"] / results["smp"]["train_img_s_end_to_end"], 2),
-        "train_model_only_x": round(results["hiertree"]["train_img_s_model_only"] / results["smp"]["train_img_s_model_only"], 2),
-        "cpu_infer_speedup_x": round(results["smp"]["cpu_infer_ms_median"] / results["hiertree"]["cpu_infer_ms_median"], 2),
-    }
-    return {"config": cfg, "batch_size": bs, "crop": crop, "amp": amp, "data_pipeline_img_s": round(data_ips, 1),
-            "models": results, "ratios": ratios}
+    h, b = results["hiertree"], results["smp"]
+    ratios = {"cpu_infer_speedup_x": round(b["cpu_infer_ms_median"] / h["cpu_infer_ms_median"], 2)}
+    if "train_img_s_end_to_end" in h:
+        ratios["train_end_to_end_x"] = round(h["train_img_s_end_to_end"] / b["train_img_s_end_to_end"], 2)
+        ratios["train_model_only_x"] = round(h["train_img_s_model_only"] / b["train_img_s_model_only"], 2)
+    return {"config": cfg, "batch_size": cfg["train"]["batch_size"], "crop": cfg["data"]["crop"],
+            "infer_size": args.infer_size, "threads": torch.get_num_threads(),
+            "data_pipeline_img_s": None if data_ips is None else round(data_ips, 1), "models": results, "ratios": ratios}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--infer-size", type=int, default=512)
     parser.add_argument("--infer-repeats", type=int, default=10)
+    parser.add_argument("--cpu-infer-only", action="store_true", help="only the CPU inference latency (no training, no data)")
     parser.add_argument("--smoke", action="store_true", help="synthetic data, tiny sizes: checks the script only")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     parser.add_argument("overrides", nargs="*")
@@ -193,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
                    "command": "python benchmarks/speed.py " + " ".join(argv if argv is not None else sys.argv[1:])})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"speed-{'smoke' if args.smoke else now.strftime('%Y%m%d-%H%M')}-{dev}.json"
+    kind = "cpu-infer" if args.cpu_infer_only else "speed"
+    path = out / f"{kind}-{'smoke' if args.smoke else now.strftime('%Y%m%d-%H%M')}-{dev}.json"
     path.write_text(json.dumps(report, indent=2, default=str))
     print(json.dumps({k: report[k] for k in ("device", "data_pipeline_img_s", "models", "ratios")}, indent=2))
     print(f"wrote {path}")

@@ -116,3 +116,13 @@ def test_local_weights_file_loads_through_timm(pp, tmp_path):
     model = HierSegModel(pp, encoder_weights=str(path), **TINY)
     got = model.encoder.backbone.conv_stem.weight
     assert torch.equal(got, ref.conv_stem.weight)
+
+
+@pytest.mark.parametrize("fuse_convs", [1, 2])
+def test_decoder_depth_is_configurable(pp, fuse_convs):
+    model = HierSegModel(pp, fuse_convs=fuse_convs, **TINY)
+    assert len(model.decoder.fuse) == fuse_convs
+    assert model(torch.zeros(1, 3, 32, 32))[2].shape == (1, 7, 32, 32)
+    with pytest.raises(ValueError, match="fuse_convs"):
+        HierSegModel(pp, fuse_convs=0, **TINY)
+

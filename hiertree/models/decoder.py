@@ -59,18 +59,19 @@ class DeepLabDecoder(nn.Module):
         skip_channels: int = 48,
         separable: bool = True,
         dropout: float = 0.1,
+        fuse_convs: int = 1,
     ) -> None:
         super().__init__()
+        if fuse_convs < 1:
+            raise ValueError(f"fuse_convs must be at least 1, got {fuse_convs}")
         self.aspp = ASPP(in_channels[1], channels, rates, separable, dropout)
         self.skip = skip
+        cin = channels
         if skip:
             self.low_proj = conv_bn_relu(in_channels[0], skip_channels, 1)
-            self.fuse = nn.Sequential(
-                conv_bn_relu(channels + skip_channels, channels, 3, separable=separable),
-                conv_bn_relu(channels, channels, 3, separable=separable),
-            )
-        else:
-            self.fuse = conv_bn_relu(channels, channels, 3, separable=separable)
+            cin = channels + skip_channels
+        # 3×3 convs after fusion: at stride 4 they dominate the decoder's cost (1 as in smp, 2 as in the paper)
+        self.fuse = nn.Sequential(*[conv_bn_relu(cin if i == 0 else channels, channels, 3, separable=separable) for i in range(fuse_convs)])
         self.out_channels = channels
 
     def forward(self, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:

@@ -25,6 +25,7 @@ MODEL_DEFAULTS: dict[str, Any] = dict(
     skip_channels=48,
     separable=True,
     dropout=0.1,
+    fuse_convs=1,
     flat=False,
 )
 
@@ -50,6 +51,7 @@ class HierSegModel(nn.Module):
         skip_channels: int = 48,
         separable: bool = True,
         dropout: float = 0.1,
+        fuse_convs: int = 1,
         flat: bool = False,
     ) -> None:
         super().__init__()
@@ -58,11 +60,12 @@ class HierSegModel(nn.Module):
         self.config = dict(
             encoder=encoder, encoder_weights=encoder_weights, output_stride=output_stride,
             aspp_rates=list(aspp_rates) if aspp_rates else None, decoder_channels=decoder_channels, skip=skip,
-            skip_channels=skip_channels, separable=separable, dropout=dropout, flat=flat,
+            skip_channels=skip_channels, separable=separable, dropout=dropout, fuse_convs=fuse_convs, flat=flat,
         )
         rates = tuple(aspp_rates) if aspp_rates else tuple(r * 16 // output_stride for r in (6, 12, 18))
         self.encoder = Encoder(encoder, encoder_weights, output_stride)
-        self.decoder = DeepLabDecoder(self.encoder.out_channels, decoder_channels, rates, skip, skip_channels, separable, dropout)
+        self.decoder = DeepLabDecoder(self.encoder.out_channels, decoder_channels, rates, skip, skip_channels, separable,
+                                      dropout, fuse_convs)
         sizes = [taxonomy.num_leaves] if flat else taxonomy.level_sizes
         self.heads = nn.ModuleList(nn.Conv2d(decoder_channels, n, 1) for n in sizes)
         self.output_reduction = self.encoder.reductions[0] if skip else self.encoder.reductions[1]
