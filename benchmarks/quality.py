@@ -17,7 +17,7 @@ scores, the raw heads' consistency rate, and single-scale vs flip TTA when ``--t
 from __future__ import annotations
 
 import argparse
-import copy
+import csv
 import datetime as dt
 import json
 import platform
@@ -59,7 +59,9 @@ def device_name() -> str:
 
 
 def run_variant(name: str, base_cfg: Path, overrides: list[str], out_root: Path, tta: bool = False) -> dict:
-    cfg = load_config(base_cfg, VARIANTS[name] + overrides + [f"train.out_dir={out_root / name}"])
+    run_dir = out_root / name
+    # resume=auto: a run cut off (a 10-minute command limit, a lost machine) continues where it stopped
+    cfg = load_config(base_cfg, VARIANTS[name] + overrides + [f"train.out_dir={run_dir}", "train.resume=auto"])
     model = None
     if name == "smp":
         weights = resolve_encoder_weights(cfg["model"]["encoder_weights"], cfg["model"]["encoder"])
@@ -71,9 +73,14 @@ def run_variant(name: str, base_cfg: Path, overrides: list[str], out_root: Path,
     result = train(cfg, command=command, model=model)
     seconds = time.time() - t0
     m = result["last_metrics"]
+    if m is None:  # finished by an earlier invocation: take its final evaluation
+        m = json.loads((run_dir / "last" / "metrics.json").read_text())
+    with open(run_dir / "log.csv") as f:  # wall time over every invocation: train + per-epoch evaluation
+        train_seconds = sum(float(r["seconds"]) for r in csv.DictReader(f))
     row = {
         "variant": name,
-        "seconds": round(seconds, 1),
+        "seconds": round(train_seconds, 1),
+        "seconds_this_invocation": round(seconds, 1),
         "steps": result["steps"],
         "seed": cfg["train"]["seed"],
         "command": command,
@@ -136,17 +143,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="config overrides applied to every variant")
     args = parser.parse_args(argv)
     overrides = [f"data.root={args.data}"] + (SMOKE if args.smoke else []) + args.overrides
-    runs = [run_variant(v, Path(args.config), overrides, Path(args.runs_dir), args.tta) for v in args.variants]
     now = dt.datetime.now(dt.timezone.utc)
     report = {"date": now.isoformat(timespec="seconds"), "device": device_name(), "torch": torch.__version__,
-              "data": args.data, "config": args.config, "overrides": overrides, "smoke": args.smoke, "runs": runs}
+              "data": args.data, "config": args.config, "overrides": overrides, "smoke": args.smoke, "runs": []}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tag = "smoke" if args.smoke else now.strftime("%Y%m%d-%H%M")
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     stem = out / f"quality-{tag}-{dev}"
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=2, default=str))
-    stem.with_suffix(".md").write_text(markdown(report))
+    for variant in args.variants:  # results are written after every variant, so a cut-off run keeps the finished ones
+        report["runs"].append(run_variant(variant, Path(args.config), overrides, Path(args.runs_dir), args.tta))
+        stem.with_suffix(".json").write_text(json.dumps(report, indent=2, default=str))
+        stem.with_suffix(".md").write_text(markdown(report))
     print(markdown(report))
     print(f"wrote {stem}.json and {stem}.md")
     return 0

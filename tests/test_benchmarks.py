@@ -54,3 +54,18 @@ def test_speed_benchmark_smoke(tmp_path):
         m = report["models"][name]
         assert m["train_img_s_model_only"] > 0 and m["train_img_s_end_to_end"] > 0 and m["cpu_infer_ms_median"] > 0
     assert report["ratios"]["train_end_to_end_x"] > 0 and report["data_pipeline_img_s"] > 0
+
+
+@pytest.mark.skipif(not SAMPLE.is_dir(), reason="../shared/datasets/pascal-part-sample is absent (a user's machine)")
+def test_quality_benchmark_picks_up_finished_runs(tmp_path):
+    """A second invocation (e.g. after a command time limit) resumes: finished variants report their results."""
+    from benchmarks.quality import main
+
+    argv = ["--data", str(SAMPLE), "--smoke", "--variants", "heads", "--out", str(tmp_path),
+            "--runs-dir", str(tmp_path / "runs"), "model.encoder_weights=null", "train.max_steps=null"]
+    assert main(argv) == 0
+    first = json.loads((tmp_path / "quality-smoke-cpu.json").read_text())["runs"][0]
+    assert main(argv) == 0
+    again = json.loads((tmp_path / "quality-smoke-cpu.json").read_text())["runs"][0]
+    assert again["tree"] == first["tree"] and again["steps"] == first["steps"]
+
