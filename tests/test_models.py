@@ -126,3 +126,16 @@ def test_decoder_depth_is_configurable(pp, fuse_convs):
     with pytest.raises(ValueError, match="fuse_convs"):
         HierSegModel(pp, fuse_convs=0, **TINY)
 
+
+def test_predict_takes_numpy_images_of_any_size(pp):
+    import numpy as np
+
+    model = HierSegModel(pp, **TINY).eval()
+    rng = np.random.default_rng(0)
+    one = model.predict(rng.integers(0, 256, (37, 53, 3), dtype=np.uint8))
+    assert [lv.shape for lv in one["levels"]] == [(37, 53)] * 3
+    many = model.predict([rng.integers(0, 256, (20, 30), dtype=np.uint8), rng.integers(0, 256, (41, 17, 4), dtype=np.uint8)])
+    assert [m["levels"][2].shape for m in many] == [(20, 30), (41, 17)]
+    parent = pp.parent_index(1).numpy()
+    assert (parent[many[1]["levels"][2]] == many[1]["levels"][1]).all()
+

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -107,8 +108,21 @@ class HierSegModel(nn.Module):
         return logits
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor, probabilities: bool = False) -> dict[str, Any]:
-        """Tree-consistent label maps per level, each head's raw argmax, optionally per-level probabilities."""
+    def predict(self, images: "torch.Tensor | np.ndarray | list[np.ndarray]", probabilities: bool = False) -> Any:
+        """Tree-consistent label maps per level, each head's raw argmax, optionally per-level probabilities.
+
+        A tensor batch (NCHW, 0..255) gives ``{"levels", "leaf", "raw"[, "probs"]}`` as tensors. A numpy
+        image (HxW, HxWx1, HxWx3 or HxWx4, uint8) or a list of them, of any sizes, goes through
+        :func:`hiertree.predict.predict_images` and gives numpy maps at each image's own size (one dict
+        per image; a single dict for a single image).
+        """
+        if isinstance(images, (np.ndarray, list, tuple)):
+            from hiertree.predict import predict_images
+
+            device = next(self.parameters()).device
+            single = isinstance(images, np.ndarray)
+            out = predict_images(self, [images] if single else list(images), device=device, probabilities=probabilities)
+            return out[0] if single else out
         logits = self(images)
         return decode(logits, self.taxonomy, flat=self.flat, probabilities=probabilities)
 
