@@ -3,14 +3,15 @@
 A taxonomy file is a nested mapping. Inner nodes map names to children; a leaf maps its name to the
 integer id its pixels carry in the masks (or to ``{id: N, color: [r, g, b]}``)::
 
-    name: people
+    name: street
     ignore_index: 255
     tree:
       background: 0
-      body:
-        upper_body: {hand: 1, torso: 2}
-        lower_body: {leg: 3}
-    colors: {body: [200, 80, 80]}
+      vehicle:
+        wheeled: {car: 1, bike: 2}
+        rail: {tram: 3}
+      person: 4
+    colors: {vehicle: [200, 80, 80]}
 
 Level ``l`` holds the nodes at depth ``l + 1`` (children of the root are depth 1). A leaf that is
 shallower than the deepest level is carried down unchanged, so every level partitions every pixel.
