@@ -214,7 +214,7 @@ class Taxonomy:
     # ------------------------------------------------------------------ levels
     def _build_levels(self) -> None:
         g = self.graph
-        order = list(nx.dfs_preorder_nodes(g, _ROOT, sort_neighbors=lambda ns: sorted(ns, key=lambda n: g.nodes[n]["order"])))
+        order = list(nx.dfs_preorder_nodes(g, _ROOT))  # successors keep insertion (YAML) order
         leaves = [n for n in order if g.nodes[n].get("leaf_id") is not None]
         self._leaf_by_id = sorted(leaves, key=lambda n: g.nodes[n]["leaf_id"])
         self.depth = max(g.nodes[n]["depth"] for n in leaves)
