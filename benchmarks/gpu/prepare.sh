@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Run on the dev machine (which reaches PyPI) before a lent-GPU session: gathers what the GPU machine lacks
+# into git-ignored folders that the device tool carries (64 MiB a call):
+#   .whl/          wheels for its Python 3.12 (albumentations 2.0.8 + deps, smp), installed with --target
+#   .gpu/weights/  the offline ImageNet lite0/lite2 weights, converted to timm safetensors here
+#   .gpu/all/      the Pascal-Part copy in four ~50 MB tar parts (../shared/tools/pack-pascal-part.sh)
+# Then see benchmarks/README.md for the call sequence.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+for d in /.whl/ /.gpu/; do grep -qxF "$d" .git/info/exclude || echo "$d" >> .git/info/exclude; done
+mkdir -p .whl .gpu/weights
+plat=(--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64
+      --platform manylinux2014_x86_64 --platform manylinux1_x86_64)
+python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp "${plat[@]}" -d .whl \
+  albumentations==2.0.8 albucore==0.0.24 simsimd stringzilla pydantic pydantic-core annotated-types \
+  typing-inspection segmentation-models-pytorch==0.6.0
+for v in lite0 lite2; do
+  HIERTREE_WEIGHTS_DIR=.gpu/weights python3 -m hiertree.weights "$v"
+done
+# the packer resolves OUT_DIR from its own folder: give it an absolute path
+[ -f .gpu/all/part-1.tar ] || ../shared/tools/pack-pascal-part.sh "$PWD/.gpu/all"
+du -sh .whl .gpu/weights .gpu/all
