@@ -37,7 +37,7 @@ class Encoder(nn.Module):
         super().__init__()
         if output_stride not in (8, 16, 32):
             raise EncoderError(f"output_stride must be 8, 16 or 32, got {output_stride}")
-        if name not in timm.list_models() and not timm.is_model(name):
+        if not timm.is_model(name):  # accepts pretrained tags (name.tag)
             close = timm.list_models(f"*{name.split('_')[0]}*")[:5]
             raise EncoderError(f"unknown timm encoder {name!r}; similar names: {close}")
         weights = _resolve_weights(weights, name)
