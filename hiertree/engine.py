@@ -326,8 +326,15 @@ def train(cfg: dict, command: str = "", model: torch.nn.Module | None = None) ->
     ``model`` replaces the one ``cfg["model"]`` describes (benchmarks train other architectures in the
     same loop); it must take 0..255 images and return per-level logits like :class:`HierSegModel`.
     """
-    with _StopFlag() as stop:
-        return _train(cfg, command, stop, model)
+    # a process group this call creates is torn down by it on every rank: a rank that reaches interpreter exit
+    # with a live gloo group can abort ("terminate called without an active exception") while others still save
+    owns_group = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized()
+    try:
+        with _StopFlag() as stop:
+            return _train(cfg, command, stop, model)
+    finally:
+        if owns_group and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def _train(cfg: dict, command: str, stop: _StopFlag, model: torch.nn.Module | None = None) -> dict:
@@ -562,10 +569,11 @@ def _train(cfg: dict, command: str, stop: _StopFlag, model: torch.nn.Module | No
             break
     if distributed:
         _check_ranks_agree(model, main_process)
-        dist.barrier()
     if logger is not None:
         logger.close()
     if main_process and last_metrics is not None:
         (run_dir / "metrics.json").write_text(json.dumps(last_metrics, indent=2))
+    if distributed:  # no rank leaves (and tears the group down) before rank 0 has written everything
+        dist.barrier()
     return {"run_dir": run_dir, "best": best, "last_metrics": last_metrics, "steps": step, "stopped": stopped,
             "signal": stop.signal, "model": unwrap(model)}
