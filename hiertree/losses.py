@@ -157,8 +157,9 @@ class HierarchicalLoss(nn.Module):
     non-zero), so the parts other than ``total`` add up to ``total``.
 
     Lower-resolution loss: when a level's logits are smaller (or larger) than the mask, the leaf
-    mask is resized to the logits with nearest neighbour (label values are picked, never blended)
-    instead of upsampling the logits. Computing the loss at the head's stride this way is a
+    mask is resized to the logits by picking the label at each cell's centre (nearest-exact: values
+    are picked, never blended, and aligned with how the logits are upsampled back) instead of
+    upsampling the logits. Computing the loss at the head's stride this way is a
     deliberate speed and memory saving; upsample the logits yourself for a full-resolution loss.
     """
 
@@ -210,7 +211,7 @@ class HierarchicalLoss(nn.Module):
         if size not in cache:
             mask = leaf_mask
             if tuple(mask.shape[1:]) != size:
-                mask = F.interpolate(mask[:, None].float(), size=size, mode="nearest")[:, 0].long()
+                mask = F.interpolate(mask[:, None].float(), size=size, mode="nearest-exact")[:, 0].long()
             cache[size] = self.taxonomy.to_levels(mask)
         return cache[size]
 

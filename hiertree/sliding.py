@@ -4,8 +4,9 @@ The image is covered by ``window`` x ``window`` tiles that overlap by ``overlap`
 last tile of a row or column is shifted back to end at the border, so tiles never pad). Each pixel's
 logits are the plain mean over the tiles covering it: a uniform weight keeps one window covering the
 whole image bit-identical to whole-image inference, and for a model whose output at a pixel depends
-only on that pixel the result equals whole-image inference exactly. CNNs with global pooling (the
-DeepLab image-pool branch) see less context per tile, so results are close, not equal.
+only on that pixel the result equals whole-image inference up to float rounding of the mean. CNNs
+with global pooling (the DeepLab image-pool branch) see less context per tile, so results are close,
+not equal.
 
 Memory: the per-level logit sums live at full resolution (``sum(level sizes) x H x W`` float32 per
 image, e.g. 0.6 GB for 12 classes on 4000x3000), the model only ever sees one tile.

@@ -137,8 +137,11 @@ class Taxonomy:
         if not isinstance(name, str) or not name:
             raise TaxonomyError(f"{source}: 'name' must be a non-empty string, got {name!r}")
         ignore_index = data.get("ignore_index", 255)
-        if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-            raise TaxonomyError(f"{source}: 'ignore_index' must be an integer, got {ignore_index!r}")
+        if isinstance(ignore_index, bool) or not isinstance(ignore_index, int) or ignore_index < 0:
+            raise TaxonomyError(
+                f"{source}: 'ignore_index' must be a non-negative integer (masks hold unsigned values), "
+                f"got {ignore_index!r}; 255 is the usual choice"
+            )
 
         graph = nx.DiGraph()
         graph.add_node(_ROOT, depth=0, order=0)
@@ -358,7 +361,8 @@ class Taxonomy:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Taxonomy) and self.to_dict() == other.to_dict()
+        # sibling order sets the class indices of the coarser levels, and dict equality ignores order
+        return isinstance(other, Taxonomy) and self.to_yaml() == other.to_yaml()
 
     def __hash__(self) -> int:
         return hash(self.to_yaml())
@@ -449,7 +453,7 @@ def _add_children(
         graph.add_edge(parent, name)
         if isinstance(value, dict) and value and set(value) <= set(_LEAF_KEYS):
             if "id" not in value:
-                raise TaxonomyError(f"{source}: key {where!r}: leaf has no id; write '{name}: {{id: N}}'")
+                raise TaxonomyError(f"{source}: key {where!r}: leaf has no id; write '{name}: {{id: N}}' ('id' and 'color' are reserved keys, not class names)")
             leaf_value = value["id"]
             if "color" in value:
                 colors[name] = _parse_color(value["color"], f"{where}.color", source)

@@ -231,7 +231,14 @@ def test_lower_resolution_logits_downsample_targets():
     logits = [torch.randn(2, c, 4, 4, generator=g) for c in TAX.level_sizes]
     loss = HierarchicalLoss(TAX, consistency_weight=1.0, tree_min_weight=1.0)
     _, low = loss(logits, mask)
-    _, ref = loss(logits, mask[:, ::2, ::2].contiguous())  # nearest picks every other pixel
+    # each logit cell is painted back centred on its block (bilinear, align_corners=False), so its target is
+    # the label at the block's centre (nearest-exact), not at its top-left corner (plain nearest: a half-stride shift)
+    _, ref = loss(logits, mask[:, 1::2, 1::2].contiguous())
+    for k in ref:
+        assert low[k].item() == pytest.approx(ref[k].item(), abs=1e-6)
+    big = torch.randint(0, 7, (2, 16, 16), generator=g)  # stride 4: the centre pixel 4i + 2
+    _, low = loss(logits, big)
+    _, ref = loss(logits, big[:, 2::4, 2::4].contiguous())
     for k in ref:
         assert low[k].item() == pytest.approx(ref[k].item(), abs=1e-6)
     # per-level resolutions may differ for CE alone

@@ -82,6 +82,15 @@ def test_round_trip_and_leaf_form(pp):
     assert t.classes(1) == ["bg", "a", "b"]
 
 
+def test_equality_follows_sibling_order():
+    # swapping inner siblings permutes the coarse class indices: not the same taxonomy (a resume must refuse it)
+    a = Taxonomy.from_yaml("tree: {bg: 0, body: {x: 1, y: 2}, thing: {z: 3}}")
+    b = Taxonomy.from_yaml("tree: {bg: 0, thing: {z: 3}, body: {x: 1, y: 2}}")
+    assert a.classes(0) == ["bg", "body", "thing"] and b.classes(0) == ["bg", "thing", "body"]
+    assert a != b
+    assert a == Taxonomy.from_yaml(a.to_yaml()) and hash(a) == hash(Taxonomy.from_yaml(a.to_yaml()))
+
+
 def test_single_level_tree():
     t = Taxonomy.from_yaml("tree: {bg: 0, cat: 1}")
     assert t.num_levels == 1 and t.classes(0) == ["bg", "cat"]
@@ -103,6 +112,7 @@ BAD = [
     ("tree: {a: 0, b: {}}", r"key 'tree.b'.*empty branch"),
     ("ignore_index: 1\ntree: {a: 0, b: 1}", r"ignore_index 1 collides.*'b'"),
     ("ignore_index: x\ntree: {a: 0}", r"ignore_index"),
+    ("ignore_index: -1\ntree: {a: 0, b: 1}", r"'ignore_index' must be a non-negative integer.*got -1"),
     ("tree: [a, b]", r"expected a mapping"),
     ("trees: {a: 0}", r"unknown top-level key 'trees'.*did you mean 'tree'"),
     ("name: x", r"missing the 'tree' key"),

@@ -66,7 +66,7 @@ class Encoder(nn.Module):
         cfg = self.backbone.pretrained_cfg
         self.register_buffer("mean", torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406))).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("std", torch.tensor(cfg.get("std", (0.229, 0.224, 0.225))).view(1, 3, 1, 1) * 255, persistent=False)
-        self.input_multiple = max(32, 2 ** (len(reductions)))
+        self.input_multiple = max(32, *reductions)  # inputs are padded to this so every stage divides evenly
 
     @staticmethod
     def _from_hub(name: str, kwargs: dict) -> nn.Module:
