@@ -10,7 +10,6 @@ or mid-epoch -- computes exactly what an uninterrupted one would have (bit-ident
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -101,16 +100,28 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def _cosine(start: float, end: float, t: float) -> float:
+    return end + (start - end) * (1.0 + math.cos(math.pi * t)) / 2.0
+
+
 def _schedule(optimizer: torch.optim.Optimizer, tcfg: dict, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """A per-step learning-rate factor: linear warmup then poly decay, one-cycle, or constant.
+
+    One function of (step, total_steps) for every kind, so a resume that changes ``train.epochs`` simply
+    continues on the new curve (torch's OneCycleLR would restore its old length and refuse to step on).
+    One-cycle follows OneCycleLR's defaults for the learning rate: cosine from lr/25 up to lr over the
+    warmup (at least 1 % of the run), then cosine down to lr/1e4; momentum is not cycled.
+    """
     kind, warmup = tcfg["schedule"], min(tcfg["warmup_steps"], max(total_steps - 1, 0))
-    if kind == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=tcfg["lr"], total_steps=total_steps, pct_start=max(warmup / total_steps, 0.01)
-        )
-    if kind not in ("poly", "constant"):
+    if kind not in ("poly", "onecycle", "constant"):
         raise TrainingError(f"train.schedule must be poly, onecycle or constant, got {kind!r}")
+    rise = max(warmup, math.ceil(0.01 * total_steps), 1)
 
     def factor(step: int) -> float:
+        if kind == "onecycle":
+            if step < rise:
+                return _cosine(1 / 25, 1.0, step / rise)
+            return _cosine(1.0, 1e-4, min((step - rise) / max(total_steps - rise, 1), 1.0))
         if step < warmup:
             return (step + 1) / warmup
         if kind == "constant":
@@ -423,6 +434,11 @@ def _train(cfg: dict, command: str, stop: _StopFlag, model: torch.nn.Module | No
             print(f"hiertree: warning: {ck['dir']} was written with batch size, ranks, steps per epoch {saved_layout}, "
                   f"now {(tcfg['batch_size'], world, steps_per_epoch)}; training goes on but not as the original run would",
                   file=sys.stderr)
+        saved_epochs = state.get("epochs", tcfg["epochs"])
+        if saved_epochs != tcfg["epochs"] and main_process:
+            print(f"hiertree: warning: {ck['dir']} was written by a {saved_epochs}-epoch run, now train.epochs="
+                  f"{tcfg['epochs']}; the learning-rate schedule now spans {tcfg['epochs']} epochs and goes on from "
+                  f"step {step} on that curve", file=sys.stderr)
         if skip_batches >= steps_per_epoch:
             start_epoch, skip_batches = start_epoch + 1, 0
         _set_rng_state(state["rng"])
@@ -438,8 +454,7 @@ def _train(cfg: dict, command: str, stop: _StopFlag, model: torch.nn.Module | No
         print(taxonomy.describe())
         print(f"hiertree: {len(train_ds)} train / {len(val_ds)} val samples, device {device}, amp {amp}, "
               f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, {total_steps} steps", flush=True)
-    log_path = run_dir / "log.csv"
-    logger = TrainLogger(run_dir, taxonomy, tensorboard="auto") if main_process else None
+    logger = TrainLogger(run_dir, taxonomy, tensorboard="auto", resume=bool(resume)) if main_process else None
     preview: dict | None = None  # a few val images shown in TensorBoard after each evaluation
 
     def save(tag_epoch: int, batch_in_epoch: int, metrics: dict | None, links: tuple[str, ...]) -> None:
@@ -448,7 +463,7 @@ def _train(cfg: dict, command: str, stop: _StopFlag, model: torch.nn.Module | No
         state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                  "step": step, "epoch": tag_epoch, "batch_in_epoch": batch_in_epoch, "best": best,
                  "bad_steps": bad_steps, "rng": _rng_state(), "batch_size": tcfg["batch_size"], "world": world,
-                 "steps_per_epoch": steps_per_epoch}
+                 "steps_per_epoch": steps_per_epoch, "epochs": tcfg["epochs"]}
         save_checkpoint(run_dir, f"ckpt-{step:07d}", model, cfg, taxonomy, metrics, state, links,
                         model_card(cfg, taxonomy, metrics, command))
 
@@ -460,7 +475,7 @@ def _train(cfg: dict, command: str, stop: _StopFlag, model: torch.nn.Module | No
         batch_in_epoch = skip_batches
         skip_batches = 0
         sums: dict[str, float] = {}
-        t0, seen, stop_now = time.time(), 0, False
+        t0, seen, good_steps, stop_now = time.time(), 0, 0, False
         bar = train_loader
         if main_process and tcfg["progress"]:
             from tqdm import tqdm
@@ -503,6 +518,7 @@ def _train(cfg: dict, command: str, stop: _StopFlag, model: torch.nn.Module | No
             scheduler.step()
             step += 1
             batch_in_epoch += 1
+            good_steps += 1
             seen += images.shape[0]
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
@@ -512,7 +528,7 @@ def _train(cfg: dict, command: str, stop: _StopFlag, model: torch.nn.Module | No
                 logger.log_step(step, {"lr": scheduler.get_last_lr()[0], **{f"loss/{k}": float(v.detach()) for k, v in parts.items()}})
             if stop_now or (max_steps and step >= max_steps):
                 break
-        n = max(batch_in_epoch, 1)
+        n = max(good_steps, 1)  # this run's finite steps of this epoch: what ``sums`` holds
         epoch_done = batch_in_epoch >= steps_per_epoch
         hit_max = bool(max_steps and step >= max_steps)
         if distributed:
@@ -551,17 +567,11 @@ def _train(cfg: dict, command: str, stop: _StopFlag, model: torch.nn.Module | No
         else:  # stopped by max_steps mid-epoch: resume continues this epoch where it stopped
             save(epoch, batch_in_epoch, metrics, links)
         if main_process:
-            row = {"epoch": epoch + 1, "step": step, "lr": scheduler.get_last_lr()[0], "seconds": round(time.time() - t0, 2),
+            row = {"lr": scheduler.get_last_lr()[0], "seconds": round(time.time() - t0, 2),
                    **{f"loss/{k}": round(v / n, 6) for k, v in sums.items()}}
             if metrics is not None:
                 row.update({f"mIoU/L{lv['level']}": round(lv["mIoU"], 6) for lv in metrics["tree"]["levels"]})
-            new = not log_path.exists()
-            with open(log_path, "a", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=list(row))
-                if new:
-                    writer.writeheader()
-                writer.writerow(row)
-            logger.log_epoch(epoch + 1, step, {k: v for k, v in row.items() if k not in ("epoch", "step")})
+            logger.log_epoch(epoch + 1, step, row)
         if stop_now:
             stopped = f"signal {stop.signal}"
             break

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -59,6 +59,21 @@ def tta_log_probs(
     return [(p / len(views)).clamp_min(1e-12).log() for p in total]
 
 
+def _unpadded(batch: dict) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The batch as one piece when no sample was padded, else each sample cropped to its own size.
+
+    Padding is not neutral: the border pixels and the image-pool branch would see it, so a score would
+    depend on the batch size and on which images share a batch.
+    """
+    images, masks, sizes = batch["image"], batch["mask"], batch.get("size")
+    full = tuple(images.shape[-2:])
+    if sizes is None or all(tuple(hw) == full for hw in sizes):
+        yield images, masks
+        return
+    for k, (h, w) in enumerate(sizes):
+        yield images[k : k + 1, :, :h, :w], masks[k : k + 1, :h, :w]
+
+
 @torch.no_grad()
 def evaluate(
     model: torch.nn.Module,
@@ -86,14 +101,14 @@ def evaluate(
     for i, batch in enumerate(loader):
         if max_batches is not None and i >= max_batches:
             break
-        images = batch["image"].to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        target = batch["mask"].to(device, non_blocking=True)
-        with autocast_for(device, amp):
-            logp = tta_log_probs(model, images, hflip, scales, max_side, window, overlap)
-        out = decode(logp, taxonomy, flat=flat)
-        tree.update(out["leaf"], target)
-        raw.update(out["raw"], target)
+        for images, target in _unpadded(batch):
+            images, target = images.to(device, non_blocking=True), target.to(device, non_blocking=True)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with autocast_for(device, amp):
+                logp = tta_log_probs(model, images, hflip, scales, max_side, window, overlap)
+            out = decode(logp, taxonomy, flat=flat)
+            tree.update(out["leaf"], target)
+            raw.update(out["raw"], target)
     model.train(was_training)
     return {"tree": tree.compute(), "raw": raw.compute()}

@@ -68,11 +68,12 @@ class TrainLogger:
 
     ``tensorboard``: ``"auto"`` uses TensorBoard when it is installed, ``True`` requires it,
     ``False`` never uses it. Use as a context manager or call :meth:`close` at the end.
-    An existing ``metrics.csv`` (a resumed run) is read back and continued, dropping rows of epochs
-    that are logged again.
+    ``resume=True`` (a resumed run) reads an existing ``metrics.csv`` back and continues it, dropping the
+    rows of epochs that are logged again; ``resume=False`` starts it afresh.
     """
 
-    def __init__(self, run_dir: str | Path, taxonomy: Taxonomy, tensorboard: bool | Literal["auto"] = "auto") -> None:
+    def __init__(self, run_dir: str | Path, taxonomy: Taxonomy, tensorboard: bool | Literal["auto"] = "auto",
+                 resume: bool = True) -> None:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.taxonomy = taxonomy
@@ -81,7 +82,10 @@ class TrainLogger:
         self.columns: list[str] = list(_FIXED)
         self.steps: dict[str, list[tuple[int, float]]] = {}
         if self.csv_path.is_file():
-            self._read_back()
+            if resume:
+                self._read_back()
+            else:
+                self.csv_path.unlink()
         self.writer = self._open_tensorboard(tensorboard)
         self._closed = False
 
@@ -125,10 +129,11 @@ class TrainLogger:
         """One row of ``metrics.csv`` (header rewritten when new keys appear) and epoch scalars in TensorBoard."""
         row: dict[str, Any] = {"epoch": int(epoch), "step": int(step)}
         row.update({k: _number(v) for k, v in scalars.items() if k not in _FIXED})
-        self.rows = [r for r in self.rows if r.get("epoch") is None or int(r["epoch"]) < row["epoch"]]
-        self.rows.append(row)
+        kept = [r for r in self.rows if r.get("epoch") is None or int(r["epoch"]) < row["epoch"]]
+        dropped = len(kept) < len(self.rows)  # epochs logged again after a resume: the file must lose them too
+        self.rows = kept + [row]
         new_keys = [k for k in row if k not in self.columns]
-        if new_keys or len(self.rows) == 1 or not self.csv_path.is_file():
+        if new_keys or dropped or len(self.rows) == 1 or not self.csv_path.is_file():
             self.columns += new_keys
             self._rewrite()
         else:

@@ -1,6 +1,7 @@
 """Exact resume: stopping and resuming (at an epoch boundary or mid-epoch) reproduces an uninterrupted run bit for bit."""
 
 import csv
+import math
 from pathlib import Path
 
 import pytest
@@ -8,7 +9,7 @@ import torch
 
 from hiertree.checkpoint import load_checkpoint, state_digest
 from hiertree.config import load_config
-from hiertree.engine import EpochSampler, TrainingError, train
+from hiertree.engine import EpochSampler, TrainingError, _schedule, train
 
 ROOT = Path(__file__).resolve().parents[1]
 # 16 samples / batch 8 = 2 steps per epoch; dropout stays on (model default 0.1) so the RNG state matters
@@ -67,17 +68,64 @@ def test_stop_and_resume_equals_uninterrupted_run(tmp_path):
     assert state["scheduler"]["last_epoch"] == ref_state["scheduler"]["last_epoch"] == 8
     assert state["optimizer"]["param_groups"][0]["lr"] == ref_state["optimizer"]["param_groups"][0]["lr"]
     assert torch.equal(state["rng"]["torch"], ref_state["rng"]["torch"])
-    with open(tmp_path / "a" / "log.csv") as f:
+    with open(tmp_path / "a" / "metrics.csv") as f:
         assert [row["epoch"] for row in csv.DictReader(f)] == ["1", "2", "3", "4"]
 
     # stopped mid-epoch (epoch 2, after its first batch) with a data-loader worker, resumed by path
     _train(tmp_path / "b", "train.max_steps=3", "train.num_workers=1")
     _, _, state = _final(tmp_path / "b")
     assert (state["epoch"], state["batch_in_epoch"], state["step"]) == (1, 1, 3)
+    first_half = _epoch_losses(tmp_path / "b")[2]
     _train(tmp_path / "b", f"train.resume={tmp_path / 'b'}", "train.num_workers=1")
     digest, metrics, _ = _final(tmp_path / "b")
     assert digest == ref_digest
     assert metrics["tree"] == ref_metrics["tree"]
+    # each run logs the mean of its own steps of epoch 2; epoch 2 is logged once, after the resume
+    losses, ref_losses = _epoch_losses(tmp_path / "b"), _epoch_losses(tmp_path / "whole")
+    assert list(losses) == [1, 2, 3, 4]
+    assert (first_half + losses[2]) / 2 == pytest.approx(ref_losses[2], abs=2e-6)
+    assert losses[3] == ref_losses[3]
+
+
+def _epoch_losses(out: Path) -> dict[int, float]:
+    with open(out / "metrics.csv") as f:
+        return {int(row["epoch"]): float(row["loss/total"]) for row in csv.DictReader(f)}
+
+
+def test_schedules_by_hand():
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    cfg = {"schedule": "poly", "warmup_steps": 2, "poly_power": 1.0, "lr": 1.0}
+
+    def lrs(cfg: dict, total: int) -> list[float]:
+        for g in opt.param_groups:
+            g["lr"] = g["initial_lr"] = 1.0
+        sched, out = _schedule(opt, cfg, total), []
+        for _ in range(total):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return out
+
+    # warmup (s + 1) / 2, then 1 - (s - 2) / (6 - 2)
+    assert lrs(cfg, 6) == pytest.approx([0.5, 1.0, 1.0, 0.75, 0.5, 0.25])
+    # one-cycle: cosine from 1/25 to 1 over the warmup (2 steps), cosine down to 1e-4 over the remaining 4
+    up = [1 / 25, (1 + 1 / 25) / 2]
+    down = [1e-4 + (1 - 1e-4) * (1 + math.cos(math.pi * t / 4)) / 2 for t in range(4)]
+    assert lrs({**cfg, "schedule": "onecycle"}, 6) == pytest.approx(up + down)
+    assert lrs({**cfg, "schedule": "onecycle", "warmup_steps": 1}, 3)[0] == pytest.approx(1 / 25)  # no zero division
+
+
+def test_onecycle_resumes_onto_a_longer_run_with_a_warning(tmp_path, capsys):
+    _train(tmp_path / "oc", "train.schedule=onecycle", "train.epochs=2")
+    capsys.readouterr()
+    resumed = _train(tmp_path / "oc", "train.schedule=onecycle", "train.epochs=3", "train.resume=auto")
+    assert resumed["steps"] == 6
+    err = capsys.readouterr().err
+    assert "written by a 2-epoch run, now train.epochs=3" in err
+    _, _, state = _final(tmp_path / "oc")
+    # the lr at step 6 of 6 on the 3-epoch curve: cosine down to lr/1e4 after a 1-step rise
+    lr = load_config(ROOT / "configs/demo.yaml", TINY)["train"]["lr"]
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(lr * (1e-4 + (1 - 1e-4) * (1 + math.cos(math.pi)) / 2))
 
 
 def test_resume_rejects_another_model_or_taxonomy(tmp_path):

@@ -48,6 +48,18 @@ def test_csv_grows_columns_and_holds_the_values(taxonomy, tmp_path):
     again.log_epoch(3, 31, {**_epoch_scalars(2), "extra": 7})
     rows = _read(tmp_path / "metrics.csv")
     assert [int(r["step"]) for r in rows] == [10, 20, 31] and rows[-1]["extra"] == "7" and rows[0]["extra"] == ""
+    again.close()
+    # resumed from epoch 1 with no new key: epochs 2 and 3 leave the file too, not only the memory
+    back = TrainLogger(tmp_path, taxonomy, tensorboard=False)
+    back.log_epoch(2, 21, {"lr": 5e-4, "loss/total": 9.0})
+    rows = _read(tmp_path / "metrics.csv")
+    assert [(int(r["epoch"]), int(r["step"])) for r in rows] == [(1, 10), (2, 21)] and rows[1]["loss/total"] == "9"
+    back.close()
+    # a fresh run into the same folder starts the file afresh
+    fresh = TrainLogger(tmp_path, taxonomy, tensorboard=False, resume=False)
+    fresh.log_epoch(1, 5, {"loss/total": 3.0})
+    assert [(r["epoch"], r["step"], r["loss/total"]) for r in _read(tmp_path / "metrics.csv")] == [("1", "5", "3")]
+    fresh.close()
 
 
 def test_curves_png_has_real_content(taxonomy, tmp_path):

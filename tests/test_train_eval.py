@@ -23,7 +23,7 @@ TINY = [
 def test_demo_config_trains_and_evaluates(tmp_path, capsys):
     out = tmp_path / "run"
     assert train_main(["--config", str(ROOT / "configs/demo.yaml"), *TINY, f"train.out_dir={out}"]) == 0
-    assert (out / "config.yaml").is_file() and (out / "log.csv").is_file()
+    assert (out / "config.yaml").is_file() and (out / "metrics.csv").is_file()
     best = out / "best"
     for name in ("model.safetensors", "config.yaml", "taxonomy.yaml", "metrics.json", "train_state.pt", "README.md"):
         assert (best / name).is_file(), name
