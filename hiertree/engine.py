@@ -133,8 +133,8 @@ def _schedule(optimizer: torch.optim.Optimizer, tcfg: dict, total_steps: int) ->
 
 def _rng_state() -> dict:
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_initialized():  # this process's device only: touching every GPU would open a context on each
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -142,8 +142,11 @@ def _set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if isinstance(cuda, (list, tuple)):  # written by an older version: one state per visible GPU
+        cuda = cuda[torch.cuda.current_device()] if torch.cuda.is_available() and len(cuda) > torch.cuda.current_device() else None
+    if cuda is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(cuda)
 
 
 def _score(result: dict) -> float:
