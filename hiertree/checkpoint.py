@@ -12,6 +12,9 @@ A checkpoint folder is written under a temporary name, fsynced, renamed, and onl
 points at is never modified or replaced (saving an existing tag again writes ``<tag>-r1``, ...), so a
 process killed at any point -- even by SIGKILL -- leaves the previous checkpoint loadable; leftovers
 (``.<tag>.partial``, unlinked folders) are removed by the next save.
+
+A run copied with links dereferenced (``cp -rL``) holds ``last``/``best`` as real folders; the next
+save first renames each into a ``ckpt-<name>`` folder and links it, so such a copy resumes normally.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -89,6 +93,29 @@ def _point(link: Path, target_name: str) -> None:
     _fsync_dir(link.parent)
 
 
+def _adopt_real_dirs(run_dir: Path, names: set[str]) -> None:
+    """Turn each ``run_dir/<name>`` that is a real folder (a ``cp -rL`` copy) into a link to ``ckpt-<name>``.
+
+    The folder is renamed (atomic, nothing is copied) to a new ``ckpt-<name>[-r<k>]`` name, then linked
+    under its old name, so loading it keeps working and the next link swap can replace the link.
+    """
+    for link in sorted(names):
+        path = run_dir / link
+        if path.is_symlink() or not path.is_dir():
+            continue
+        if not (path / "model.safetensors").is_file():
+            raise CheckpointError(f"{path} is a folder that holds no checkpoint, but the run links its {link!r} "
+                                  f"checkpoint under that name; move it out of {run_dir} and train again")
+        name, k = f"ckpt-{link}", 0
+        while (run_dir / name).exists() or (run_dir / name).is_symlink():
+            k += 1
+            name = f"ckpt-{link}-r{k}"
+        os.replace(path, run_dir / name)
+        _point(path, name)
+        print(f"hiertree: note: {path} was a folder, not a link (a run copied with cp -rL?); "
+              f"moved it to {run_dir / name} and linked it; copy runs with cp -a to keep the links", file=sys.stderr)
+
+
 def save_checkpoint(
     run_dir: str | Path,
     tag: str,
@@ -107,6 +134,7 @@ def save_checkpoint(
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    _adopt_real_dirs(run_dir, {"last", "best", *links})
     name, k = tag, 0
     while (run_dir / name).exists() or (run_dir / name).is_symlink():
         k += 1
@@ -150,15 +178,15 @@ def _prune(run_dir: Path, keep: str) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-def resolve_checkpoint(path: str | Path, prefer: str = "best") -> Path:
-    """A checkpoint folder from itself or from a run folder (``best``, else ``last``)."""
+def _resolve(path: str | Path, prefer: str) -> tuple[Path, str]:
+    """The checkpoint folder and the name it was reached by (``best``/``last`` for a run folder)."""
     path = Path(path)
     if (path / "model.safetensors").is_file():
-        return path
+        return path, Path(os.path.abspath(path)).name
     for name in (prefer, "last", "best"):
         cand = path / name
         if (cand / "model.safetensors").is_file():
-            return cand.resolve()
+            return cand.resolve(), name
     if not path.exists():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
     raise CheckpointError(
@@ -166,9 +194,18 @@ def resolve_checkpoint(path: str | Path, prefer: str = "best") -> Path:
     )
 
 
+def resolve_checkpoint(path: str | Path, prefer: str = "best") -> Path:
+    """A checkpoint folder from itself or from a run folder (``best``, else ``last``)."""
+    return _resolve(path, prefer)[0]
+
+
 def load_checkpoint(path: str | Path, prefer: str = "best") -> dict[str, Any]:
-    """``{"dir", "config", "taxonomy", "state_dict", "metrics"}`` of a checkpoint folder."""
-    ckpt = resolve_checkpoint(path, prefer)
+    """``{"dir", "name", "config", "taxonomy", "state_dict", "metrics"}`` of a checkpoint folder.
+
+    ``name`` is how the folder was chosen: ``best``/``last`` when ``path`` is a run folder, else the
+    folder's own name. A config without a ``model:`` mapping or an unreadable file is a CheckpointError.
+    """
+    ckpt, chosen = _resolve(path, prefer)
     missing = [n for n in ("model.safetensors", "config.yaml", "taxonomy.yaml") if not (ckpt / n).is_file()]
     if missing:
         raise CheckpointError(f"{ckpt} is incomplete: missing {missing}")
@@ -176,10 +213,16 @@ def load_checkpoint(path: str | Path, prefer: str = "best") -> dict[str, Any]:
         cfg = yaml.safe_load((ckpt / "config.yaml").read_text())
         taxonomy = Taxonomy.from_yaml(ckpt / "taxonomy.yaml")
         state = load_file(str(ckpt / "model.safetensors"))
+        metrics = json.loads((ckpt / "metrics.json").read_text()) if (ckpt / "metrics.json").is_file() else None
     except Exception as err:
         raise CheckpointError(f"{ckpt}: cannot read checkpoint ({type(err).__name__}: {err})") from None
-    metrics = json.loads((ckpt / "metrics.json").read_text()) if (ckpt / "metrics.json").is_file() else None
-    return {"dir": ckpt, "config": cfg, "taxonomy": taxonomy, "state_dict": state, "metrics": metrics}
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict):
+        found = f"keys {sorted(map(str, cfg))}" if isinstance(cfg, dict) else f"a {type(cfg).__name__}"
+        raise CheckpointError(
+            f"{ckpt / 'config.yaml'}: expected a mapping with a 'model:' section, found {found}; "
+            "use a checkpoint folder written by hiertree-train (its config.yaml describes the model)"
+        )
+    return {"dir": ckpt, "name": chosen, "config": cfg, "taxonomy": taxonomy, "state_dict": state, "metrics": metrics}
 
 
 def load_model(path: str | Path, prefer: str = "best", map_location: str | torch.device = "cpu"):
@@ -189,8 +232,21 @@ def load_model(path: str | Path, prefer: str = "best", map_location: str | torch
     ck = load_checkpoint(path, prefer)
     model_cfg = dict(ck["config"]["model"])
     model_cfg["encoder_weights"] = None  # the trained weights below replace any pretrained ones
-    model = HierSegModel.from_config(ck["taxonomy"], model_cfg)
-    missing, unexpected = model.load_state_dict(ck["state_dict"], strict=False)
+    try:
+        model = HierSegModel.from_config(ck["taxonomy"], model_cfg)
+    except Exception as err:  # unknown keys, an encoder timm does not know, values of the wrong type
+        raise CheckpointError(
+            f"{ck['dir'] / 'config.yaml'}: its 'model:' section does not build a model "
+            f"({type(err).__name__}: {err}); was it written by another hiertree version or edited by hand?"
+        ) from None
+    try:
+        missing, unexpected = model.load_state_dict(ck["state_dict"], strict=False)
+    except RuntimeError as err:  # tensors of another shape
+        first = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), str(err))
+        raise CheckpointError(
+            f"{ck['dir'] / 'model.safetensors'}: weights do not fit the model that config.yaml and taxonomy.yaml "
+            f"describe ({first}); keep the three files of one checkpoint together"
+        ) from None
     if missing or unexpected:
         raise CheckpointError(
             f"{ck['dir']}: weights do not match the model its config describes "

@@ -11,7 +11,7 @@ from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-__all__ = ["train_main", "eval_main"]
+__all__ = ["train_main", "eval_main", "eval_outputs"]
 
 
 def _one_line(err: Exception) -> str:
@@ -27,6 +27,19 @@ def _one_line(err: Exception) -> str:
 def _fail(err: Exception) -> int:
     print(f"hiertree: error: {_one_line(err)}", file=sys.stderr)
     return 2
+
+
+def eval_outputs(checkpoint: str | Path, ck: dict, split: str) -> tuple[Path, Path]:
+    """Default eval JSON and report folder: next to the checkpoint folder, never inside it.
+
+    ``--checkpoint runs/demo`` (a run folder, its ``best``) gives ``runs/demo/eval-val-best.json`` and
+    ``runs/demo/report-val-best/``; ``runs/demo/last`` gives ``...-last``; a checkpoint folder
+    ``models/mine`` gives ``models/eval-val-mine.json``. A published checkpoint folder is never written
+    to, and a save that moves ``last``/``best`` (and prunes the old folder) cannot delete the results.
+    """
+    given = Path(os.path.abspath(checkpoint))
+    home = given.parent if (given / "model.safetensors").is_file() else given
+    return home / f"eval-{split}-{ck['name']}.json", home / f"report-{split}-{ck['name']}"
 
 
 def train_main(argv: list[str] | None = None) -> int:
@@ -62,14 +75,15 @@ def eval_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", required=True, help="checkpoint folder, or a run folder (uses its best)")
     parser.add_argument("--data", help="dataset folder (JPEGImages/, masks/ or gt_masks/, <split>_id.txt); default: the checkpoint's data")
     parser.add_argument("--split", default=None, help="split to score (default: the config's val split)")
-    parser.add_argument("--out", help="JSON file to write (default: <checkpoint>/eval-<split>.json)")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", help="JSON file to write (default: next to the checkpoint folder, "
+                        "<run>/eval-<split>-<best|last|folder name>.json)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
     parser.add_argument("--hflip", action="store_true", help="test-time augmentation: average with the mirrored image")
     parser.add_argument("--scales", type=float, nargs="+", help="test-time scales, e.g. 0.75 1 1.25")
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--max-batches", type=int)
     parser.add_argument("--report", metavar="DIR", help="where to write the Markdown report with charts (default: "
-                        "<checkpoint>/report-<split>; needs matplotlib: hiertree[report])")
+                        "report-<split>-<name> next to the JSON; needs matplotlib: hiertree[report])")
     parser.add_argument("--no-report", action="store_true", help="write the JSON only")
     parser.add_argument("--report-samples", type=int, default=4, help="worst and best images shown in the report (0: none)")
     parser.add_argument("overrides", nargs="*", help="data.*=value overrides for the dataset")
@@ -86,7 +100,14 @@ def eval_main(argv: list[str] | None = None) -> int:
     from hiertree.metrics import format_table
 
     try:
-        device = resolve_device(args.device)
+        for flag, value, default in (("--batch-size", args.batch_size, "use the config's eval.batch_size"),
+                                     ("--max-batches", args.max_batches, "score the whole split")):
+            if value is not None and value < 1:
+                raise ConfigError(f"{flag} must be at least 1, got {value}; leave it out to {default}")
+        try:
+            device = resolve_device(args.device)
+        except TrainingError:
+            raise ConfigError(f"--device {args.device} but CUDA is not available here; use --device auto or cpu") from None
         model, ck = load_model(args.checkpoint, map_location=device)
         cfg = merge(DEFAULTS, ck["config"], DEFAULTS, source=str(ck["dir"] / "config.yaml"))
         cfg = apply_overrides(cfg, args.overrides)
@@ -115,14 +136,15 @@ def eval_main(argv: list[str] | None = None) -> int:
     print(f"raw per-head argmax: tree-consistent pixels {result['raw']['consistency']:.4f}")
     if skipped:
         print(f"skipped {len(skipped)} bad sample(s) (data.skip_bad): {', '.join(s['id'] for s in skipped)}")
-    out = Path(args.out) if args.out else Path(ck["dir"]) / f"eval-{split}.json"
+    default_json, default_report = eval_outputs(args.checkpoint, ck, split)
+    out = Path(args.out) if args.out else default_json
     result.update({"checkpoint": str(ck["dir"]), "split": split, "hflip": hflip, "scales": list(scales),
                    "images": len(val_ds), "device": str(device), "skipped": skipped})
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(f"wrote {out}")
     if not args.no_report:
-        report_dir = Path(args.report) if args.report else out.parent / f"report-{split}"
+        report_dir = Path(args.report) if args.report else (out.parent / f"report-{split}" if args.out else default_report)
         try:
             from hiertree.report import collect_samples, write_report
 

@@ -245,19 +245,24 @@ def _unique_stems(paths: Sequence[Path]) -> list[str]:
     return stems
 
 
-def write_outputs(out_dir: Path, stem: str, image: np.ndarray, pred: dict[str, Any], taxonomy: Any) -> list[Path]:
-    """Write one image's colour masks, overlays, raw index PNGs (and probabilities); returns the paths."""
+def _imwrite(path: Path, data: np.ndarray) -> Path:
+    """``cv2.imwrite`` that raises instead of returning False (unwritable folder, full disk, ...)."""
     import cv2
 
+    if not cv2.imwrite(str(path), data):
+        raise PredictError(f"cannot write {str(path)!r}: check that the --out folder is writable and the disk is not full")
+    return path
+
+
+def write_outputs(out_dir: Path, stem: str, image: np.ndarray, pred: dict[str, Any], taxonomy: Any) -> list[Path]:
+    """Write one image's colour masks, overlays, raw index PNGs (and probabilities); returns the paths."""
     written = []
     for l, lab in enumerate(pred["levels"]):
         color = colorize(lab, taxonomy.colors(l))
         for name, data in ((f"{stem}_L{l}.png", color), (f"{stem}_L{l}_overlay.jpg", overlay(image, color))):
-            cv2.imwrite(str(out_dir / name), np.ascontiguousarray(data[..., ::-1]))
-            written.append(out_dir / name)
+            written.append(_imwrite(out_dir / name, np.ascontiguousarray(data[..., ::-1])))
         raw = lab.astype(np.uint8 if lab.dtype == np.uint8 else np.uint16)
-        cv2.imwrite(str(out_dir / f"{stem}_labels_L{l}.png"), raw)
-        written.append(out_dir / f"{stem}_labels_L{l}.png")
+        written.append(_imwrite(out_dir / f"{stem}_labels_L{l}.png", raw))
     if "probs" in pred:
         arrays = {f"L{l}": p for l, p in enumerate(pred["probs"])}
         arrays.update({f"classes_L{l}": np.array(taxonomy.classes(l)) for l in range(len(pred["probs"]))})
@@ -267,7 +272,11 @@ def write_outputs(out_dir: Path, stem: str, image: np.ndarray, pred: dict[str, A
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Predict per-level label maps for images or folders of images with a trained checkpoint."""
+    """Predict per-level label maps for images or folders of images with a trained checkpoint.
+
+    An image that cannot be decoded is named in a warning and skipped; the others are written, and the
+    command then exits with code 2 and the number of skipped files.
+    """
     parser = argparse.ArgumentParser(prog="hiertree-predict", description=main.__doc__)
     parser.add_argument("--checkpoint", required=True, help="checkpoint folder, or a run folder (uses its best)")
     parser.add_argument("inputs", nargs="+", metavar="IMAGES_OR_FOLDERS", help="image files and/or folders (not recursive)")
@@ -275,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--max-side", type=int, default=2048,
-                        help="shrink larger images for the network to this longest side (outputs keep the original size); 0 = never")
+                        help="shrink larger images for the network to this longest side, at least 8 (outputs keep the original size); 0 = never")
     parser.add_argument("--probabilities", action="store_true", help="also write <stem>_probs.npz (per-level float16 [C,H,W])")
     args = parser.parse_args(argv)
     from hiertree.checkpoint import CheckpointError, load_model
@@ -283,18 +292,32 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.batch_size < 1:
             raise PredictError(f"--batch-size must be at least 1, got {args.batch_size}")
+        if args.max_side < 0 or 0 < args.max_side < 8:
+            raise PredictError(f"--max-side must be 0 (never shrink) or at least 8, got {args.max_side}")
         paths = find_images(args.inputs)
         device = _resolve_device(args.device)
         model, ck = load_model(args.checkpoint, map_location=device)
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         stems = _unique_stems(paths)
+        skipped = 0
         for start in range(0, len(paths), args.batch_size):
-            chunk = list(range(start, min(start + args.batch_size, len(paths))))
-            images = [read_image(paths[i]) for i in chunk]
+            chunk, images = [], []
+            for i in range(start, min(start + args.batch_size, len(paths))):
+                try:
+                    images.append(read_image(paths[i]))
+                    chunk.append(i)
+                except PredictError as err:
+                    print(f"hiertree-predict: warning: {err}; skipped", file=sys.stderr)
+                    skipped += 1
+            if not images:
+                continue
             preds = predict_images(model, images, device, args.batch_size, args.probabilities, args.max_side or None)
             for i, image, pred in zip(chunk, images, preds):
                 write_outputs(out, stems[i], image, pred, ck["taxonomy"])
+        if skipped:
+            raise PredictError(f"{skipped} of {len(paths)} image(s) could not be read and were skipped (named above); "
+                               f"the other {len(paths) - skipped} were written to {out}")
     except (PredictError, CheckpointError, OSError) as err:
         print(f"hiertree-predict: error: {err}", file=sys.stderr)
         return 2

@@ -169,3 +169,17 @@ def test_broken_resume_is_one_cli_line(tmp_path, checkpoint, capsys, damage, fra
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and fragment in err[0], err
     assert str(run) in err[0]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+    (["--max-batches", "-1"], "--max-batches must be at least 1, got -1"),
+    pytest.param(["--device", "cuda"], "--device cuda but CUDA is not available here; use --device auto or cpu",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")),
+])
+def test_eval_flags_are_checked_and_named(tmp_path, checkpoint, capsys, args, needle):
+    out = tmp_path / "e.json"
+    assert eval_main(["--checkpoint", str(checkpoint), "--out", str(out), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"hiertree: error: {needle}") and "\n" not in err and "train.device" not in err, err
+    assert not out.exists()

@@ -178,11 +178,36 @@ def test_cli_errors_are_one_line_with_exit_2(checkpoint, tmp_path, capsys):
         "cannot read image": ["--checkpoint", str(checkpoint), str(tmp_path / "in" / "notes.txt")],
     }
     (tmp_path / "empty").mkdir()
-    broken = tmp_path / "broken"
-    broken.mkdir()
-    (broken / "bad.jpg").write_bytes(b"\xff\xd8 definitely not a jpeg")
-    cases["bad.jpg"] = ["--checkpoint", str(checkpoint), str(broken)]
+    for value in ("5", "-1"):
+        cases[f"--max-side must be 0 (never shrink) or at least 8, got {value}"] = [
+            "--checkpoint", str(checkpoint), str(tmp_path / "in"), "--max-side", value]
     for needle, argv in cases.items():
         assert main([*argv, "--out", str(tmp_path / "o"), "--device", "cpu"]) == 2, needle
         err = capsys.readouterr().err.strip()
         assert needle in err and "\n" not in err and err.startswith("hiertree-predict: error:"), err
+
+
+def test_cli_skips_an_undecodable_image_names_it_and_exits_2(checkpoint, tmp_path, capsys):
+    folder = tmp_path / "in"
+    _write_inputs(folder)
+    (folder / "bad.jpg").write_bytes(b"\xff\xd8 definitely not a jpeg")
+    out = tmp_path / "out"
+    assert main(["--checkpoint", str(checkpoint), str(folder), "--out", str(out), "--device", "cpu", "--batch-size", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "Traceback" not in "".join(err), err
+    assert err[0].startswith("hiertree-predict: warning: cannot read image") and "bad.jpg" in err[0] and "skipped" in err[0]
+    assert err[1].startswith("hiertree-predict: error: 1 of 4 image(s) could not be read") and str(out) in err[1]
+    for stem in ("alpha", "gray", "odd"):  # the images sorted after the bad one are written too
+        assert {f"{stem}_L{l}.png" for l in range(3)} <= {p.name for p in out.iterdir()}
+    assert not list(out.glob("bad*"))
+
+
+def test_cli_reports_a_failed_write(checkpoint, tmp_path, capsys, monkeypatch):
+    import hiertree.predict as predict
+
+    _write_inputs(tmp_path / "in")
+    monkeypatch.setattr(cv2, "imwrite", lambda *a, **k: False)  # what OpenCV returns on a full disk / no permission
+    assert predict.main(["--checkpoint", str(checkpoint), str(tmp_path / "in" / "odd.png"), "--out", str(tmp_path / "o"),
+                         "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("hiertree-predict: error: cannot write") and "odd_L0.png" in err and "\n" not in err, err
