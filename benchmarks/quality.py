@@ -75,7 +75,7 @@ def run_variant(name: str, base_cfg: Path, overrides: list[str], out_root: Path,
     m = result["last_metrics"]
     if m is None:  # finished by an earlier invocation: take its final evaluation
         m = json.loads((run_dir / "last" / "metrics.json").read_text())
-    with open(run_dir / "log.csv") as f:  # wall time over every invocation: train + per-epoch evaluation
+    with open(run_dir / "metrics.csv") as f:  # wall time over every invocation: train + per-epoch evaluation
         train_seconds = sum(float(r["seconds"]) for r in csv.DictReader(f))
     row = {
         "variant": name,

@@ -203,7 +203,7 @@ def load_checkpoint(path: str | Path, prefer: str = "best") -> dict[str, Any]:
     """``{"dir", "name", "config", "taxonomy", "state_dict", "metrics"}`` of a checkpoint folder.
 
     ``name`` is how the folder was chosen: ``best``/``last`` when ``path`` is a run folder, else the
-    folder's own name. A config without a ``model:`` mapping or an unreadable file is a CheckpointError.
+    folder's own name. A config that is not a mapping or an unreadable file is a CheckpointError.
     """
     ckpt, chosen = _resolve(path, prefer)
     missing = [n for n in ("model.safetensors", "config.yaml", "taxonomy.yaml") if not (ckpt / n).is_file()]
@@ -216,10 +216,9 @@ def load_checkpoint(path: str | Path, prefer: str = "best") -> dict[str, Any]:
         metrics = json.loads((ckpt / "metrics.json").read_text()) if (ckpt / "metrics.json").is_file() else None
     except Exception as err:
         raise CheckpointError(f"{ckpt}: cannot read checkpoint ({type(err).__name__}: {err})") from None
-    if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict):
-        found = f"keys {sorted(map(str, cfg))}" if isinstance(cfg, dict) else f"a {type(cfg).__name__}"
+    if not isinstance(cfg, dict):
         raise CheckpointError(
-            f"{ckpt / 'config.yaml'}: expected a mapping with a 'model:' section, found {found}; "
+            f"{ckpt / 'config.yaml'}: expected a mapping, found a {type(cfg).__name__}; "
             "use a checkpoint folder written by hiertree-train (its config.yaml describes the model)"
         )
     return {"dir": ckpt, "name": chosen, "config": cfg, "taxonomy": taxonomy, "state_dict": state, "metrics": metrics}
@@ -230,6 +229,12 @@ def load_model(path: str | Path, prefer: str = "best", map_location: str | torch
     from hiertree.models import HierSegModel
 
     ck = load_checkpoint(path, prefer)
+    if not isinstance(ck["config"].get("model"), dict):
+        raise CheckpointError(
+            f"{ck['dir'] / 'config.yaml'}: expected a mapping with a 'model:' section, found keys "
+            f"{sorted(map(str, ck['config']))}; use a checkpoint folder written by hiertree-train "
+            "(its config.yaml describes the model)"
+        )
     model_cfg = dict(ck["config"]["model"])
     model_cfg["encoder_weights"] = None  # the trained weights below replace any pretrained ones
     try:

@@ -418,6 +418,7 @@ def _train(cfg: dict, command: str, stop: _StopFlag, model: torch.nn.Module | No
     scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
 
     step, start_epoch, skip_batches, best, bad_steps = 0, 0, 0, -math.inf, 0
+    carried = 0.0  # seconds already spent on a mid-epoch resume's epoch, so its logged time covers all of it
     resume = tcfg["resume"]
     if resume == "auto":
         resume = str(run_dir) if (run_dir / "last" / "train_state.pt").is_file() else None
@@ -444,6 +445,7 @@ def _train(cfg: dict, command: str, stop: _StopFlag, model: torch.nn.Module | No
                   f"step {step} on that curve", file=sys.stderr)
         if skip_batches >= steps_per_epoch:
             start_epoch, skip_batches = start_epoch + 1, 0
+        carried = float(state.get("epoch_seconds", 0.0)) if skip_batches else 0.0
         _set_rng_state(state["rng"])
         if main_process:
             print(f"hiertree: resumed from {ck['dir']} at epoch {start_epoch}, step {step}")
@@ -466,7 +468,8 @@ def _train(cfg: dict, command: str, stop: _StopFlag, model: torch.nn.Module | No
         state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                  "step": step, "epoch": tag_epoch, "batch_in_epoch": batch_in_epoch, "best": best,
                  "bad_steps": bad_steps, "rng": _rng_state(), "batch_size": tcfg["batch_size"], "world": world,
-                 "steps_per_epoch": steps_per_epoch, "epochs": tcfg["epochs"]}
+                 "steps_per_epoch": steps_per_epoch, "epochs": tcfg["epochs"],
+                 "epoch_seconds": round(time.time() - t0 + carried, 2) if batch_in_epoch else 0.0}
         save_checkpoint(run_dir, f"ckpt-{step:07d}", model, cfg, taxonomy, metrics, state, links,
                         model_card(cfg, taxonomy, metrics, command))
 
@@ -570,11 +573,12 @@ def _train(cfg: dict, command: str, stop: _StopFlag, model: torch.nn.Module | No
         else:  # stopped by max_steps mid-epoch: resume continues this epoch where it stopped
             save(epoch, batch_in_epoch, metrics, links)
         if main_process:
-            row = {"lr": scheduler.get_last_lr()[0], "seconds": round(time.time() - t0, 2),
+            row = {"lr": scheduler.get_last_lr()[0], "seconds": round(time.time() - t0 + carried, 2),
                    **{f"loss/{k}": round(v / n, 6) for k, v in sums.items()}}
             if metrics is not None:
                 row.update({f"mIoU/L{lv['level']}": round(lv["mIoU"], 6) for lv in metrics["tree"]["levels"]})
             logger.log_epoch(epoch + 1, step, row)
+        carried = 0.0
         if stop_now:
             stopped = f"signal {stop.signal}"
             break

@@ -76,6 +76,7 @@ def test_stop_and_resume_equals_uninterrupted_run(tmp_path):
     _, _, state = _final(tmp_path / "b")
     assert (state["epoch"], state["batch_in_epoch"], state["step"]) == (1, 1, 3)
     first_half = _epoch_losses(tmp_path / "b")[2]
+    first_seconds = _epoch_column(tmp_path / "b", "seconds")[2]
     _train(tmp_path / "b", f"train.resume={tmp_path / 'b'}", "train.num_workers=1")
     digest, metrics, _ = _final(tmp_path / "b")
     assert digest == ref_digest
@@ -85,11 +86,16 @@ def test_stop_and_resume_equals_uninterrupted_run(tmp_path):
     assert list(losses) == [1, 2, 3, 4]
     assert (first_half + losses[2]) / 2 == pytest.approx(ref_losses[2], abs=2e-6)
     assert losses[3] == ref_losses[3]
+    assert _epoch_column(tmp_path / "b", "seconds")[2] > first_seconds  # the time before the stop is kept
+
+
+def _epoch_column(out: Path, key: str) -> dict[int, float]:
+    with open(out / "metrics.csv") as f:
+        return {int(row["epoch"]): float(row[key]) for row in csv.DictReader(f)}
 
 
 def _epoch_losses(out: Path) -> dict[int, float]:
-    with open(out / "metrics.csv") as f:
-        return {int(row["epoch"]): float(row["loss/total"]) for row in csv.DictReader(f)}
+    return _epoch_column(out, "loss/total")
 
 
 def test_schedules_by_hand():
