@@ -356,6 +356,19 @@ def test_missing_image(tmp_path, tax):
         MaskFolder(tmp_path, "train", tax)
 
 
+def test_images_found_by_other_extensions_and_letter_case(tmp_path, tax):
+    masks = make_folder(tmp_path, ["a1", "b2", "c3"])
+    images = tmp_path / "JPEGImages"
+    (images / "a1.jpg").rename(images / "a1.JPG")  # as cameras name them
+    b2 = cv2.imread(str(images / "b2.jpg"))
+    (images / "b2.jpg").unlink()
+    cv2.imwrite(str(images / "b2.png"), b2)  # lossless: the pixels must come back exactly
+    ds = MaskFolder(tmp_path, "train", tax)
+    assert [ds.image_path(k).name for k in range(3)] == ["a1.JPG", "b2.png", "c3.jpg"]
+    image, mask, sid = ds[1]
+    assert sid == "b2" and np.array_equal(image, b2[:, :, ::-1]) and np.array_equal(mask, masks["b2"])
+
+
 def test_missing_mask_names_both_formats(tmp_path, tax):
     make_folder(tmp_path, ["a1", "b2", "c3"])
     (tmp_path / "masks" / "b2.png").unlink()

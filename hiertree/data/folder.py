@@ -2,7 +2,7 @@
 
 Layout (``<id>`` from ``<split>_id.txt``, LF or CRLF)::
 
-    root/JPEGImages/<id>.jpg
+    root/JPEGImages/<id>.jpg   (or .jpeg / .png, any letter case: .JPG from a camera is found too)
     root/masks/<id>.png        (uint8, one value per pixel)   -- or --
     root/gt_masks/<id>.npy     (uint8 2-D array)
     root/<split>_id.txt
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 __all__ = ["MaskFolder", "read_id_list"]
 
 IMAGE_DIR = "JPEGImages"
+IMAGE_EXTS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG", ".Jpg", ".Jpeg", ".Png")
 MASK_FORMATS: tuple[tuple[str, str], ...] = (("masks", ".png"), ("gt_masks", ".npy"))
 _JPEG_SOI, _JPEG_EOI = b"\xff\xd8", b"\xff\xd9"
 
@@ -142,6 +143,7 @@ class MaskFolder:
             )
         self.ids = read_id_list(list_path)
         self._masks: list[Path | None] = []
+        self._images: list[Path | None] = []
         self._missing: dict[str, str] = {}
         for sid in self.ids:
             self._masks.append(self._locate(sid))
@@ -153,9 +155,11 @@ class MaskFolder:
             raise DataError(f"{list_path}: every listed sample is missing files, e.g. {next(iter(self._missing.values()))}")
 
     def _locate(self, sid: str) -> Path | None:
-        image = self.root / IMAGE_DIR / f"{sid}.jpg"
-        if not image.is_file():
-            self._missing[sid] = f"{image}: image for id {sid!r} not found; add it or remove the id from the list"
+        image = next((p for ext in IMAGE_EXTS if (p := self.root / IMAGE_DIR / f"{sid}{ext}").is_file()), None)
+        self._images.append(image)
+        if image is None:
+            self._missing[sid] = (f"{self.root / IMAGE_DIR / sid}.jpg: image for id {sid!r} not found (nor .jpeg/.png "
+                                  "in any letter case); add it or remove the id from the list")
             return None
         for folder, ext in MASK_FORMATS:
             path = self.root / folder / f"{sid}{ext}"
@@ -169,7 +173,7 @@ class MaskFolder:
         return len(self.ids)
 
     def image_path(self, index: int) -> Path:
-        return self.root / IMAGE_DIR / f"{self.ids[index]}.jpg"
+        return self._images[index] or self.root / IMAGE_DIR / f"{self.ids[index]}.jpg"
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray, str]:
         """Sample ``index`` or a :class:`DataError` naming the bad file; no skipping."""
