@@ -50,7 +50,7 @@ DEFAULTS: dict[str, Any] = {
         "tree_min_weight": 0.0,
         "ce_weight": 1.0,
         "label_smoothing": 0.0,
-        "full_resolution": True,  # False: loss at the decoder stride (targets nearest-downsampled), faster
+        "full_resolution": True,  # False: loss at the decoder stride (targets: label at each cell centre), faster
     },
     "train": {
         "epochs": 10,
