@@ -237,6 +237,9 @@ class HierarchicalLoss(nn.Module):
         parts: dict[str, Tensor] = {}
         total = logits[0].new_zeros((), dtype=torch.float32)
         for l, x in enumerate(logits):
+            if self.ce_weight * self.level_weights[l] == 0:  # a switched-off level costs nothing (flat baselines)
+                parts[f"ce/L{l}"] = total.new_zeros(())
+                continue
             target = self._targets_at(leaf_mask, tuple(x.shape[2:]), cache)[l]
             ce_sum = F.cross_entropy(
                 x.float(), target, ignore_index=self.ignore_index, reduction="sum", label_smoothing=self.label_smoothing

@@ -48,6 +48,17 @@ def test_level_weights_and_ce_weight_scale_parts():
     assert total.item() == pytest.approx(3 * (math.log(4 / 3) + 2 * math.log(3) + 0.5 * math.log(7)), abs=1e-5)
 
 
+def test_switched_off_levels_are_not_computed():
+    g = torch.Generator().manual_seed(1)
+    logits = [torch.randn(2, c, 4, 4, generator=g, requires_grad=True) for c in TAX.level_sizes]
+    mask = torch.randint(0, 7, (2, 4, 4), generator=g)
+    total, parts = HierarchicalLoss(TAX, level_weights=[0, 0, 1], consistency_weight=0.0)(logits, mask)
+    assert parts["ce/L0"].item() == parts["ce/L1"].item() == 0.0
+    assert total.item() == pytest.approx(F.cross_entropy(logits[2], mask).item(), rel=1e-6)
+    total.backward()
+    assert logits[0].grad is None and logits[1].grad is None and logits[2].grad is not None  # not in the graph
+
+
 def test_label_smoothing_matches_torch():
     logits = one_pixel_logits()
     _, parts = HierarchicalLoss(TAX, label_smoothing=0.1)(logits, TORSO)
