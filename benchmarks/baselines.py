@@ -43,11 +43,15 @@ class SmpFlatDeepLabV3Plus(nn.Module):
         self.register_buffer("mean", torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406))).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("std", torch.tensor(cfg.get("std", (0.229, 0.224, 0.225))).view(1, 3, 1, 1) * 255, persistent=False)
 
-    def forward(self, images: torch.Tensor, upsample: bool = True) -> list[torch.Tensor]:
+    def leaf_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """The smp network's own output for 0..255 images: [B, num_leaves, H, W], what an smp user trains on."""
         h, w = images.shape[-2:]
         x = (images.to(self.mean.dtype) - self.mean) / self.std
         ph, pw = (-h) % 32, (-w) % 32
         if ph or pw:
             x = F.pad(x, (0, pw, 0, ph))
-        leaf = self.net(x)[..., :h, :w]
-        return coarse_logits_from_leaves(leaf, self.taxonomy)
+        return self.net(x)[..., :h, :w]
+
+    def forward(self, images: torch.Tensor, upsample: bool = True) -> list[torch.Tensor]:
+        """Per-level logits (coarse levels from summed leaf probabilities) for hiertree's loop and metrics."""
+        return coarse_logits_from_leaves(self.leaf_logits(images), self.taxonomy)

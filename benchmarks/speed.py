@@ -4,6 +4,12 @@ Measures, per model: training throughput end to end (real data loader) and model
 already on the device), data-pipeline throughput, peak GPU memory, and CPU inference latency for
 one 512² image. Writes ``benchmarks/results/speed-<tag>-<device>.json`` and prints ratios.
 
+Fair by construction: both models start from one seed and see the same batches; hiertree steps as its
+trainer does (every head, the config's hierarchical loss), smp as a plain smp user does (the network,
+one leaf cross-entropy: no coarse levels, no hierarchy terms); end-to-end timing starts only after the
+loader's prefetch queue has been consumed; CPU latencies alternate the two models within each repeat.
+The JSON records versions, git commit, CPU/GPU, seed and the exact command.
+
     python benchmarks/speed.py --data /root/d/datasets/pascal-part          # GPU numbers
     python benchmarks/speed.py --smoke                                     # synthetic data, CPU check
 """
@@ -12,14 +18,19 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import gc
 import json
+import os
 import platform
+import shlex
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,27 +45,52 @@ from hiertree.losses import HierarchicalLoss  # noqa: E402
 from hiertree.taxonomy import Taxonomy  # noqa: E402
 
 
+SEED = 0
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 def make_models(cfg: dict, taxonomy: Taxonomy) -> dict[str, torch.nn.Module]:
+    """Both models from the same seed (random init: speed does not depend on the weights)."""
     mc = cfg["model"]
-    return {
-        "hiertree": build_model({**cfg, "model": {**mc, "encoder_weights": None}}, taxonomy),
-        "smp": SmpFlatDeepLabV3Plus(taxonomy, mc["encoder"], None, mc["output_stride"]),
-    }
+    torch.manual_seed(SEED)
+    hiertree = build_model({**cfg, "model": {**mc, "encoder_weights": None}}, taxonomy)
+    torch.manual_seed(SEED)
+    smp = SmpFlatDeepLabV3Plus(taxonomy, mc["encoder"], None, mc["output_stride"])
+    return {"hiertree": hiertree, "smp": smp}
 
 
-def train_step_fn(model, criterion, optimizer, device, amp, full_res):
+def hiertree_step(model, cfg: dict, taxonomy: Taxonomy, optimizer, device, amp):
+    """One optimizer step exactly as hiertree's trainer takes it: every head, the configured loss."""
+    lc = cfg["loss"]
+    criterion = HierarchicalLoss(taxonomy, lc["level_weights"], lc["consistency_weight"], lc["tree_min_weight"],
+                                 lc["ce_weight"], lc["label_smoothing"]).to(device)
+
     def step(images, masks):
         with autocast_for(device, amp):
-            logits = model(images, upsample=full_res)
+            logits = model(images, upsample=lc["full_resolution"])
             loss, _ = criterion([z.float() for z in logits], masks)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        return loss.detach()
+
+    return step
+
+
+def smp_step(model: SmpFlatDeepLabV3Plus, optimizer, device, amp, ignore_index: int):
+    """One optimizer step as a plain smp user takes it: the flat network and one leaf cross-entropy."""
+
+    def step(images, masks):
+        with autocast_for(device, amp):
+            loss = F.cross_entropy(model.leaf_logits(images).float(), masks, ignore_index=ignore_index)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
 
     return step
 
@@ -84,19 +120,21 @@ def bench(args) -> dict:
     data_ips = None
     if args.cpu_infer_only:
         return _cpu_inference(cfg, taxonomy, args, results, data_ips)
-    train_ds, _ = build_datasets(cfg["data"], taxonomy, seed=0)
+    train_ds, _ = build_datasets(cfg["data"], taxonomy, seed=SEED)
     workers = cfg["train"]["num_workers"]
+    prefetch = 4 if workers else None
+    # batches the loader may hold ready before timing starts: skipped, so a full queue is not counted as speed
+    queued = workers * (prefetch or 0)
 
     def loader():
-        sampler = EpochSampler(len(train_ds), bs, 0)
+        sampler = EpochSampler(len(train_ds), bs, SEED)
 
         def forever():
             epoch = 0
             while True:
                 sampler.set_epoch(epoch)
                 dl = DataLoader(train_ds, batch_size=bs, sampler=sampler, drop_last=True, num_workers=workers,
-                                pin_memory=device.type == "cuda", persistent_workers=False,
-                                prefetch_factor=4 if workers else None,
+                                pin_memory=device.type == "cuda", persistent_workers=False, prefetch_factor=prefetch,
                                 collate_fn=lambda b: pad_collate(b, taxonomy.ignore_index))
                 for batch in dl:
                     yield batch
@@ -109,10 +147,10 @@ def bench(args) -> dict:
             yield images, batch["mask"].to(device, non_blocking=True)
 
     # data pipeline alone
-    t0, n = time.perf_counter(), 0
     gen = loader()
-    next(gen)
-    t0 = time.perf_counter()
+    for _ in range(args.warmup + queued):
+        next(gen)
+    t0, n = time.perf_counter(), 0
     for _ in range(args.steps):
         images, _ = next(gen)
         n += images.shape[0]
@@ -120,66 +158,106 @@ def bench(args) -> dict:
     del gen
 
     for name, model in make_models(cfg, taxonomy).items():
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
         model = model.to(device)
         if device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
         fwd = torch.compile(model) if cfg["train"]["compile"] else model
-        criterion = HierarchicalLoss(taxonomy, cfg["loss"]["level_weights"], cfg["loss"]["consistency_weight"]).to(device)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
-        full_res = cfg["loss"]["full_resolution"] if name == "hiertree" else True
-        step = train_step_fn(fwd, criterion, opt, device, amp, full_res)
+        if name == "hiertree":
+            step = hiertree_step(fwd, cfg, taxonomy, opt, device, amp)
+        else:
+            step = smp_step(model, opt, device, amp, taxonomy.ignore_index)
         model.train()
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
+        torch.manual_seed(SEED)
         fixed_images = torch.randint(0, 256, (bs, 3, crop, crop), dtype=torch.uint8, device=device)
         if device.type == "cuda":
             fixed_images = fixed_images.contiguous(memory_format=torch.channels_last)
         fixed_masks = torch.randint(0, taxonomy.num_leaves, (bs, crop, crop), device=device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
 
         def fixed():
             while True:
                 yield fixed_images, fixed_masks
 
         model_only = time_steps(step, fixed(), device, args.warmup, args.steps)
-        end_to_end = time_steps(step, loader(), device, args.warmup, args.steps)
+        end_to_end = time_steps(step, loader(), device, args.warmup + queued, args.steps)
         row = {"train_img_s_model_only": round(model_only, 1), "train_img_s_end_to_end": round(end_to_end, 1),
-               "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 3)}
+               "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
+               "step": "model(images) -> every head, the config's hierarchical loss" if name == "hiertree"
+               else "net(normalised images) -> one leaf cross-entropy (ignore_index), as an smp user trains"}
         if device.type == "cuda":
             row["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
         results[name] = row
+        del fixed_images, fixed_masks, step, fwd, opt
         model.to("cpu")
     return _cpu_inference(cfg, taxonomy, args, results, data_ips)
 
 
 def _cpu_inference(cfg: dict, taxonomy: Taxonomy, args, results: dict, data_ips: float | None) -> dict:
-    """CPU latency of one image (the machine's threads: 2 on the dev/CI machines), median of repeats."""
-    for name, model in make_models(cfg, taxonomy).items():
-        model.eval()
-        x = torch.randint(0, 256, (1, 3, args.infer_size, args.infer_size), dtype=torch.uint8)
-        times = []
-        with torch.inference_mode():
-            for i in range(args.infer_repeats + 2):
+    """CPU latency of one image (the machine's threads: 2 on the dev/CI machines), median of repeats.
+
+    hiertree: the model's per-level logits; smp: the network's leaf logits (what an smp user runs). The two
+    alternate within every repeat (and swap order each time), so a busy machine slows both alike.
+    """
+    models = {name: m.eval() for name, m in make_models(cfg, taxonomy).items()}
+    run = {"hiertree": lambda x: models["hiertree"](x), "smp": lambda x: models["smp"].leaf_logits(x)}
+    x = torch.randint(0, 256, (1, 3, args.infer_size, args.infer_size), dtype=torch.uint8)
+    times: dict[str, list[float]] = {name: [] for name in run}
+    with torch.inference_mode():
+        for i in range(args.infer_repeats + 2):
+            for name in (list(run) if i % 2 == 0 else list(run)[::-1]):
                 t0 = time.perf_counter()
-                model(x)
+                run[name](x)
                 if i >= 2:
-                    times.append(time.perf_counter() - t0)
-        results[name]["cpu_infer_ms_median"] = round(1000 * statistics.median(times), 1)
+                    times[name].append(time.perf_counter() - t0)
+    for name, t in times.items():
+        results[name]["cpu_infer_ms_median"] = round(1000 * statistics.median(t), 1)
+        results[name]["cpu_infer_ms_spread"] = [round(1000 * min(t), 1), round(1000 * max(t), 1)]
     h, b = results["hiertree"], results["smp"]
     ratios = {"cpu_infer_speedup_x": round(b["cpu_infer_ms_median"] / h["cpu_infer_ms_median"], 2)}
     if "train_img_s_end_to_end" in h:
         ratios["train_end_to_end_x"] = round(h["train_img_s_end_to_end"] / b["train_img_s_end_to_end"], 2)
         ratios["train_model_only_x"] = round(h["train_img_s_model_only"] / b["train_img_s_model_only"], 2)
-    return {"config": cfg, "batch_size": cfg["train"]["batch_size"], "crop": cfg["data"]["crop"],
-            "infer_size": args.infer_size, "threads": torch.get_num_threads(),
+    return {"config": cfg, "batch_size": cfg["train"]["batch_size"], "crop": cfg["data"]["crop"], "seed": SEED,
+            "steps": args.steps, "warmup": args.warmup, "infer_size": args.infer_size, "threads": torch.get_num_threads(),
             "data_pipeline_img_s": None if data_ips is None else round(data_ips, 1), "models": results, "ratios": ratios}
+
+
+def _provenance() -> dict:
+    """Versions, commit and machine, so a number can be traced to what produced it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def v(pkg: str) -> str | None:
+        try:
+            return version(pkg)
+        except PackageNotFoundError:
+            return None
+
+    def git(*cmd: str) -> str | None:
+        try:
+            return subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip() or None
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").is_file() else platform.processor()
+    return {
+        "versions": {pkg: v(pkg) for pkg in ("hiertree", "torch", "timm", "segmentation_models_pytorch", "albumentations")},
+        "git_commit": git("rev-parse", "HEAD"), "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "cuda": torch.version.cuda if torch.cuda.is_available() else None, "cpu": cpu, "cpu_count": os.cpu_count(),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(ROOT / "configs" / "pascal_part.yaml"))
     parser.add_argument("--data", help="dataset folder; default: the config's")
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--warmup", type=int, default=20, help="untimed steps first (end to end adds the loader queue)")
     parser.add_argument("--infer-size", type=int, default=512)
     parser.add_argument("--infer-repeats", type=int, default=10)
     parser.add_argument("--cpu-infer-only", action="store_true", help="only the CPU inference latency (no training, no data)")
@@ -199,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     report.update({"date": now.isoformat(timespec="seconds"), "torch": torch.__version__,
                    "device": torch.cuda.get_device_name(0) if dev == "cuda" else f"CPU {platform.machine()}, {torch.get_num_threads()} threads",
-                   "command": "python benchmarks/speed.py " + " ".join(argv if argv is not None else sys.argv[1:])})
+                   "command": shlex.join(["python", "benchmarks/speed.py", *(argv if argv is not None else sys.argv[1:])]),
+                   **_provenance()})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     kind = "cpu-infer" if args.cpu_infer_only else "speed"
