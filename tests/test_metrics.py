@@ -209,6 +209,22 @@ def test_confusion_is_int64_on_input_device():
     assert m.confusion(2).sum().item() == 5
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_confusion_accumulates_on_cuda():
+    # no public accessor exposes the accumulator's device (confusion() returns a CPU copy), so read _confusion
+    m = HierarchicalMetrics(TAX)
+    m.update(PRED.cuda(), TARGET.cuda())
+    m.update(PRED.cuda(), TARGET.cuda())
+    assert all(c.device.type == "cuda" and c.dtype == torch.int64 for c in m._confusion)
+    assert m.confusion(1).device.type == "cpu"
+    assert m.confusion(1).tolist() == [[2, 0, 0], [0, 2, 2], [0, 0, 4]]  # twice the hand-computed L1 matrix
+    cpu = HierarchicalMetrics(TAX)
+    cpu.update(PRED, TARGET)
+    assert m.compute()["levels"][2]["mIoU"] == cpu.compute()["levels"][2]["mIoU"]
+    with pytest.raises(ValueError, match="put both on one device"):
+        m.update(PRED, TARGET.cuda())
+
+
 def test_bad_inputs_raise_with_guidance():
     m = HierarchicalMetrics(TAX)
     with pytest.raises(ValueError, match="shape"):

@@ -19,20 +19,40 @@ def pp():
 def test_heads_sized_from_taxonomy_any_input_size(pp, skip, os_):
     torch.manual_seed(0)
     model = HierSegModel(pp, output_stride=os_, skip=skip, **TINY).eval()
+    # literal strides: the encoder honours output_stride, the decoder outputs at 4 (skip) or at the stride
+    assert model.encoder.reductions[-1] == os_
+    reduction = 4 if skip else os_
+    assert model.output_reduction == reduction
     x = torch.randint(0, 256, (2, 3, 45, 71), dtype=torch.uint8)
     logits = model(x)
     assert [tuple(z.shape) for z in logits] == [(2, 2, 45, 71), (2, 3, 45, 71), (2, 7, 45, 71)]
     low = model(x, upsample=False)
-    r = model.output_reduction
-    assert low[0].shape[-2:] == (-(-45 // r), -(-71 // r))
+    expect = {(True, 16): (12, 18), (False, 8): (6, 9)}[(skip, os_)]  # ceil(45 / r), ceil(71 / r)
+    assert [tuple(z.shape) for z in low] == [(2, n, *expect) for n in (2, 3, 7)]
 
 
+@torch.no_grad()
 def test_padding_does_not_change_the_valid_region_result(pp):
-    """A stride-aligned image padded by the model gives logits of the right size, finite everywhere."""
+    """The model pads at the bottom/right with the mean colour: a 33x33 image gives, cell for cell, the
+    top-left of the result for the same image pasted top-left into a 64x64 canvas of the mean colour."""
+    torch.manual_seed(0)
     model = HierSegModel(pp, **TINY).eval()
-    x = torch.randint(0, 256, (1, 3, 33, 33)).float()
-    out = model(x)
-    assert all(torch.isfinite(z).all() for z in out)
+    assert model.encoder.input_multiple == 32 and model.output_reduction == 4
+    x = torch.randint(0, 256, (1, 3, 33, 33), generator=torch.Generator().manual_seed(0)).float()
+    xp = model.encoder.mean.expand(1, 3, 64, 64).clone()  # 0..255 scale: normalises to exactly 0
+    xp[..., :33, :33] = x
+    low, padded, full = model(x, upsample=False), model(xp, upsample=False), model(x)
+    hc = wc = 9  # ceil(33 / 4): the stride-level cells that touch the 33x33 image
+    assert [tuple(z.shape) for z in padded] == [(1, n, 16, 16) for n in (2, 3, 7)]
+    for level, n in enumerate((2, 3, 7)):
+        assert low[level].shape == (1, n, hc, wc)
+        torch.testing.assert_close(low[level], padded[level][..., :hc, :wc], atol=1e-5, rtol=0)
+        assert full[level].shape == (1, n, 33, 33)
+    # the pad is not a no-op: padding with another colour changes the result inside the valid region
+    other = xp.clone()
+    other[..., 33:, :] = 255.0
+    other[..., :, 33:] = 255.0
+    assert (model(other, upsample=False)[2][..., :hc, :wc] - low[2]).abs().max() > 1e-3
 
 
 def test_path_scores_hand_computed(pp):

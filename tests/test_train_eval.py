@@ -27,7 +27,7 @@ def test_demo_config_trains_and_evaluates(tmp_path, capsys):
     best = out / "best"
     for name in ("model.safetensors", "config.yaml", "taxonomy.yaml", "metrics.json", "train_state.pt", "README.md"):
         assert (best / name).is_file(), name
-    assert train_main  # the model card names the taxonomy's levels
+    # the model card names the taxonomy's levels
     assert "L2 (7)" in (best / "README.md").read_text()
     capsys.readouterr()
     assert eval_main(["--checkpoint", str(out), "--out", str(tmp_path / "e.json"), "--report-samples", "1"]) == 0
@@ -49,10 +49,10 @@ def test_demo_config_trains_and_evaluates(tmp_path, capsys):
     assert [h.out_channels for h in model.heads] == [2, 3, 7]
 
 
-def test_four_level_tree_needs_only_yaml(tmp_path, capsys):
+def test_four_level_tree_needs_only_yaml(tmp_path, capsys, monkeypatch):
     """A 4-level, unbalanced, 11-leaf taxonomy trains and evaluates with the same commands, no code change."""
     out = tmp_path / "fig"
-    os.chdir(ROOT)
+    monkeypatch.chdir(ROOT)  # the config names its taxonomy relative to the repository root
     assert train_main(["--config", "configs/figures_4level.yaml", *TINY, f"train.out_dir={out}"]) == 0
     assert eval_main(["--checkpoint", str(out), "--out", str(tmp_path / "e.json"), "--no-report"]) == 0
     result = json.loads((tmp_path / "e.json").read_text())

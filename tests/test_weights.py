@@ -14,7 +14,7 @@ pytest.importorskip("safetensors", reason="safetensors is required to write conv
 
 from hiertree import weights as hw  # noqa: E402
 
-IMAGES = Path("/work/shared/datasets/pascal-part-sample/JPEGImages")
+IMAGES = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "pascal-part-sample" / "JPEGImages"
 CAT_JPEG = IMAGES / "2008_000096.jpg"  # a tabby cat
 HORSE_JPEG = IMAGES / "2008_000141.jpg"  # a chestnut horse
 CAT_CLASSES = range(281, 286)  # ImageNet: tabby, tiger cat, Persian, Siamese, Egyptian cat
@@ -32,12 +32,6 @@ def needs_pack(variant: str = "lite0"):
 
 def needs_image(path: Path):
     return pytest.mark.skipif(not path.is_file(), reason=f"sample photo {path} not available")
-
-
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path_factory, monkeypatch):
-    """Never write into the user's ~/.cache during tests."""
-    monkeypatch.setenv("HIERTREE_WEIGHTS_DIR", str(tmp_path_factory.getbasetemp() / "weights-cache"))
 
 
 @pytest.fixture(scope="module")
@@ -173,14 +167,18 @@ def test_num_batches_tracked_on_one_side_only():
     assert list(hw.remap_in_order(source, {k: v for k, v in target.items() if "num_batches" not in k})) == list(target)[:2]
 
 
+@needs_pack("lite0")
 def test_shape_mismatch_through_convert(monkeypatch, tmp_path):
+    real = hw._load_package_state_dict
+
     def tampered(variant):
-        sd = {k: torch.zeros(v.shape) for k, v in timm.create_model("tf_efficientnet_lite0").state_dict().items()}
-        sd["conv_head.weight"] = torch.zeros(1, 2, 1, 1)
+        sd = real(variant)  # the package's own keys, order and values
+        assert tuple(sd["_conv_head.weight"].shape) == (1280, 320, 1, 1)
+        sd["_conv_head.weight"] = sd["_conv_head.weight"][:, :160].clone()  # one tensor cut in half
         return sd
 
     monkeypatch.setattr(hw, "_load_package_state_dict", tampered)
-    with pytest.raises(hw.WeightsError, match=r"'conv_head\.weight' \(1, 2, 1, 1\) vs tf_efficientnet_lite0 'conv_head\.weight' \(1280, 320, 1, 1\)"):
+    with pytest.raises(hw.WeightsError, match=r"'_conv_head\.weight' \(1280, 160, 1, 1\) vs tf_efficientnet_lite0 'conv_head\.weight' \(1280, 320, 1, 1\)"):
         hw.convert_efficientnet_lite("lite0", out=tmp_path)
     assert list(tmp_path.iterdir()) == []
 
