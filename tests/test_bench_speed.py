@@ -65,6 +65,9 @@ def test_smoke_report_holds_consistent_ratios_and_provenance(tmp_path):
     for m in (h, s):
         lo, hi = m["cpu_infer_ms_spread"]
         assert lo <= m["cpu_infer_ms_median"] <= hi
+    for m in (h, s):
+        assert m["train_img_s_model_only"] > 0 and m["train_img_s_end_to_end"] > 0
+    assert report["data_pipeline_img_s"] > 0
     assert "leaf cross-entropy" in s["step"] and "hierarchical loss" in h["step"]
     assert report["seed"] == 0 and report["command"].startswith("python benchmarks/speed.py --smoke")
     assert report["versions"]["torch"] == version("torch") and report["versions"]["timm"] == version("timm")

@@ -101,17 +101,6 @@ def test_smp_variant_initial_weights_follow_train_seed():
     assert not same(first, build_smp(cfg)[0])
 
 
-def test_speed_benchmark_smoke(tmp_path):
-    from benchmarks.speed import main
-
-    assert main(["--smoke", "--out", str(tmp_path)]) == 0
-    report = json.loads((tmp_path / "speed-smoke-cpu.json").read_text())
-    for name in ("hiertree", "smp"):
-        m = report["models"][name]
-        assert m["train_img_s_model_only"] > 0 and m["train_img_s_end_to_end"] > 0 and m["cpu_infer_ms_median"] > 0
-    assert report["ratios"]["train_end_to_end_x"] > 0 and report["data_pipeline_img_s"] > 0
-
-
 @NEEDS_SAMPLE
 def test_quality_benchmark_picks_up_finished_runs(tmp_path):
     """Re-invocations (e.g. after a command time limit) resume: wall time and invocations add up, and
