@@ -7,7 +7,9 @@ one 512² image. Writes ``benchmarks/results/speed-<tag>-<device>.json`` and pri
 Fair by construction: both models start from one seed and see the same batches; hiertree steps as its
 trainer does (every head, the config's hierarchical loss), smp as a plain smp user does (the network,
 one leaf cross-entropy: no coarse levels, no hierarchy terms); end-to-end timing starts only after the
-loader's prefetch queue has been consumed; CPU latencies alternate the two models within each repeat.
+loader's prefetch queue has been consumed; CPU latencies alternate the models within each repeat
+(hiertree as ``load_model`` ships it, with channels_last weights; smp as built, and with channels_last
+weights for reference).
 The JSON records versions, git commit, CPU/GPU, seed and the exact command.
 
     python benchmarks/speed.py --data /root/d/datasets/pascal-part          # GPU numbers
@@ -17,6 +19,7 @@ The JSON records versions, git commit, CPU/GPU, seed and the exact command.
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime as dt
 import gc
 import json
@@ -200,11 +203,15 @@ def bench(args) -> dict:
 def _cpu_inference(cfg: dict, taxonomy: Taxonomy, args, results: dict, data_ips: float | None) -> dict:
     """CPU latency of one image (the machine's threads: 2 on the dev/CI machines), median of repeats.
 
-    hiertree: the model's per-level logits; smp: the network's leaf logits (what an smp user runs). The two
-    alternate within every repeat (and swap order each time), so a busy machine slows both alike.
+    hiertree: per-level logits of the model as ``from_pretrained``/``load_model`` deliver it (channels_last
+    weights); smp: the network's leaf logits as smp builds it, and, for reference, with channels_last weights
+    too. All runs alternate within every repeat (order reversed every other time), so load hits them alike.
     """
     models = {name: m.eval() for name, m in make_models(cfg, taxonomy).items()}
-    run = {"hiertree": lambda x: models["hiertree"](x), "smp": lambda x: models["smp"].leaf_logits(x)}
+    hier = models["hiertree"].to(memory_format=torch.channels_last)
+    smp_cl = copy.deepcopy(models["smp"]).to(memory_format=torch.channels_last)
+    run = {"hiertree": lambda x: hier(x), "smp": lambda x: models["smp"].leaf_logits(x),
+           "smp_channels_last": lambda x: smp_cl.leaf_logits(x)}
     x = torch.randint(0, 256, (1, 3, args.infer_size, args.infer_size), dtype=torch.uint8)
     times: dict[str, list[float]] = {name: [] for name in run}
     with torch.inference_mode():
@@ -215,10 +222,13 @@ def _cpu_inference(cfg: dict, taxonomy: Taxonomy, args, results: dict, data_ips:
                 if i >= 2:
                     times[name].append(time.perf_counter() - t0)
     for name, t in times.items():
-        results[name]["cpu_infer_ms_median"] = round(1000 * statistics.median(t), 1)
-        results[name]["cpu_infer_ms_spread"] = [round(1000 * min(t), 1), round(1000 * max(t), 1)]
+        row = results["smp"] if name == "smp_channels_last" else results[name]
+        key = "cpu_infer_ms_median_channels_last" if name == "smp_channels_last" else "cpu_infer_ms_median"
+        row[key] = round(1000 * statistics.median(t), 1)
+        row[key.replace("median", "spread")] = [round(1000 * min(t), 1), round(1000 * max(t), 1)]
     h, b = results["hiertree"], results["smp"]
-    ratios = {"cpu_infer_speedup_x": round(b["cpu_infer_ms_median"] / h["cpu_infer_ms_median"], 2)}
+    ratios = {"cpu_infer_speedup_x": round(b["cpu_infer_ms_median"] / h["cpu_infer_ms_median"], 2),
+              "cpu_infer_speedup_vs_smp_channels_last_x": round(b["cpu_infer_ms_median_channels_last"] / h["cpu_infer_ms_median"], 2)}
     if "train_img_s_end_to_end" in h:
         ratios["train_end_to_end_x"] = round(h["train_img_s_end_to_end"] / b["train_img_s_end_to_end"], 2)
         ratios["train_model_only_x"] = round(h["train_img_s_model_only"] / b["train_img_s_model_only"], 2)

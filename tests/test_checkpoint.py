@@ -186,3 +186,14 @@ def test_foreign_checkpoint_through_eval_py_has_no_traceback(saved, tmp_path):
     assert proc.stderr.strip() == (f"hiertree: error: {folder / 'config.yaml'}: expected a mapping with a 'model:' "
                                    "section, found keys ['train']; use a checkpoint folder written by hiertree-train "
                                    "(its config.yaml describes the model)")
+
+
+def test_load_model_ships_channels_last_weights_with_the_same_outputs(saved):
+    run, model, _, _ = saved
+    loaded, _ = load_model(run)
+    convs = [m.weight for m in loaded.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    x = torch.randint(0, 256, (1, 3, 45, 70), dtype=torch.uint8)
+    with torch.no_grad():
+        for a, b in zip(loaded(x), model.eval()(x)):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
