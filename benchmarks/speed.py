@@ -188,7 +188,7 @@ def bench(args) -> dict:
 
         model_only = time_steps(step, fixed(), device, args.warmup, args.steps)
         end_to_end = time_steps(step, loader(), device, args.warmup + queued, args.steps)
-        row = {"train_img_s_model_only": round(model_only, 1), "train_img_s_end_to_end": round(end_to_end, 1),
+        row = {"train_img_s_model_only": round(model_only, 2), "train_img_s_end_to_end": round(end_to_end, 2),
                "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
                "step": "model(images) -> every head, the config's hierarchical loss" if name == "hiertree"
                else "net(normalised images) -> one leaf cross-entropy (ignore_index), as an smp user trains"}
@@ -198,6 +198,11 @@ def bench(args) -> dict:
         del fixed_images, fixed_masks, step, fwd, opt
         model.to("cpu")
     return _cpu_inference(cfg, taxonomy, args, results, data_ips)
+
+
+def _ratio(a: float, b: float) -> float | None:
+    """a / b to 3 significant digits (None when b rounded to 0)."""
+    return float(f"{a / b:.3g}") if b else None
 
 
 def _cpu_inference(cfg: dict, taxonomy: Taxonomy, args, results: dict, data_ips: float | None) -> dict:
@@ -227,11 +232,11 @@ def _cpu_inference(cfg: dict, taxonomy: Taxonomy, args, results: dict, data_ips:
         row[key] = round(1000 * statistics.median(t), 1)
         row[key.replace("median", "spread")] = [round(1000 * min(t), 1), round(1000 * max(t), 1)]
     h, b = results["hiertree"], results["smp"]
-    ratios = {"cpu_infer_speedup_x": round(b["cpu_infer_ms_median"] / h["cpu_infer_ms_median"], 2),
-              "cpu_infer_speedup_vs_smp_channels_last_x": round(b["cpu_infer_ms_median_channels_last"] / h["cpu_infer_ms_median"], 2)}
+    ratios = {"cpu_infer_speedup_x": _ratio(b["cpu_infer_ms_median"], h["cpu_infer_ms_median"]),
+              "cpu_infer_speedup_vs_smp_channels_last_x": _ratio(b["cpu_infer_ms_median_channels_last"], h["cpu_infer_ms_median"])}
     if "train_img_s_end_to_end" in h:
-        ratios["train_end_to_end_x"] = round(h["train_img_s_end_to_end"] / b["train_img_s_end_to_end"], 2)
-        ratios["train_model_only_x"] = round(h["train_img_s_model_only"] / b["train_img_s_model_only"], 2)
+        ratios["train_end_to_end_x"] = _ratio(h["train_img_s_end_to_end"], b["train_img_s_end_to_end"])
+        ratios["train_model_only_x"] = _ratio(h["train_img_s_model_only"], b["train_img_s_model_only"])
     return {"config": cfg, "batch_size": cfg["train"]["batch_size"], "crop": cfg["data"]["crop"], "seed": SEED,
             "steps": args.steps, "warmup": args.warmup, "infer_size": args.infer_size, "threads": torch.get_num_threads(),
             "data_pipeline_img_s": None if data_ips is None else round(data_ips, 1), "models": results, "ratios": ratios}
