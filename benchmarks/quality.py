@@ -25,13 +25,9 @@ import argparse
 import copy
 import csv
 import datetime as dt
-import hashlib
-import importlib.metadata
 import json
 import os
-import platform
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -42,9 +38,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.baselines import SmpFlatDeepLabV3Plus  # noqa: E402
+from benchmarks.provenance import device_name, provenance, version  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-import hiertree  # noqa: E402
 from hiertree.config import load_config  # noqa: E402
 from hiertree.data import build_datasets, pad_collate  # noqa: E402
 from hiertree.engine import drop_bad_samples, train  # noqa: E402
@@ -66,68 +62,6 @@ SMOKE = ["train.epochs=1", "train.max_steps=2", "train.batch_size=2", "data.crop
          "model.decoder_channels=32"]
 INVOCATIONS = "quality_invocations.json"  # per run folder: one entry per invocation that trained or re-scored it
 SMP_NOTE = "NOT_A_HIERTREE_CHECKPOINT.txt"
-
-
-# ---------------------------------------------------------------------- provenance
-def _version(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def _git(*args: str) -> str | None:
-    try:
-        out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
-def source_digest() -> str:
-    """sha256 over the library, benchmark and config sources: identifies the code where git is absent."""
-    h = hashlib.sha256()
-    files = sorted([*(ROOT / "hiertree").rglob("*.py"), *(ROOT / "hiertree").rglob("*.yaml"),
-                    *(ROOT / "benchmarks").glob("*.py"), *(ROOT / "configs").glob("*.yaml")])
-    for f in files:
-        h.update(f.relative_to(ROOT).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
-    return h.hexdigest()
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def device_name() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    return f"CPU ({cpu_model()}, {torch.get_num_threads()} threads)"
-
-
-def provenance() -> dict:
-    """Versions, code revision and machine: what a reader needs to trust or reproduce the numbers."""
-    commit = _git("rev-parse", "HEAD")
-    status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
-    cuda = None
-    if torch.cuda.is_available():
-        cuda = {"device": torch.cuda.get_device_name(0), "cuda": torch.version.cuda,
-                "cudnn": torch.backends.cudnn.version(), "devices": torch.cuda.device_count()}
-    return {
-        "versions": {"python": platform.python_version(), "hiertree": hiertree.__version__, "torch": torch.__version__,
-                     "timm": _version("timm"), "segmentation_models_pytorch": _version("segmentation_models_pytorch"),
-                     "albumentations": _version("albumentations")},
-        "hiertree_path": str(Path(hiertree.__file__).resolve().parent),
-        "git": {"commit": commit, "dirty": None if status is None else bool(status)},  # null: not a git checkout here
-        "source_sha256": source_digest(),
-        "machine": {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "platform": platform.platform(), "cuda": cuda},
-    }
 
 
 # ---------------------------------------------------------------------- the smp baseline
@@ -153,7 +87,7 @@ def build_smp(cfg: dict) -> tuple[SmpFlatDeepLabV3Plus, dict]:
     net_cfg = dict(getattr(model.net, "config", None) or getattr(model.net, "_hub_mixin_config", {}))
     settings = {
         "architecture": "segmentation_models_pytorch.DeepLabV3Plus (benchmarks/baselines.py SmpFlatDeepLabV3Plus)",
-        "smp_version": _version("segmentation_models_pytorch"),
+        "smp_version": version("segmentation_models_pytorch"),
         "encoder": net_cfg.get("encoder_name", f"tu-{m['encoder']}"),
         "encoder_weights": m["encoder_weights"],
         "encoder_weights_file": str(weights) if weights else None,

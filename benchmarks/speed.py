@@ -23,11 +23,9 @@ import copy
 import datetime as dt
 import gc
 import json
-import os
 import platform
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -40,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.baselines import SmpFlatDeepLabV3Plus  # noqa: E402
+from benchmarks.provenance import provenance  # noqa: E402
 from hiertree.config import load_config  # noqa: E402
 from hiertree.data import build_datasets, pad_collate  # noqa: E402
 from hiertree.engine import EpochSampler, build_model  # noqa: E402
@@ -182,11 +181,11 @@ def bench(args) -> dict:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
 
-        def fixed():
+        def fixed(images: torch.Tensor, masks: torch.Tensor):
             while True:
-                yield fixed_images, fixed_masks
+                yield images, masks
 
-        model_only = time_steps(step, fixed(), device, args.warmup, args.steps)
+        model_only = time_steps(step, fixed(fixed_images, fixed_masks), device, args.warmup, args.steps)
         end_to_end = time_steps(step, loader(), device, args.warmup + queued, args.steps)
         row = {"train_img_s_model_only": round(model_only, 2), "train_img_s_end_to_end": round(end_to_end, 2),
                "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
@@ -242,31 +241,6 @@ def _cpu_inference(cfg: dict, taxonomy: Taxonomy, args, results: dict, data_ips:
             "data_pipeline_img_s": None if data_ips is None else round(data_ips, 1), "models": results, "ratios": ratios}
 
 
-def _provenance() -> dict:
-    """Versions, commit and machine, so a number can be traced to what produced it."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    def v(pkg: str) -> str | None:
-        try:
-            return version(pkg)
-        except PackageNotFoundError:
-            return None
-
-    def git(*cmd: str) -> str | None:
-        try:
-            return subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip() or None
-        except (OSError, subprocess.SubprocessError):
-            return None
-
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").is_file() else platform.processor()
-    return {
-        "versions": {pkg: v(pkg) for pkg in ("hiertree", "torch", "timm", "segmentation_models_pytorch", "albumentations")},
-        "git_commit": git("rev-parse", "HEAD"), "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
-        "cuda": torch.version.cuda if torch.cuda.is_available() else None, "cpu": cpu, "cpu_count": os.cpu_count(),
-    }
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(ROOT / "configs" / "pascal_part.yaml"))
@@ -293,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     report.update({"date": now.isoformat(timespec="seconds"), "torch": torch.__version__,
                    "device": torch.cuda.get_device_name(0) if dev == "cuda" else f"CPU {platform.machine()}, {torch.get_num_threads()} threads",
                    "command": shlex.join(["python", "benchmarks/speed.py", *(argv if argv is not None else sys.argv[1:])]),
-                   **_provenance()})
+                   **provenance()})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     kind = "cpu-infer" if args.cpu_infer_only else "speed"

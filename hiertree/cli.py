@@ -89,7 +89,6 @@ def eval_main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="data.*=value overrides for the dataset")
     args = parser.parse_args(argv)
 
-    import torch
     from torch.utils.data import DataLoader
 
     from hiertree.checkpoint import CheckpointError, load_model

@@ -72,5 +72,6 @@ def test_smoke_report_holds_consistent_ratios_and_provenance(tmp_path):
     assert report["data_pipeline_img_s"] > 0
     assert "leaf cross-entropy" in s["step"] and "hierarchical loss" in h["step"]
     assert report["seed"] == 0 and report["command"].startswith("python benchmarks/speed.py --smoke")
-    assert report["versions"]["torch"] == version("torch") and report["versions"]["timm"] == version("timm")
-    assert set(report["versions"]) == {"hiertree", "torch", "timm", "segmentation_models_pytorch", "albumentations"}
+    assert report["versions"]["torch"] == torch.__version__ and report["versions"]["timm"] == version("timm")
+    assert set(report["versions"]) == {"python", "hiertree", "torch", "timm", "segmentation_models_pytorch", "albumentations"}
+    assert len(report["source_sha256"]) == 64 and report["machine"]["cpu_count"] >= 1 and "commit" in report["git"]

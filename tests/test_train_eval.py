@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 from hiertree.cli import eval_main, train_main
 from hiertree.models import HierSegModel
