@@ -503,7 +503,8 @@ def _train(cfg: dict, command: str, stop: _StopFlag, model: torch.nn.Module | No
                 if bad_steps > tcfg["max_bad_steps"]:
                     where = (run_dir / "last").resolve() if (run_dir / "last").exists() else "none yet"
                     raise TrainingError(
-                        f"non-finite loss ({loss.item()}) at step {step + 1} (epoch {epoch + 1}, batch {batch_in_epoch}); "
+                        f"non-finite loss ({'on another rank' if bool(torch.isfinite(loss)) else loss.item()}) "
+                        f"at step {step + 1} (epoch {epoch + 1}, batch {batch_in_epoch}); "
                         f"{bad_steps} bad step(s) > train.max_bad_steps={tcfg['max_bad_steps']}. "
                         f"Last good checkpoint: {where}. Lower train.lr, set train.grad_clip, or check the data; "
                         "resume with train.resume=auto"
