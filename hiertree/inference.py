@@ -35,11 +35,15 @@ def tree_consistent_levels(
 
 
 def coarse_logits_from_leaves(leaf_logits: torch.Tensor, taxonomy: Taxonomy) -> list[torch.Tensor]:
-    """Per-level logits of a flat leaf head: logsumexp over each class's leaves (= summed probabilities)."""
+    """Per-level logits of a flat leaf head: logsumexp over each class's leaves (= summed probabilities).
+
+    The coarse levels are computed in float32 whatever the input dtype (bf16 logsumexp loses ~3 digits).
+    """
     out = []
+    full = leaf_logits.float()
     for level in range(taxonomy.num_levels - 1):
         idx = taxonomy.leaf_to_class(level).to(leaf_logits.device)
-        groups = [leaf_logits[:, idx == c].logsumexp(1) for c in range(taxonomy.num_classes(level))]
+        groups = [full[:, idx == c].logsumexp(1) for c in range(taxonomy.num_classes(level))]
         out.append(torch.stack(groups, 1))
     out.append(leaf_logits)
     return out

@@ -94,6 +94,10 @@ def test_flat_coarse_logits_sum_probabilities(pp):
     p = z.softmax(1)
     expect = torch.einsum("bnhw,nc->bchw", p, pp.mapping_matrix(1))
     assert torch.allclose(coarse[1].softmax(1), expect, atol=1e-6)
+    half = z.bfloat16()  # under autocast: the coarse levels are still summed in float32
+    coarse16 = coarse_logits_from_leaves(half, pp)
+    assert coarse16[0].dtype == coarse16[1].dtype == torch.float32 and coarse16[2] is half
+    assert torch.equal(coarse16[1], coarse_logits_from_leaves(half.float(), pp)[1])
     model = HierSegModel(pp, flat=True, **TINY).eval()
     assert len(model.heads) == 1
     out = model.predict(torch.zeros(1, 3, 32, 32))
