@@ -8,7 +8,7 @@ Fair by construction: both models start from one seed and see the same batches; 
 trainer does (every head, the config's hierarchical loss), smp as a plain smp user does (the network,
 one leaf cross-entropy: no coarse levels, no hierarchy terms); end-to-end timing starts only after the
 loader's prefetch queue has been consumed; CPU latencies alternate the models within each repeat
-(hiertree as ``load_model`` ships it, with channels_last weights; smp as built, and with channels_last
+(hiertree as ``eval.py``/``hiertree-predict`` load it, with channels_last weights; smp as built, and with channels_last
 weights for reference).
 The JSON records versions, git commit, CPU/GPU, seed and the exact command.
 
@@ -207,7 +207,7 @@ def _ratio(a: float, b: float) -> float | None:
 def _cpu_inference(cfg: dict, taxonomy: Taxonomy, args, results: dict, data_ips: float | None) -> dict:
     """CPU latency of one image (the machine's threads: 2 on the dev/CI machines), median of repeats.
 
-    hiertree: per-level logits of the model as ``from_pretrained``/``load_model`` deliver it (channels_last
+    hiertree: per-level logits of the model as ``eval.py``/``hiertree-predict`` load it (channels_last
     weights); smp: the network's leaf logits as smp builds it, and, for reference, with channels_last weights
     too. All runs alternate within every repeat (order reversed every other time), so load hits them alike.
     """

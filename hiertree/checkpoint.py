@@ -224,8 +224,13 @@ def load_checkpoint(path: str | Path, prefer: str = "best") -> dict[str, Any]:
     return {"dir": ckpt, "name": chosen, "config": cfg, "taxonomy": taxonomy, "state_dict": state, "metrics": metrics}
 
 
-def load_model(path: str | Path, prefer: str = "best", map_location: str | torch.device = "cpu"):
-    """Rebuild a :class:`HierSegModel` from a checkpoint folder alone (no network, no other file)."""
+def load_model(path: str | Path, prefer: str = "best", map_location: str | torch.device = "cpu",
+               channels_last: bool = False):
+    """Rebuild a :class:`HierSegModel` from a checkpoint folder alone (no network, no other file).
+
+    ``channels_last=True`` lays the convolution weights out for faster inference (what ``eval.py`` and
+    ``hiertree-predict`` do); the same works for a model you hold: ``model.to(memory_format=torch.channels_last)``.
+    """
     from hiertree.models import HierSegModel
 
     ck = load_checkpoint(path, prefer)
@@ -258,6 +263,7 @@ def load_model(path: str | Path, prefer: str = "best", map_location: str | torch
             f"(missing {missing[:5]}, unexpected {unexpected[:5]}); was it written by another hiertree version?"
         )
     model.config["encoder_weights"] = ck["config"]["model"].get("encoder_weights")
-    # channels_last weights: convolutions run ~1.3x faster on CPU (oneDNN) and use tensor cores' layout on CUDA;
-    # outputs are the same up to float rounding, and NCHW inputs need no change
-    return model.to(map_location, memory_format=torch.channels_last).eval(), ck
+    if channels_last:  # inference-only models (eval/predict CLIs): oneDNN convolutions ~1.3x faster on CPU, same
+        # outputs up to float rounding; off by default since safetensors refuses to save such (non-contiguous) tensors
+        model = model.to(memory_format=torch.channels_last)
+    return model.to(map_location).eval(), ck

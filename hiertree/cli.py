@@ -107,8 +107,14 @@ def eval_main(argv: list[str] | None = None) -> int:
             device = resolve_device(args.device)
         except TrainingError:
             raise ConfigError(f"--device {args.device} but CUDA is not available here; use --device auto or cpu") from None
-        model, ck = load_model(args.checkpoint, map_location=device)
-        cfg = merge(DEFAULTS, ck["config"], DEFAULTS, source=str(ck["dir"] / "config.yaml"))
+        except RuntimeError as err:  # torch.device() on a malformed name
+            raise ConfigError(f"--device {args.device!r} is not a device ({err}); use auto, cpu, cuda or cuda:N") from None
+        model, ck = load_model(args.checkpoint, map_location=device, channels_last=True)
+        # only what evaluation uses: a training-only value that today's rules refuse must not block scoring
+        saved = {k: v for k, v in ck["config"].items() if k in ("taxonomy", "data", "model", "eval")}
+        train = ck["config"].get("train") if isinstance(ck["config"].get("train"), dict) else {}
+        saved["train"] = {k: train[k] for k in ("seed", "num_workers") if k in train}
+        cfg = merge(DEFAULTS, saved, DEFAULTS, source=str(ck["dir"] / "config.yaml"))
         cfg = apply_overrides(cfg, args.overrides)
         if args.data:
             cfg["data"]["kind"], cfg["data"]["root"] = "folder", args.data

@@ -109,8 +109,8 @@ def _schedule(optimizer: torch.optim.Optimizer, tcfg: dict, total_steps: int) ->
 
     One function of (step, total_steps) for every kind, so a resume that changes ``train.epochs`` simply
     continues on the new curve (torch's OneCycleLR would restore its old length and refuse to step on).
-    One-cycle follows OneCycleLR's defaults for the learning rate: cosine from lr/25 up to lr over the
-    warmup (at least 1 % of the run), then cosine down to lr/1e4; momentum is not cycled.
+    One-cycle is shaped like torch's OneCycleLR: cosine from lr/25 up to lr over the warmup (at least 1 %
+    of the run), then cosine down to lr/1e4 (OneCycleLR's default ends at lr/2.5e5); momentum is not cycled.
     """
     kind, warmup = tcfg["schedule"], min(tcfg["warmup_steps"], max(total_steps - 1, 0))
     if kind not in ("poly", "onecycle", "constant"):
@@ -428,6 +428,12 @@ def _train(cfg: dict, command: str, stop: _StopFlag, model: torch.nn.Module | No
         unwrap(model).load_state_dict(ck["state_dict"])
         state = _load_train_state(ck["dir"] / "train_state.pt")
         optimizer.load_state_dict(state["optimizer"])
+        if "lr_lambdas" not in state["scheduler"]:  # torch's OneCycleLR, written before the schedule was one function
+            raise TrainingError(
+                f"{ck['dir'] / 'train_state.pt'}: its learning-rate schedule was saved by an older hiertree (torch "
+                "OneCycleLR) and cannot be continued; start a new run (another train.out_dir) -- its weights still load "
+                "with eval.py and load_model"
+            )
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         step, start_epoch, skip_batches, best = state["step"], state["epoch"], state["batch_in_epoch"], state["best"]

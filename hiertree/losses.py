@@ -237,8 +237,12 @@ class HierarchicalLoss(nn.Module):
         parts: dict[str, Tensor] = {}
         total = logits[0].new_zeros((), dtype=torch.float32)
         for l, x in enumerate(logits):
-            if self.ce_weight * self.level_weights[l] == 0:  # a switched-off level costs nothing (flat baselines)
-                parts[f"ce/L{l}"] = total.new_zeros(())
+            if self.ce_weight * self.level_weights[l] == 0:
+                # a switched-off level skips its cross-entropy but stays in the graph (zero gradient): DDP
+                # requires every parameter to take part, and weight decay still reaches its head
+                part = x.float().sum() * 0.0
+                parts[f"ce/L{l}"] = part
+                total = total + part
                 continue
             target = self._targets_at(leaf_mask, tuple(x.shape[2:]), cache)[l]
             ce_sum = F.cross_entropy(

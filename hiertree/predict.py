@@ -233,6 +233,8 @@ def _resolve_device(spec: str) -> torch.device:
         return resolve_device(spec)
     except TrainingError:
         raise PredictError(f"--device {spec} but CUDA is not available here; use --device auto or cpu") from None
+    except RuntimeError as err:  # torch.device() on a malformed name
+        raise PredictError(f"--device {spec!r} is not a device ({err}); use auto, cpu, cuda or cuda:N") from None
 
 
 def _unique_stems(paths: Sequence[Path]) -> list[str]:
@@ -296,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
             raise PredictError(f"--max-side must be 0 (never shrink) or at least 8, got {args.max_side}")
         paths = find_images(args.inputs)
         device = _resolve_device(args.device)
-        model, ck = load_model(args.checkpoint, map_location=device)
+        model, ck = load_model(args.checkpoint, map_location=device, channels_last=True)
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         stems = _unique_stems(paths)

@@ -176,6 +176,7 @@ def test_broken_resume_is_one_cli_line(tmp_path, checkpoint, capsys, damage, fra
     (["--max-batches", "-1"], "--max-batches must be at least 1, got -1"),
     pytest.param(["--device", "cuda"], "--device cuda but CUDA is not available here; use --device auto or cpu",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")),
+    (["--device", "gpu"], "--device 'gpu' is not a device"),
 ])
 def test_eval_flags_are_checked_and_named(tmp_path, checkpoint, capsys, args, needle):
     out = tmp_path / "e.json"

@@ -83,6 +83,18 @@ def test_eval_of_a_standalone_checkpoint_writes_beside_it(saved, tmp_path):
     assert (tmp_path / "models" / "eval-val-mine.json").is_file() and _tree(mine) == before
 
 
+def test_eval_ignores_training_only_values_that_todays_rules_refuse(saved, tmp_path):
+    import yaml
+
+    mine = tmp_path / "old"
+    shutil.copytree(saved[0] / "best", mine)
+    cfg = yaml.safe_load((mine / "config.yaml").read_text())
+    cfg["train"].update(grad_clip=0, max_steps=0, log_every=0)  # "off" in older configs, refused for training now
+    (mine / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert eval_main(["--checkpoint", str(mine), "--device", "cpu", "--no-report"]) == 0
+    assert (tmp_path / "eval-val-old.json").is_file()
+
+
 # ---------------------------------------------------------------------- runs copied with cp -rL
 def test_run_copied_with_links_dereferenced_resumes_and_evaluates(tmp_path, capsys):
     run = tmp_path / "run"
@@ -188,12 +200,19 @@ def test_foreign_checkpoint_through_eval_py_has_no_traceback(saved, tmp_path):
                                    "(its config.yaml describes the model)")
 
 
-def test_load_model_ships_channels_last_weights_with_the_same_outputs(saved):
+def test_load_model_channels_last_for_inference_same_outputs_and_default_stays_savable(saved, tmp_path):
+    from safetensors.torch import save_file
+
     run, model, _, _ = saved
-    loaded, _ = load_model(run)
-    convs = [m.weight for m in loaded.modules() if isinstance(m, torch.nn.Conv2d)]
+    fast, _ = load_model(run, channels_last=True)
+    convs = [m.weight for m in fast.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.shape[-1] > 1]
     assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    assert any(not w.is_contiguous() for w in convs)  # depthwise [C, 1, k, k] weights are both layouts at once
+    plain, _ = load_model(run)
+    assert all(p.is_contiguous() for p in plain.state_dict().values())
+    save_file(plain.state_dict(), str(tmp_path / "mine.safetensors"))  # a user's own save works on the default
     x = torch.randint(0, 256, (1, 3, 45, 70), dtype=torch.uint8)
     with torch.no_grad():
-        for a, b in zip(loaded(x), model.eval()(x)):
-            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+        for a, b, c in zip(fast(x), plain(x), model.eval()(x)):
+            torch.testing.assert_close(a, c, atol=1e-5, rtol=1e-5)
+            assert torch.equal(b, c)

@@ -16,6 +16,7 @@ TINY = [
     "data.crop=64", "data.synthetic.size=64", "data.synthetic.num_train=16", "data.synthetic.num_val=4",
     "model.decoder_channels=16", "model.skip_channels=8", "model.encoder_weights=null", "train.batch_size=4", "train.progress=false",
     "train.warmup_steps=1", "train.threads=1", "train.num_workers=0", "train.epochs=2", "eval.batch_size=4",
+    "loss.level_weights=[0, 1, 1]",  # a switched-off level: its head must still take part in DDP's reduction
 ]
 
 

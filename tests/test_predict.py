@@ -185,6 +185,9 @@ def test_cli_errors_are_one_line_with_exit_2(checkpoint, tmp_path, capsys):
         assert main([*argv, "--out", str(tmp_path / "o"), "--device", "cpu"]) == 2, needle
         err = capsys.readouterr().err.strip()
         assert needle in err and "\n" not in err and err.startswith("hiertree-predict: error:"), err
+    assert main(["--checkpoint", str(checkpoint), str(tmp_path / "in"), "--out", str(tmp_path / "o"), "--device", "gpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("hiertree-predict: error: --device 'gpu' is not a device") and "\n" not in err, err
 
 
 def test_cli_skips_an_undecodable_image_names_it_and_exits_2(checkpoint, tmp_path, capsys):

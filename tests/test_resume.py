@@ -145,3 +145,14 @@ def test_resume_rejects_another_model_or_taxonomy(tmp_path):
                     "low_leg: 3, up_leg: 5}\n")
     with pytest.raises(TrainingError, match=r"taxonomy 'pascal_part' \(levels \[2, 3, 7\]\) differs .*levels \[2, 7\]"):
         _train(tmp_path / "run", f"train.resume={tmp_path / 'run'}", f"taxonomy={flat}")
+
+
+def test_a_scheduler_state_from_torch_onecycle_is_one_clear_error(tmp_path):
+    _train(tmp_path / "old", "train.max_steps=1", "train.epochs=1")
+    state_path = load_checkpoint(tmp_path / "old", prefer="last")["dir"] / "train_state.pt"
+    state = torch.load(state_path, weights_only=False)
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    state["scheduler"] = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1.0, total_steps=10).state_dict()
+    torch.save(state, state_path)
+    with pytest.raises(TrainingError, match=r"train_state.pt: its learning-rate schedule was saved by an older hiertree"):
+        _train(tmp_path / "old", "train.resume=auto", "train.epochs=1")
