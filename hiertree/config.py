@@ -174,6 +174,11 @@ def _is_text(v: Any) -> bool:
     return isinstance(v, str) and v != ""
 
 
+def _path_text(v: Any) -> Any:
+    """A folder named only by digits (``runs/2024`` is fine, ``2024`` reaches us as an int): its str."""
+    return str(v) if _is_int(v) else v
+
+
 _POSITIVE, _NON_NEGATIVE = _ints(1), _ints(0)
 _WEIGHT = _floats(lambda x: x >= 0, ">= 0")
 _FRACTION = _floats(lambda x: 0 <= x < 1, "in [0, 1)")
@@ -181,7 +186,7 @@ _FRACTION = _floats(lambda x: 0 <= x < 1, "in [0, 1)")
 #: Per-key checks (dotted key -> Rule). Keys not listed here only need the default's type, and never None.
 _RULES: dict[str, Rule] = {
     "data.kind": _one_of("synthetic", "folder"),
-    "data.root": _nullable(Rule(_is_text, "a dataset folder (str)"), "data/pascal-part"),
+    "data.root": _nullable(Rule(_is_text, "a dataset folder (str)", convert=_path_text), "data/pascal-part"),
     "data.crop": _POSITIVE,
     "data.scale": _pair(lambda x: _is_num(x) and x > 0, "[low, high] with 0 < low <= high", convert=_to_floats),
     "data.longest": _nullable(_POSITIVE, 512),
@@ -222,11 +227,11 @@ _RULES: dict[str, Rule] = {
     "train.amp": _one_of("auto", "bf16", "fp16", "none", "fp32"),
     "train.channels_last": Rule(lambda v: isinstance(v, bool) or v == "auto", "true, false or 'auto'"),
     "train.num_workers": _NON_NEGATIVE,
-    "train.out_dir": Rule(_is_text, "str (a folder)"),
+    "train.out_dir": Rule(_is_text, "str (a folder)", convert=_path_text),
     "train.eval_every": _POSITIVE,
     "train.max_steps": _nullable(_POSITIVE, 100),
     "train.max_bad_steps": _NON_NEGATIVE,
-    "train.resume": _nullable(Rule(_is_text, "'auto' or a run or checkpoint folder (str)"), "auto"),
+    "train.resume": _nullable(Rule(_is_text, "'auto' or a run or checkpoint folder (str)", convert=_path_text), "auto"),
     "train.log_every": _POSITIVE,
     "train.threads": _nullable(_POSITIVE, 4),
     "eval.batch_size": _POSITIVE,

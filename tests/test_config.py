@@ -51,6 +51,11 @@ def test_bad_files(tmp_path):
 # --- numbers written in exponent form (PyYAML 1.1 reads `1e-3` as a string) ---
 
 
+def test_folders_named_by_digits_are_paths_not_numbers():
+    cfg = load_config(None, ["train.out_dir=2024", "data.root=77", "train.resume=5"])
+    assert (cfg["train"]["out_dir"], cfg["data"]["root"], cfg["train"]["resume"]) == ("2024", "77", "5")
+
+
 def test_exponent_floats_from_overrides_and_files(tmp_path):
     cfg = load_config(None, ["train.lr=1e-3", "train.weight_decay=5e-5", "train.grad_clip=1e1", "data.scale=[5e-1, 2e0]"])
     assert cfg["train"]["lr"] == pytest.approx(1e-3) and isinstance(cfg["train"]["lr"], float)
@@ -155,7 +160,7 @@ def test_empty_section_means_no_overrides(tmp_path):
         ("data.scale=[0, 1]", r"'data.scale' must be \[low, high\] with 0 < low <= high"),
         ("data.scale=[1]", r"'data.scale' must be \[low, high\]"),
         ("data.longest=0", r"'data.longest' must be null or int >= 1"),
-        ("data.root=5", r"'data.root' must be null or a dataset folder"),
+        ("data.root=[5]", r"'data.root' must be null or a dataset folder"),
         ("model.encoder_weights=[1]", r"'model.encoder_weights' must be null or str"),
         ("model.aspp_rates=[6, x]", r"'model.aspp_rates' must be null or a list of int >= 1"),
         ("loss.level_weights=[1, -1]", r"'loss.level_weights' must be null or a list of float >= 0"),
