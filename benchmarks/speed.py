@@ -171,6 +171,8 @@ def bench(args) -> dict:
         if name == "hiertree":
             step = hiertree_step(fwd, cfg, taxonomy, opt, device, amp)
         else:
+            if cfg["train"]["compile"]:  # like for like: smp's network is compiled too
+                model.net = torch.compile(model.net)
             step = smp_step(model, opt, device, amp, taxonomy.ignore_index)
         model.train()
         torch.manual_seed(SEED)
