@@ -60,18 +60,22 @@ def tta_log_probs(
 
 
 def _unpadded(batch: dict) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The batch as one piece when no sample was padded, else each sample cropped to its own size.
+    """The batch as one piece when no sample was padded, else one piece per distinct sample size, unpadded.
 
     Padding is not neutral: the border pixels and the image-pool branch would see it, so a score would
-    depend on the batch size and on which images share a batch.
+    depend on the batch size and on which images share a batch. Samples of equal size still run together.
     """
     images, masks, sizes = batch["image"], batch["mask"], batch.get("size")
     full = tuple(images.shape[-2:])
     if sizes is None or all(tuple(hw) == full for hw in sizes):
         yield images, masks
         return
-    for k, (h, w) in enumerate(sizes):
-        yield images[k : k + 1, :, :h, :w], masks[k : k + 1, :h, :w]
+    groups: dict[tuple[int, int], list[int]] = {}
+    for k, hw in enumerate(sizes):
+        groups.setdefault(tuple(hw), []).append(k)
+    for (h, w), members in groups.items():
+        idx = torch.tensor(members)
+        yield images[idx, :, :h, :w], masks[idx, :h, :w]
 
 
 @torch.no_grad()

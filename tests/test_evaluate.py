@@ -43,3 +43,7 @@ def test_unpadded_keeps_a_full_batch_whole_and_crops_padded_samples():
     pieces = list(_unpadded(pad_collate(samples[:2], TAX.ignore_index)))
     assert [tuple(x.shape) for x, _ in pieces] == [(1, 3, 37, 50), (1, 3, 64, 41)]
     assert torch.equal(pieces[0][0][0], samples[0]["image"]) and torch.equal(pieces[1][1][0], samples[1]["mask"])
+    # samples of one size still run together, unpadded
+    pieces = list(_unpadded(pad_collate([samples[0], samples[1], samples[0]], TAX.ignore_index)))
+    assert [tuple(x.shape) for x, _ in pieces] == [(2, 3, 37, 50), (1, 3, 64, 41)]
+    assert torch.equal(pieces[0][0][1], samples[0]["image"]) and torch.equal(pieces[0][1][0], samples[0]["mask"])
