@@ -42,7 +42,7 @@ from benchmarks.provenance import device_name, provenance, version  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from hiertree.config import load_config  # noqa: E402
-from hiertree.data import build_datasets, pad_collate  # noqa: E402
+from hiertree.data import build_datasets, pad_collate, size_ordered  # noqa: E402
 from hiertree.engine import drop_bad_samples, train  # noqa: E402
 from hiertree.evaluate import evaluate  # noqa: E402
 from hiertree.taxonomy import Taxonomy  # noqa: E402
@@ -157,7 +157,7 @@ def evaluate_like_engine(model: torch.nn.Module, cfg: dict, hflip: bool, scales:
     channels_last = tcfg["channels_last"] is True or (tcfg["channels_last"] == "auto" and device.type == "cuda")
     _, val_ds = build_datasets(cfg["data"], taxonomy, seed=tcfg["seed"])
     skipped = drop_bad_samples(val_ds)
-    loader = DataLoader(val_ds, batch_size=ecfg["batch_size"], shuffle=False, num_workers=tcfg["num_workers"],
+    loader = DataLoader(val_ds, batch_size=ecfg["batch_size"], sampler=size_ordered(val_ds), num_workers=tcfg["num_workers"],
                         collate_fn=lambda b: pad_collate(b, taxonomy.ignore_index),
                         generator=torch.Generator().manual_seed(tcfg["seed"]))
     metrics = evaluate(model, loader, taxonomy, device, amp, hflip, scales, ecfg["max_batches"], flat=cfg["model"]["flat"],

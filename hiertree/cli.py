@@ -93,7 +93,7 @@ def eval_main(argv: list[str] | None = None) -> int:
 
     from hiertree.checkpoint import CheckpointError, load_model
     from hiertree.config import ConfigError, apply_overrides, merge, DEFAULTS
-    from hiertree.data import DataError, build_datasets, pad_collate
+    from hiertree.data import DataError, build_datasets, pad_collate, size_ordered
     from hiertree.engine import TrainingError, drop_bad_samples, resolve_device
     from hiertree.evaluate import evaluate
     from hiertree.metrics import format_table
@@ -124,7 +124,7 @@ def eval_main(argv: list[str] | None = None) -> int:
         cfg["data"]["train_split"] = cfg["data"]["val_split"]  # only the scored split has to exist
         _, val_ds = build_datasets(cfg["data"], taxonomy, seed=cfg["train"]["seed"])
         skipped = drop_bad_samples(val_ds)  # data.skip_bad=true: scored without them, listed in the JSON
-        loader = DataLoader(val_ds, batch_size=args.batch_size or cfg["eval"]["batch_size"], shuffle=False,
+        loader = DataLoader(val_ds, batch_size=args.batch_size or cfg["eval"]["batch_size"], sampler=size_ordered(val_ds),
                             num_workers=min(cfg["train"]["num_workers"], 2),
                             collate_fn=lambda b: pad_collate(b, taxonomy.ignore_index))
         amp = "bf16" if device.type == "cuda" else "none"

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from hiertree.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, state_digest, unwrap
 from hiertree.config import dump_config
-from hiertree.data import DataError, MaskFolder, SegDataset, build_datasets, pad_collate
+from hiertree.data import DataError, MaskFolder, SegDataset, build_datasets, pad_collate, size_ordered
 from hiertree.evaluate import autocast_for, evaluate
 from hiertree.losses import HierarchicalLoss
 from hiertree.metrics import format_table
@@ -225,6 +225,9 @@ class _GoodSamples:
     def __getitem__(self, index: int) -> Any:
         return self.source[self.keep[index]]
 
+    def mask_size(self, index: int) -> tuple[int, int] | None:
+        return self.source.mask_size(self.keep[index])
+
 
 def drop_bad_samples(dataset: SegDataset, threads: int = 4) -> list[dict[str, str]]:
     """With ``data.skip_bad``: read every sample of a folder split once, here, and keep only the good ones.
@@ -396,7 +399,7 @@ def _train(cfg: dict, command: str, stop: _StopFlag, model: torch.nn.Module | No
     train_loader = DataLoader(train_ds, batch_size=tcfg["batch_size"], sampler=sampler, drop_last=True,
                               collate_fn=lambda b: pad_collate(b, taxonomy.ignore_index),
                               generator=torch.Generator().manual_seed(seed), **loader_kw)
-    val_loader = DataLoader(val_ds, batch_size=cfg["eval"]["batch_size"], shuffle=False, num_workers=workers,
+    val_loader = DataLoader(val_ds, batch_size=cfg["eval"]["batch_size"], sampler=size_ordered(val_ds), num_workers=workers,
                             collate_fn=lambda b: pad_collate(b, taxonomy.ignore_index),
                             worker_init_fn=_worker_init if workers > 0 else None,
                             generator=torch.Generator().manual_seed(seed))

@@ -21,6 +21,7 @@ from hiertree.data import (
     eval_transform,
     normalize_to_tensor,
     pad_collate,
+    size_ordered,
     train_transform,
 )
 from hiertree.taxonomy import Taxonomy
@@ -399,6 +400,31 @@ def test_images_found_by_other_extensions_and_letter_case(tmp_path, tax):
     assert [ds.image_path(k).name for k in range(3)] == ["a1.JPG", "b2.png", "c3.jpg"]
     image, mask, sid = ds[1]
     assert sid == "b2" and np.array_equal(image, b2[:, :, ::-1]) and np.array_equal(mask, masks["b2"])
+
+
+@pytest.mark.parametrize("npy", [False, True])
+def test_sizes_from_mask_headers_order_evaluation(tmp_path, tax, npy):
+    make_folder(tmp_path, ["a1", "b2", "c3"], npy=npy)  # 16x20 each
+    image, mask = colour_coded(8, 12, block=4, seed=5)  # b2 becomes the smaller one
+    write_jpeg(tmp_path / "JPEGImages" / "b2.jpg", image)
+    if npy:
+        np.save(tmp_path / "gt_masks" / "b2.npy", mask)
+    else:
+        cv2.imwrite(str(tmp_path / "masks" / "b2.png"), mask)
+    folder = MaskFolder(tmp_path, "train", tax)
+    assert [folder.mask_size(i) for i in range(3)] == [(16, 20), (8, 12), (16, 20)]
+    assert size_ordered(SegDataset(folder, None, tax)) == [1, 0, 2]  # stable within a size
+    assert size_ordered(SegDataset([(image, mask)], None, tax)) is None  # a source that cannot tell: natural order
+
+
+def test_size_order_after_dropping_bad_samples(tmp_path, tax):
+    from hiertree.engine import drop_bad_samples
+
+    make_folder(tmp_path, ["a1", "b2", "c3"])
+    (tmp_path / "JPEGImages" / "b2.jpg").write_bytes(b"not a jpeg")
+    ds = SegDataset(MaskFolder(tmp_path, "train", tax, skip_bad=True), None, tax)
+    assert [b["id"] for b in drop_bad_samples(ds)] == ["b2"]
+    assert size_ordered(ds) == [0, 1] and [ds[i]["id"] for i in size_ordered(ds)] == ["a1", "c3"]
 
 
 def test_missing_mask_names_both_formats(tmp_path, tax):

@@ -34,6 +34,7 @@ __all__ = [
     "normalize_to_tensor",
     "SegDataset",
     "pad_collate",
+    "size_ordered",
     "build_datasets",
     "DATA_KEYS",
     "SYNTHETIC_KEYS",
@@ -112,6 +113,21 @@ class SegDataset(torch.utils.data.Dataset):
             "mask": torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64)),
             "id": str(sid),
         }
+
+
+def size_ordered(dataset: SegDataset) -> list[int] | None:
+    """Sample indices sorted by image size (stable), for evaluation: equal sizes share batches and run unpadded.
+
+    Sizes come from the source's ``mask_size(i)`` (file headers, no decoding); None when the source cannot
+    tell (e.g. synthetic data, which has one size anyway) -- keep the natural order then.
+    """
+    probe = getattr(dataset.source, "mask_size", None)
+    if probe is None:
+        return None
+    sizes = [probe(i) for i in range(len(dataset))]
+    if any(s is None for s in sizes):
+        return None
+    return sorted(range(len(dataset)), key=lambda i: sizes[i])
 
 
 def pad_collate(batch: Sequence[Mapping[str, Any]], ignore_index: int, multiple: int = 1) -> dict[str, Any]:

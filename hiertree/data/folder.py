@@ -14,6 +14,7 @@ the next good one (index + 1, + 2, ... modulo the length) is returned instead.
 
 from __future__ import annotations
 
+import struct
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -171,6 +172,24 @@ class MaskFolder:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def mask_size(self, index: int) -> tuple[int, int] | None:
+        """``(height, width)`` of sample ``index`` from its mask file's header alone (no decoding); None if unknown."""
+        path = self._masks[index]
+        if path is None:
+            return None
+        try:
+            if path.suffix == ".png":
+                with open(path, "rb") as f:
+                    head = f.read(24)
+                if head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+                    return None
+                width, height = struct.unpack(">II", head[16:24])
+                return int(height), int(width)
+            shape = np.load(path, mmap_mode="r").shape
+            return (int(shape[0]), int(shape[1])) if len(shape) >= 2 else None
+        except (OSError, ValueError):
+            return None
 
     def image_path(self, index: int) -> Path:
         return self._images[index] or self.root / IMAGE_DIR / f"{self.ids[index]}.jpg"
