@@ -104,11 +104,9 @@ def eval_main(argv: list[str] | None = None) -> int:
             if value is not None and value < 1:
                 raise ConfigError(f"{flag} must be at least 1, got {value}; leave it out to {default}")
         try:
-            device = resolve_device(args.device)
-        except TrainingError:
-            raise ConfigError(f"--device {args.device} but CUDA is not available here; use --device auto or cpu") from None
-        except RuntimeError as err:  # torch.device() on a malformed name
-            raise ConfigError(f"--device {args.device!r} is not a device ({err}); use auto, cpu, cuda or cuda:N") from None
+            device = resolve_device(args.device, flag="--device")
+        except TrainingError as err:
+            raise ConfigError(str(err)) from None
         model, ck = load_model(args.checkpoint, map_location=device, channels_last=True)
         # only what evaluation uses: a training-only value that today's rules refuse must not block scoring
         saved = {k: v for k, v in ck["config"].items() if k in ("taxonomy", "data", "model", "eval")}

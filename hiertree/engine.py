@@ -79,12 +79,18 @@ class EpochSampler(Sampler[int]):
             yield (self.epoch + 1) * self.n + i
 
 
-def resolve_device(spec: str) -> torch.device:
+def resolve_device(spec: str, flag: str | None = None) -> torch.device:
+    """``auto`` -> CUDA when present, else CPU; a TrainingError naming ``flag`` (a CLI option) or the config key."""
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(spec)
+    try:
+        device = torch.device(spec)
+    except RuntimeError as err:  # a malformed name
+        where = f"{flag} {spec!r}" if flag else f"train.device={spec!r}"
+        raise TrainingError(f"{where} is not a device ({err}); use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise TrainingError(f"train.device={spec!r} but CUDA is not available here; use device=auto or cpu")
+        where, fix = (f"{flag} {spec}", f"{flag} auto") if flag else (f"train.device={spec!r}", "device=auto")
+        raise TrainingError(f"{where} but CUDA is not available here; use {fix} or cpu")
     return device
 
 

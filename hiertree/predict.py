@@ -230,11 +230,9 @@ def _resolve_device(spec: str) -> torch.device:
     from hiertree.engine import TrainingError, resolve_device
 
     try:
-        return resolve_device(spec)
-    except TrainingError:
-        raise PredictError(f"--device {spec} but CUDA is not available here; use --device auto or cpu") from None
-    except RuntimeError as err:  # torch.device() on a malformed name
-        raise PredictError(f"--device {spec!r} is not a device ({err}); use auto, cpu, cuda or cuda:N") from None
+        return resolve_device(spec, flag="--device")
+    except TrainingError as err:
+        raise PredictError(str(err)) from None
 
 
 def _unique_stems(paths: Sequence[Path]) -> list[str]:

@@ -1,8 +1,9 @@
-"""Suite-wide settings: reproducible Hypothesis draws and a private cache for converted encoder weights."""
+"""Suite-wide settings: reproducible Hypothesis draws, a private cache for converted encoder weights, torch threads."""
 
 from __future__ import annotations
 
 import pytest
+import torch
 from hypothesis import settings
 
 # Every run draws the same examples (derandomize), nothing is replayed from a local example database, and
@@ -23,3 +24,17 @@ def _private_weights_cache(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HIERTREE_WEIGHTS_DIR", str(tmp_path_factory.mktemp("weights-cache")))
         yield
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """Training sets ``train.threads``; no test leaves its thread count to the next one."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: on a shared 2-core box a single thread runs these small models faster."""
+    torch.set_num_threads(1)

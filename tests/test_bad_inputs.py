@@ -23,12 +23,7 @@ SMALL = ["model.decoder_channels=16", "model.skip_channels=8", "model.encoder_we
          "train.threads=1", "train.batch_size=4", "train.epochs=1", "data.crop=64", "eval.batch_size=4"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # eval.py leaves torch's default; on a shared 2-core box 1 thread is faster
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # eval.py leaves torch's default thread count
 
 
 @pytest.fixture(scope="module")

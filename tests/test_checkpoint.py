@@ -24,12 +24,7 @@ SMALL = ["model.decoder_channels=16", "model.skip_channels=8", "model.encoder_we
          "data.synthetic.size=64", "data.synthetic.num_train=8", "data.synthetic.num_val=2", "eval.batch_size=2"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

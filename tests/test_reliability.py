@@ -52,13 +52,6 @@ SAVE_LOOP = textwrap.dedent("""
 """)
 
 
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 def _complete(ck: dict) -> int:
     """The checkpoint's index, after checking every file in it belongs to that same save."""
     i = ck["config"]["i"]

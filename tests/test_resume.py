@@ -20,13 +20,6 @@ TINY = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 def _train(out: Path, *extra: str) -> dict:
     return train(load_config(ROOT / "configs/demo.yaml", [*TINY, f"train.out_dir={out}", *extra]))
 

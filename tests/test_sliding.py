@@ -9,12 +9,7 @@ from hiertree.sliding import logits_any_size, predict_large, sliding_window_logi
 from hiertree.taxonomy import Taxonomy
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class PerPixel(nn.Module):
