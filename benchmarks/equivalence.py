@@ -25,7 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hiertree.checkpoint import load_model  # noqa: E402
+from hiertree.models import load_model  # noqa: E402
 from hiertree.export import export_onnx  # noqa: E402
 from hiertree.weights import _package_weight_file, convert_efficientnet_lite  # noqa: E402
 

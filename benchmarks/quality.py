@@ -42,8 +42,8 @@ from benchmarks.provenance import device_name, provenance, version  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from hiertree.config import load_config  # noqa: E402
-from hiertree.data import build_datasets, pad_collate, size_ordered  # noqa: E402
-from hiertree.engine import drop_bad_samples, train  # noqa: E402
+from hiertree.data import build_datasets, drop_bad_samples, pad_collate, size_ordered  # noqa: E402
+from hiertree.engine import train  # noqa: E402
 from hiertree.evaluate import evaluate  # noqa: E402
 from hiertree.taxonomy import Taxonomy  # noqa: E402
 from hiertree.weights import resolve_encoder_weights  # noqa: E402

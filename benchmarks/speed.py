@@ -40,8 +40,8 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.baselines import SmpFlatDeepLabV3Plus  # noqa: E402
 from benchmarks.provenance import provenance  # noqa: E402
 from hiertree.config import load_config  # noqa: E402
-from hiertree.data import build_datasets, pad_collate  # noqa: E402
-from hiertree.engine import EpochSampler, build_model  # noqa: E402
+from hiertree.data import EpochSampler, build_datasets, pad_collate  # noqa: E402
+from hiertree.engine import build_model  # noqa: E402
 from hiertree.evaluate import autocast_for  # noqa: E402
 from hiertree.losses import HierarchicalLoss  # noqa: E402
 from hiertree.taxonomy import Taxonomy  # noqa: E402

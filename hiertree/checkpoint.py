@@ -22,8 +22,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import logging
 import shutil
-import sys
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -34,8 +34,10 @@ from safetensors.torch import load_file, save_file
 from hiertree.taxonomy import Taxonomy
 
 __all__ = [
-    "save_checkpoint", "resolve_checkpoint", "load_checkpoint", "load_model", "CheckpointError", "unwrap", "state_digest",
+    "save_checkpoint", "resolve_checkpoint", "load_checkpoint", "CheckpointError", "unwrap", "state_digest", "model_card",
 ]
+
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(RuntimeError):
@@ -112,8 +114,8 @@ def _adopt_real_dirs(run_dir: Path, names: set[str]) -> None:
             name = f"ckpt-{link}-r{k}"
         os.replace(path, run_dir / name)
         _point(path, name)
-        print(f"hiertree: note: {path} was a folder, not a link (a run copied with cp -rL?); "
-              f"moved it to {run_dir / name} and linked it; copy runs with cp -a to keep the links", file=sys.stderr)
+        log.warning("%s was a folder, not a link (a run copied with cp -rL?); moved it to %s and linked it; "
+                    "copy runs with cp -a to keep the links", path, run_dir / name)
 
 
 def save_checkpoint(
@@ -224,46 +226,26 @@ def load_checkpoint(path: str | Path, prefer: str = "best") -> dict[str, Any]:
     return {"dir": ckpt, "name": chosen, "config": cfg, "taxonomy": taxonomy, "state_dict": state, "metrics": metrics}
 
 
-def load_model(path: str | Path, prefer: str = "best", map_location: str | torch.device = "cpu",
-               channels_last: bool = False):
-    """Rebuild a :class:`HierSegModel` from a checkpoint folder alone (no network, no other file).
-
-    ``channels_last=True`` lays the convolution weights out for faster inference (what ``eval.py`` and
-    ``hiertree-predict`` do); the same works for a model you hold: ``model.to(memory_format=torch.channels_last)``.
-    """
-    from hiertree.models import HierSegModel
-
-    ck = load_checkpoint(path, prefer)
-    if not isinstance(ck["config"].get("model"), dict):
-        raise CheckpointError(
-            f"{ck['dir'] / 'config.yaml'}: expected a mapping with a 'model:' section, found keys "
-            f"{sorted(map(str, ck['config']))}; use a checkpoint folder written by hiertree-train "
-            "(its config.yaml describes the model)"
-        )
-    model_cfg = dict(ck["config"]["model"])
-    model_cfg["encoder_weights"] = None  # the trained weights below replace any pretrained ones
-    try:
-        model = HierSegModel.from_config(ck["taxonomy"], model_cfg)
-    except Exception as err:  # unknown keys, an encoder timm does not know, values of the wrong type
-        raise CheckpointError(
-            f"{ck['dir'] / 'config.yaml'}: its 'model:' section does not build a model "
-            f"({type(err).__name__}: {err}); was it written by another hiertree version or edited by hand?"
-        ) from None
-    try:
-        missing, unexpected = model.load_state_dict(ck["state_dict"], strict=False)
-    except RuntimeError as err:  # tensors of another shape
-        first = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), str(err))
-        raise CheckpointError(
-            f"{ck['dir'] / 'model.safetensors'}: weights do not fit the model that config.yaml and taxonomy.yaml "
-            f"describe ({first}); keep the three files of one checkpoint together"
-        ) from None
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{ck['dir']}: weights do not match the model its config describes "
-            f"(missing {missing[:5]}, unexpected {unexpected[:5]}); was it written by another hiertree version?"
-        )
-    model.config["encoder_weights"] = ck["config"]["model"].get("encoder_weights")
-    if channels_last:  # inference-only models (eval/predict CLIs): oneDNN convolutions ~1.3x faster on CPU, same
-        # outputs up to float rounding; off by default since safetensors refuses to save such (non-contiguous) tensors
-        model = model.to(memory_format=torch.channels_last)
-    return model.to(map_location).eval(), ck
+def model_card(cfg: dict, taxonomy: Taxonomy, metrics: dict | None, command: str) -> str:
+    """README.md written into every checkpoint folder."""
+    lines = [
+        f"# hiertree checkpoint: {taxonomy.name}",
+        "",
+        f"- encoder: `{cfg['model']['encoder']}` (initial weights: `{cfg['model']['encoder_weights']}`), "
+        f"output stride {cfg['model']['output_stride']}, decoder channels {cfg['model']['decoder_channels']}, "
+        f"{'flat leaf head' if cfg['model']['flat'] else 'one head per level'}",
+        f"- data: `{cfg['data']['kind']}`" + (f" at `{cfg['data']['root']}`" if cfg["data"]["root"] else ""),
+        f"- command: `{command}`",
+        "",
+        "## Taxonomy",
+        "",
+        "```",
+        taxonomy.describe(),
+        "```",
+    ]
+    if metrics:
+        lines += ["", f"## Validation (epoch {metrics.get('epoch')})", "", "| level | mIoU | mIoU with bg | pixel acc |", "| --- | --- | --- | --- |"]
+        for lv in metrics["tree"]["levels"]:
+            lines.append(f"| L{lv['level']} | {lv['mIoU']:.4f} | {lv['mIoU_with_background']:.4f} | {lv['pixel_accuracy']:.4f} |")
+    lines += ["", "Load it with `hiertree.checkpoint.load_model(<this folder>)` or `python eval.py --checkpoint <this folder>`.", ""]
+    return "\n".join(lines)

@@ -8,6 +8,7 @@ import os
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
@@ -42,25 +43,54 @@ def eval_outputs(checkpoint: str | Path, ck: dict, split: str) -> tuple[Path, Pa
     return home / f"eval-{split}-{ck['name']}.json", home / f"report-{split}-{ck['name']}"
 
 
+def _add_verbosity(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--quiet", "-q", action="store_true", help="only warnings and errors")
+    group.add_argument("--verbose", "-v", action="store_true", help="debug messages too")
+
+
+def _start_logging(args: argparse.Namespace) -> None:
+    from hiertree.logs import setup_logging
+
+    setup_logging(-1 if args.quiet else (1 if args.verbose else 0))
+
+
+def _train_errors() -> tuple[type[Exception], ...]:
+    """The errors hiertree-train reports as one line (anything else is a bug and keeps its traceback)."""
+    from hiertree.checkpoint import CheckpointError
+    from hiertree.config import ConfigError
+    from hiertree.data import DataError
+    from hiertree.device import DeviceError
+    from hiertree.models import EncoderError
+    from hiertree.run_state import TrainingError
+    from hiertree.taxonomy import TaxonomyError
+    from hiertree.weights import WeightsError
+
+    return (ConfigError, TaxonomyError, DataError, EncoderError, CheckpointError, TrainingError, WeightsError, DeviceError)
+
+
 def train_main(argv: list[str] | None = None) -> int:
     """Train from a YAML config plus ``key=value`` overrides (overrides win)."""
     parser = argparse.ArgumentParser(prog="hiertree-train", description=train_main.__doc__)
     parser.add_argument("--config", "-c", help="YAML config (see configs/); defaults apply to missing keys")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config (defaults <- file <- overrides) as YAML and exit")
+    _add_verbosity(parser)
     parser.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.epochs=5 model.encoder=resnet18")
     args = parser.parse_args(argv)
-    from hiertree.checkpoint import CheckpointError
-    from hiertree.config import ConfigError, load_config
-    from hiertree.data import DataError
-    from hiertree.engine import TrainingError, train
-    from hiertree.models import EncoderError
-    from hiertree.taxonomy import TaxonomyError
-    from hiertree.weights import WeightsError
+    _start_logging(args)
+    from hiertree.config import dump_config, load_config
 
     command = " ".join(["python train.py"] + [shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])])
     try:
         cfg = load_config(args.config, args.overrides)
+        if args.print_config:
+            print(dump_config(cfg), end="")
+            return 0
+        from hiertree.engine import train
+
         result = train(cfg, command=command)
-    except (ConfigError, TaxonomyError, DataError, EncoderError, CheckpointError, TrainingError, WeightsError) as err:
+    except _train_errors() as err:
         return _fail(err)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the run
         print(f"hiertree: run folder {result['run_dir']} (best checkpoint: {result['run_dir']}/best)")
@@ -69,8 +99,7 @@ def train_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def eval_main(argv: list[str] | None = None) -> int:
-    """Evaluate a checkpoint per level (mIoU, pixel accuracy, per-class IoU); writes the table as JSON."""
+def _eval_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hiertree-eval", description=eval_main.__doc__)
     parser.add_argument("--checkpoint", required=True, help="checkpoint folder, or a run folder (uses its best)")
     parser.add_argument("--data", help="dataset folder (JPEGImages/, masks/ or gt_masks/, <split>_id.txt); default: the checkpoint's data")
@@ -86,76 +115,105 @@ def eval_main(argv: list[str] | None = None) -> int:
                         "report-<split>-<name> next to the JSON; needs matplotlib: hiertree[report])")
     parser.add_argument("--no-report", action="store_true", help="write the JSON only")
     parser.add_argument("--report-samples", type=int, default=4, help="worst and best images shown in the report (0: none)")
+    _add_verbosity(parser)
     parser.add_argument("overrides", nargs="*", help="data.*=value overrides for the dataset")
-    args = parser.parse_args(argv)
+    return parser
 
+
+def _eval_config(args: argparse.Namespace, ck: dict) -> dict:
+    """The checkpoint's own data/model/eval settings, then the command line's."""
+    from hiertree.config import DEFAULTS, apply_overrides, merge
+
+    # only what evaluation uses: a training-only value that today's rules refuse must not block scoring
+    saved = {k: v for k, v in ck["config"].items() if k in ("taxonomy", "data", "model", "eval")}
+    train = ck["config"].get("train") if isinstance(ck["config"].get("train"), dict) else {}
+    saved["train"] = {k: train[k] for k in ("seed", "num_workers") if k in train}
+    cfg = merge(DEFAULTS, saved, DEFAULTS, source=str(ck["dir"] / "config.yaml"))
+    cfg = apply_overrides(cfg, args.overrides)
+    if args.data:
+        cfg["data"]["kind"], cfg["data"]["root"] = "folder", args.data
+    if args.split:
+        cfg["data"]["val_split"] = args.split
+    cfg["data"]["train_split"] = cfg["data"]["val_split"]  # only the scored split has to exist
+    return cfg
+
+
+def _eval_run(args: argparse.Namespace) -> tuple[dict, dict, Any, Any, Any, list]:
+    """Load the checkpoint and score the split: ``(result, cfg, ck, model, dataset, skipped)``."""
     from torch.utils.data import DataLoader
 
-    from hiertree.checkpoint import CheckpointError, load_model
-    from hiertree.config import ConfigError, apply_overrides, merge, DEFAULTS
-    from hiertree.data import DataError, build_datasets, pad_collate, size_ordered
-    from hiertree.engine import TrainingError, drop_bad_samples, resolve_device
+    from hiertree.config import ConfigError
+    from hiertree.data import build_datasets, drop_bad_samples, pad_collate, size_ordered
+    from hiertree.device import DeviceError, resolve_device
     from hiertree.evaluate import evaluate
+    from hiertree.models import load_model
+
+    for flag, value, default in (("--batch-size", args.batch_size, "use the config's eval.batch_size"),
+                                 ("--max-batches", args.max_batches, "score the whole split")):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} must be at least 1, got {value}; leave it out to {default}")
+    try:
+        device = resolve_device(args.device, flag="--device")
+    except DeviceError as err:
+        raise ConfigError(str(err)) from None
+    model, ck = load_model(args.checkpoint, map_location=device, channels_last=True)
+    cfg, taxonomy = _eval_config(args, ck), ck["taxonomy"]
+    _, val_ds = build_datasets(cfg["data"], taxonomy, seed=cfg["train"]["seed"])
+    skipped = drop_bad_samples(val_ds)  # data.skip_bad=true: scored without them, listed in the JSON
+    loader = DataLoader(val_ds, batch_size=args.batch_size or cfg["eval"]["batch_size"], sampler=size_ordered(val_ds),
+                        num_workers=min(cfg["train"]["num_workers"], 2),
+                        collate_fn=lambda b: pad_collate(b, taxonomy.ignore_index))
+    amp = "bf16" if device.type == "cuda" else "none"
+    ecfg = cfg["eval"]
+    result = evaluate(model, loader, taxonomy, device, amp, args.hflip or ecfg["hflip"], args.scales or ecfg["scales"],
+                      args.max_batches, flat=model.flat, max_side=ecfg["max_side"], window=ecfg["window"],
+                      overlap=ecfg["overlap"])
+    result.update({"checkpoint": str(ck["dir"]), "split": cfg["data"]["val_split"], "hflip": args.hflip or ecfg["hflip"],
+                   "scales": list(args.scales or ecfg["scales"]), "images": len(val_ds), "device": str(device),
+                   "skipped": skipped})
+    return result, cfg, ck, model, val_ds, skipped
+
+
+def eval_main(argv: list[str] | None = None) -> int:
+    """Evaluate a checkpoint per level (mIoU, pixel accuracy, per-class IoU); writes the table as JSON."""
+    args = _eval_parser().parse_args(argv)
+    _start_logging(args)
+    from hiertree.checkpoint import CheckpointError
+    from hiertree.config import ConfigError
+    from hiertree.data import DataError
     from hiertree.metrics import format_table
 
     try:
-        for flag, value, default in (("--batch-size", args.batch_size, "use the config's eval.batch_size"),
-                                     ("--max-batches", args.max_batches, "score the whole split")):
-            if value is not None and value < 1:
-                raise ConfigError(f"{flag} must be at least 1, got {value}; leave it out to {default}")
-        try:
-            device = resolve_device(args.device, flag="--device")
-        except TrainingError as err:
-            raise ConfigError(str(err)) from None
-        model, ck = load_model(args.checkpoint, map_location=device, channels_last=True)
-        # only what evaluation uses: a training-only value that today's rules refuse must not block scoring
-        saved = {k: v for k, v in ck["config"].items() if k in ("taxonomy", "data", "model", "eval")}
-        train = ck["config"].get("train") if isinstance(ck["config"].get("train"), dict) else {}
-        saved["train"] = {k: train[k] for k in ("seed", "num_workers") if k in train}
-        cfg = merge(DEFAULTS, saved, DEFAULTS, source=str(ck["dir"] / "config.yaml"))
-        cfg = apply_overrides(cfg, args.overrides)
-        if args.data:
-            cfg["data"]["kind"], cfg["data"]["root"] = "folder", args.data
-        if args.split:
-            cfg["data"]["val_split"] = args.split
-        taxonomy = ck["taxonomy"]
-        cfg["data"]["train_split"] = cfg["data"]["val_split"]  # only the scored split has to exist
-        _, val_ds = build_datasets(cfg["data"], taxonomy, seed=cfg["train"]["seed"])
-        skipped = drop_bad_samples(val_ds)  # data.skip_bad=true: scored without them, listed in the JSON
-        loader = DataLoader(val_ds, batch_size=args.batch_size or cfg["eval"]["batch_size"], sampler=size_ordered(val_ds),
-                            num_workers=min(cfg["train"]["num_workers"], 2),
-                            collate_fn=lambda b: pad_collate(b, taxonomy.ignore_index))
-        amp = "bf16" if device.type == "cuda" else "none"
-        scales = args.scales or cfg["eval"]["scales"]
-        hflip = args.hflip or cfg["eval"]["hflip"]
-        result = evaluate(model, loader, taxonomy, device, amp, hflip, scales, args.max_batches, flat=model.flat,
-                          max_side=cfg["eval"]["max_side"], window=cfg["eval"]["window"], overlap=cfg["eval"]["overlap"])
-    except (ConfigError, DataError, CheckpointError, TrainingError) as err:
+        result, cfg, ck, model, val_ds, skipped = _eval_run(args)
+    except (ConfigError, DataError, CheckpointError) as err:
         return _fail(err)
-    split = cfg["data"]["val_split"]
+    split, scales = result["split"], result["scales"]
     print(f"checkpoint {ck['dir']} on {cfg['data']['kind']} split {split!r} ({len(val_ds)} images)"
-          f"{', hflip' if hflip else ''}{', scales ' + str(scales) if list(scales) != [1.0] else ''}")
+          f"{', hflip' if result['hflip'] else ''}{', scales ' + str(scales) if list(scales) != [1.0] else ''}")
     print(format_table(result["tree"]))
     print(f"raw per-head argmax: tree-consistent pixels {result['raw']['consistency']:.4f}")
     if skipped:
         print(f"skipped {len(skipped)} bad sample(s) (data.skip_bad): {', '.join(s['id'] for s in skipped)}")
     default_json, default_report = eval_outputs(args.checkpoint, ck, split)
     out = Path(args.out) if args.out else default_json
-    result.update({"checkpoint": str(ck["dir"]), "split": split, "hflip": hflip, "scales": list(scales),
-                   "images": len(val_ds), "device": str(device), "skipped": skipped})
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(f"wrote {out}")
-    if not args.no_report:
-        report_dir = Path(args.report) if args.report else (out.parent / f"report-{split}" if args.out else default_report)
-        try:
-            from hiertree.report import collect_samples, write_report
+    if args.no_report:
+        return 0
+    report_dir = Path(args.report) if args.report else (out.parent / f"report-{split}" if args.out else default_report)
+    return _eval_report(args, result, ck["taxonomy"], model, val_ds, report_dir)
 
-            k = args.report_samples
-            samples = collect_samples(model, val_ds, taxonomy, device, k=k) if k > 0 else None
-            print(f"wrote {write_report(result, taxonomy, report_dir, samples=samples, k=k)}")
-        except ImportError as err:
-            if args.report:
-                return _fail(err)
-            print(f"hiertree: report skipped ({err})")
+
+def _eval_report(args: argparse.Namespace, result: dict, taxonomy: Any, model: Any, dataset: Any, report_dir: Path) -> int:
+    try:
+        from hiertree.report import collect_samples, write_report
+
+        k = args.report_samples
+        samples = collect_samples(model, dataset, taxonomy, model.encoder.mean.device, k=k) if k > 0 else None
+        print(f"wrote {write_report(result, taxonomy, report_dir, samples=samples, k=k)}")
+    except ImportError as err:
+        if args.report:
+            return _fail(err)
+        print(f"hiertree: report skipped ({err})")
     return 0

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from hiertree.metrics import HierarchicalMetrics
-from hiertree.models.hierseg import decode
+from hiertree.inference import decode
 from hiertree.sliding import logits_any_size
 from hiertree.taxonomy import Taxonomy
 

@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--labels", action="store_true", help="output tree-consistent label maps labels_L{l} (int64) instead of logits")
     parser.add_argument("--opset", type=int, default=17)
     args = parser.parse_args(argv)
-    from hiertree.checkpoint import CheckpointError, load_model
+    from hiertree.checkpoint import CheckpointError
+    from hiertree.models import load_model
 
     try:
         model, ck = load_model(args.checkpoint, map_location="cpu")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from hiertree.taxonomy import Taxonomy
 
-__all__ = ["leaf_path_scores", "tree_consistent_levels", "coarse_logits_from_leaves"]
+__all__ = ["leaf_path_scores", "tree_consistent_levels", "coarse_logits_from_leaves", "decode"]
 
 
 def leaf_path_scores(logits: list[torch.Tensor], taxonomy: Taxonomy) -> torch.Tensor:
@@ -46,4 +48,13 @@ def coarse_logits_from_leaves(leaf_logits: torch.Tensor, taxonomy: Taxonomy) -> 
         groups = [full[:, idx == c].logsumexp(1) for c in range(taxonomy.num_classes(level))]
         out.append(torch.stack(groups, 1))
     out.append(leaf_logits)
+    return out
+
+
+def decode(logits: list[torch.Tensor], taxonomy: Taxonomy, flat: bool = False, probabilities: bool = False) -> dict[str, Any]:
+    """Turn per-level logits into ``{"levels", "leaf", "raw"[, "probs"]}`` (see :func:`tree_consistent_levels`)."""
+    leaf, levels = tree_consistent_levels(logits, taxonomy, flat=flat)
+    out: dict[str, Any] = {"levels": levels, "leaf": leaf, "raw": [z.argmax(1) for z in logits]}
+    if probabilities:
+        out["probs"] = [z.float().softmax(1) for z in logits]
     return out

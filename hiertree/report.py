@@ -15,7 +15,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from hiertree.predict import colorize, predict_images
+from hiertree.colors import colorize
+from hiertree.image_predict import predict_images
 from hiertree.taxonomy import Taxonomy
 
 __all__ = ["write_report", "collect_samples", "image_score", "TILE", "PAD", "LABEL_W", "HEADER_H", "grid_size"]

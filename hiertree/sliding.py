@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from hiertree.models.hierseg import decode
+from hiertree.inference import decode
 
 __all__ = ["window_starts", "sliding_window_logits", "logits_any_size", "predict_large"]
 

@@ -17,7 +17,7 @@ from typing import Any, Literal, Sequence
 import numpy as np
 import torch
 
-from hiertree.predict import colorize
+from hiertree.colors import colorize
 from hiertree.taxonomy import Taxonomy
 
 __all__ = ["TrainLogger", "sample_grid"]

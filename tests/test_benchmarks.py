@@ -18,7 +18,7 @@ def test_smp_baseline_wrapper_speaks_hiertree():
     import torch
 
     from benchmarks.baselines import SmpFlatDeepLabV3Plus
-    from hiertree.models.hierseg import decode
+    from hiertree.inference import decode
     from hiertree.taxonomy import Taxonomy
 
     t = Taxonomy.builtin("pascal_part")

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from hiertree.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
+from hiertree.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from hiertree.cli import eval_main, train_main
 from hiertree.config import load_config
-from hiertree.models import HierSegModel
+from hiertree.models import HierSegModel, load_model
 from hiertree.taxonomy import Taxonomy
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -418,7 +418,7 @@ def test_sizes_from_mask_headers_order_evaluation(tmp_path, tax, npy):
 
 
 def test_size_order_after_dropping_bad_samples(tmp_path, tax):
-    from hiertree.engine import drop_bad_samples
+    from hiertree.data import drop_bad_samples
 
     make_folder(tmp_path, ["a1", "b2", "c3"])
     (tmp_path / "JPEGImages" / "b2.jpg").write_bytes(b"not a jpeg")

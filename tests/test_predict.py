@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import hiertree.predict as predict_mod
+import hiertree.image_predict as predict_mod
 from hiertree.checkpoint import save_checkpoint
 from hiertree.models import HierSegModel
-from hiertree.models.hierseg import decode
+from hiertree.inference import decode
 from hiertree.predict import colorize, main, overlay, predict_images
 from hiertree.taxonomy import Taxonomy
 

@@ -9,7 +9,8 @@ import torch
 
 from hiertree.checkpoint import load_checkpoint, state_digest
 from hiertree.config import load_config
-from hiertree.engine import EpochSampler, TrainingError, _schedule, train
+from hiertree.data import EpochSampler
+from hiertree.engine import TrainingError, _schedule, train
 
 ROOT = Path(__file__).resolve().parents[1]
 # 16 samples / batch 8 = 2 steps per epoch; dropout stays on (model default 0.1) so the RNG state matters

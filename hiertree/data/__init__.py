@@ -16,6 +16,8 @@ from torch.utils.data import get_worker_info
 
 from .errors import DataError
 from .folder import MaskFolder
+from .sampler import EpochSampler
+from .skipping import drop_bad_samples
 from .synthetic import ROLES, SyntheticFigures, role_map_from_names
 from .transforms import PairTransform, eval_transform, normalize_to_tensor, train_transform
 
@@ -24,6 +26,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DataError",
+    "EpochSampler",
+    "drop_bad_samples",
     "MaskFolder",
     "ROLES",
     "SyntheticFigures",

@@ -1,0 +1,37 @@
+"""Colour masks and overlays of class-index maps (palettes come from the Taxonomy)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from hiertree.images import to_rgb
+
+__all__ = ["IGNORE_COLOR", "colorize", "overlay"]
+
+IGNORE_COLOR = (128, 128, 128)
+
+
+def colorize(labels: np.ndarray, palette: np.ndarray, ignore_color: Sequence[int] = IGNORE_COLOR) -> np.ndarray:
+    """HxWx3 uint8 colour image of a class-index map; values outside the palette (ignore) get ``ignore_color``."""
+    labels = np.asarray(labels)
+    palette = np.asarray(palette, dtype=np.uint8)
+    if palette.ndim != 2 or palette.shape[1] != 3:
+        raise ValueError(f"colorize: palette must be [C, 3] uint8, got shape {palette.shape}")
+    table = np.concatenate([palette, np.asarray(ignore_color, np.uint8).reshape(1, 3)])
+    safe = np.where((labels >= 0) & (labels < len(palette)), labels, len(palette)).astype(np.int64)
+    return table[safe]
+
+
+def overlay(image: np.ndarray, color: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Blend a colour mask over an image: ``(1 - alpha) * image + alpha * color`` as uint8."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"overlay: alpha must be in [0, 1], got {alpha}")
+    image = to_rgb(image, "overlay image")
+    color = np.asarray(color)
+    if color.shape != image.shape:
+        raise ValueError(f"overlay: colour mask has shape {color.shape} but the image has {image.shape}; they must match")
+    out = (1.0 - alpha) * image.astype(np.float32) + alpha * color.astype(np.float32)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+

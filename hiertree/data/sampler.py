@@ -1,0 +1,46 @@
+"""The order in which training visits its samples: seeded per epoch, sharded over ranks, resumable mid-epoch."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+from torch.utils.data import Sampler
+
+from .errors import DataError
+
+__all__ = ["EpochSampler"]
+
+
+class EpochSampler(Sampler[int]):
+    """Shuffled indices for one epoch, seeded by (seed, epoch), sharded over ranks, resumable mid-epoch.
+
+    Each yielded value is ``(epoch + 1) * len(dataset) + index`` -- always past ``len``, epoch 0
+    included -- so :class:`~hiertree.data.SegDataset` seeds that sample's augmentation from
+    (epoch, index) alone, whatever worker loads it and wherever in the epoch a run resumed.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1) -> None:
+        self.n, self.batch_size, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
+        self.epoch, self.skip_batches = 0, 0
+        per_rank = n // world
+        self.batches_per_epoch = per_rank // batch_size
+        if self.batches_per_epoch == 0:
+            raise DataError(
+                f"the training split has {n} samples, fewer than one batch of {batch_size} per rank ({world}); "
+                "lower train.batch_size or add data"
+            )
+
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        self.epoch, self.skip_batches = epoch, skip_batches
+
+    def __len__(self) -> int:
+        return (self.batches_per_epoch - self.skip_batches) * self.batch_size
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.n, generator=g)
+        usable = self.batches_per_epoch * self.batch_size
+        mine = order[self.rank :: self.world][:usable]
+        for i in mine[self.skip_batches * self.batch_size :].tolist():
+            yield (self.epoch + 1) * self.n + i

@@ -1,0 +1,72 @@
+"""Image files and arrays: reading, finding and normalising images to HxWx3 uint8 RGB."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+__all__ = ["ImageError", "IMAGE_SUFFIXES", "to_rgb", "read_image", "find_images"]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+class ImageError(RuntimeError):
+    """Input paths or images cannot be used; the message names the path and the fix."""
+
+
+def to_rgb(image: np.ndarray, where: str = "image") -> np.ndarray:
+    """HxWx3 uint8 RGB from HxW / HxWx1 grayscale, HxWx3 RGB or HxWx4 RGBA (alpha dropped).
+
+    uint16 images are scaled to 8 bits; other dtypes are refused (convert to uint8 first).
+    """
+    a = np.asarray(image)
+    if a.dtype == np.uint16:
+        a = (a >> 8).astype(np.uint8)
+    if a.dtype != np.uint8:
+        raise TypeError(f"{where}: expected a uint8 image (values 0..255), got dtype {a.dtype}; convert it with .astype(np.uint8)")
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[..., 0]
+    if a.ndim == 2:
+        a = np.repeat(a[..., None], 3, axis=2)
+    elif a.ndim == 3 and a.shape[2] == 4:
+        a = a[..., :3]
+    if a.ndim != 3 or a.shape[2] != 3:
+        raise ValueError(f"{where}: expected HxW, HxWx1, HxWx3 or HxWx4, got shape {a.shape}; images are channels-last")
+    if a.shape[0] < 1 or a.shape[1] < 1:
+        raise ValueError(f"{where}: empty image of shape {a.shape}")
+    return np.ascontiguousarray(a)
+
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """HxWx3 uint8 RGB of an image file (EXIF orientation applied; grayscale and alpha handled)."""
+    import cv2
+
+    path = Path(path)
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR) if path.is_file() else None
+    if bgr is None:
+        raise ImageError(f"cannot read image {str(path)!r}: missing, empty or not an image format OpenCV decodes")
+    return np.ascontiguousarray(bgr[..., ::-1])
+
+
+def find_images(inputs: Sequence[str | Path]) -> list[Path]:
+    """Image files named directly or found (non-recursively, sorted) in the given folders."""
+    import cv2
+
+    found: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found += sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.is_file():
+            if not cv2.haveImageReader(str(p)):
+                raise ImageError(f"cannot read image {str(p)!r}: not an image format OpenCV decodes")
+            found.append(p)
+        else:
+            raise ImageError(f"input {str(p)!r} does not exist; give image files or folders of images")
+    if not found:
+        raise ImageError(f"no images found in {[str(i) for i in inputs]} (looked for {', '.join(IMAGE_SUFFIXES)})")
+    return found
+
