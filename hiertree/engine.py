@@ -168,6 +168,7 @@ def _setup(cfg: dict, command: str, model: torch.nn.Module | None) -> _Run:
     lcfg = cfg["loss"]
     criterion = HierarchicalLoss(taxonomy, lcfg["level_weights"], lcfg["consistency_weight"], lcfg["tree_min_weight"],
                                  lcfg["ce_weight"], lcfg["label_smoothing"]).to(device)
+    criterion.check_targets = False  # SegDataset checked every mask: no host sync per step for it
     fused = device.type in ("cuda", "cpu")  # fused AdamW takes found_inf: a bad step is skipped on the device
     optimizer = torch.optim.AdamW(_param_groups(model, tcfg["weight_decay"]), lr=tcfg["lr"], fused=fused)
     # the schedule spans train.epochs whatever train.max_steps says: max_steps only stops the run

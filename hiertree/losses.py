@@ -204,6 +204,10 @@ class HierarchicalLoss(nn.Module):
         for l in range(self.num_levels - 1):
             self.register_buffer(f"_parent_index_{l}", taxonomy.parent_index(l), persistent=False)
 
+    #: Raise on mask values that are no leaf id nor ignore (costs a host sync per call); the trainer turns it
+    #: off because :class:`~hiertree.data.SegDataset` already checked every mask where it was loaded.
+    check_targets: bool = True
+
     def _parents(self) -> list[Tensor]:
         return [getattr(self, f"_parent_index_{l}") for l in range(self.num_levels - 1)]
 
@@ -212,7 +216,7 @@ class HierarchicalLoss(nn.Module):
             mask = leaf_mask
             if tuple(mask.shape[1:]) != size:
                 mask = F.interpolate(mask[:, None].float(), size=size, mode="nearest-exact")[:, 0].long()
-            cache[size] = self.taxonomy.to_levels(mask)
+            cache[size] = self.taxonomy.to_levels(mask, check=self.check_targets)
         return cache[size]
 
     def forward(self, logits: Sequence[Tensor], leaf_mask: Tensor) -> tuple[Tensor, dict[str, Tensor]]:

@@ -316,12 +316,16 @@ class Taxonomy:
                 "fix the mask or the taxonomy YAML"
             )
 
-    def to_levels(self, leaf_mask: torch.Tensor) -> list[torch.Tensor]:
-        """Per-level masks (LongTensor, same shape) from a leaf-id mask; ignore pixels stay ignore."""
+    def to_levels(self, leaf_mask: torch.Tensor, check: bool = True) -> list[torch.Tensor]:
+        """Per-level masks (LongTensor, same shape) from a leaf-id mask; ignore pixels stay ignore.
+
+        ``check=True`` raises on values that are no leaf id nor ignore (one host sync); with ``check=False``
+        such pixels become ignore, for masks already checked where they were loaded.
+        """
         leaf_mask = torch.as_tensor(leaf_mask).long()
         ignore = leaf_mask == self.ignore_index
         valid = (leaf_mask >= 0) & (leaf_mask < self.num_leaves)
-        if not bool((valid | ignore).all()):
+        if check and not bool((valid | ignore).all()):
             self.check_mask(leaf_mask.cpu())
         safe = torch.where(valid, leaf_mask, torch.zeros_like(leaf_mask))
         lut = self._lut.to(leaf_mask.device)
