@@ -37,7 +37,8 @@ from benchmarks.provenance import provenance  # noqa: E402
 
 TRAIN_ARGS = ["--config", "configs/demo.yaml", "train.epochs=1", "train.eval_every=1", "eval.max_batches=1",
               "train.progress=false", "train.num_workers=2", "train.batch_size=16", "train.log_every=20", "data.synthetic.num_val=8"]
-SPEED_ARGS = ("--config configs/pascal_part.yaml --steps 6 --warmup 2 --infer-repeats 5 data.crop=192 "
+DATA = (ROOT / ".." / "shared" / "datasets" / "pascal-part").resolve()
+SPEED_ARGS = (f"--config configs/pascal_part.yaml --data {DATA} --steps 6 --warmup 2 --infer-repeats 5 data.crop=192 "
               "train.batch_size=4 train.num_workers=2")
 
 
@@ -49,7 +50,9 @@ def _trainer(checkout: Path, images: int, work: Path) -> float:
     """Training images per second of one epoch of ``train.py`` in ``checkout``."""
     out = work / "run"
     cmd = [sys.executable, "train.py", *TRAIN_ARGS, f"data.synthetic.num_train={images}", f"train.out_dir={out}"]
-    subprocess.run(cmd, cwd=checkout, env=_env(checkout), check=True, capture_output=True, text=True)
+    done = subprocess.run(cmd, cwd=checkout, env=_env(checkout), capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"{shlex.join(cmd)} failed in {checkout}:\n{done.stderr[-2000:]}")
     with open(out / "metrics.csv", newline="") as f:
         row = list(csv.DictReader(f))[-1]
     used = images // 16 * 16  # train.batch_size 16 in the demo config, drop_last
@@ -59,7 +62,9 @@ def _trainer(checkout: Path, images: int, work: Path) -> float:
 def _speed(checkout: Path, args: list[str], work: Path) -> dict:
     """The figures ``benchmarks/speed.py`` reports, run from ``checkout``."""
     cmd = [sys.executable, "benchmarks/speed.py", *args, "--out", str(work)]
-    subprocess.run(cmd, cwd=checkout, env=_env(checkout), check=True, capture_output=True, text=True)
+    done = subprocess.run(cmd, cwd=checkout, env=_env(checkout), capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"{shlex.join(cmd)} failed in {checkout}:\n{done.stderr[-2000:]}")
     report = json.loads(max(work.glob("speed-*.json")).read_text())
     h, s = report["models"]["hiertree"], report["models"]["smp"]
     return {"hiertree_train_model_only_img_s": h["train_img_s_model_only"],

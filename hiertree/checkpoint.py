@@ -35,6 +35,7 @@ from hiertree.taxonomy import Taxonomy
 
 __all__ = [
     "save_checkpoint", "resolve_checkpoint", "load_checkpoint", "CheckpointError", "unwrap", "state_digest", "model_card",
+    "shipped_models", "shipped_model",
 ]
 
 log = logging.getLogger(__name__)
@@ -190,10 +191,38 @@ def _resolve(path: str | Path, prefer: str) -> tuple[Path, str]:
         if (cand / "model.safetensors").is_file():
             return cand.resolve(), name
     if not path.exists():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+        shipped = shipped_model(str(path))
+        if shipped is not None:
+            return shipped, shipped.name
+        names = ", ".join(shipped_models()) or "none installed"
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist (nor is it a shipped model: {names})")
     raise CheckpointError(
         f"{path} holds no checkpoint: expected model.safetensors there or in {path}/best or {path}/last"
     )
+
+
+def _shipped_root() -> Path:
+    """Where the trained models that come with hiertree live: ``hiertree/pretrained`` in a wheel, the
+    repository's ``pretrained/`` in a source checkout (editable install)."""
+    here = Path(__file__).resolve().parent
+    inside = here / "pretrained"
+    return inside if inside.is_dir() else here.parent / "pretrained"
+
+
+def shipped_models() -> list[str]:
+    """Names of the trained models shipped with hiertree (``HierSegModel.from_pretrained(name)`` loads one)."""
+    root = _shipped_root()
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / "model.safetensors").is_file())
+
+
+def shipped_model(name: str) -> Path | None:
+    """The folder of the shipped model ``name``, or None (a name only: no path separators)."""
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        return None
+    folder = _shipped_root() / name
+    return folder if (folder / "model.safetensors").is_file() else None
 
 
 def resolve_checkpoint(path: str | Path, prefer: str = "best") -> Path:
