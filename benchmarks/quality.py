@@ -224,6 +224,15 @@ def run_variant(name: str, base_cfg: Path, overrides: list[str], out_root: Path,
 
 
 # ---------------------------------------------------------------------- report
+def miou_scope(runs: list[dict]) -> str:
+    """Which classes the mIoU columns average: the taxonomy's ``exclude_from_miou``, as the metrics recorded it."""
+    levels = [lv for r in runs for lv in r["metrics"]["tree"]["levels"]]
+    if not levels or any("mIoU_excludes" not in lv for lv in levels):
+        return "over the classes the taxonomy does not exclude (its exclude_from_miou)"
+    excluded = list(dict.fromkeys(n for lv in levels for n in lv["mIoU_excludes"]))
+    return f"without {', '.join(excluded)}" if excluded else "over every class"
+
+
 def markdown(report: dict) -> str:
     v, git, mach = report["versions"], report["git"], report["machine"]
     rev = "not a git checkout" if git["commit"] is None else git["commit"] + (" (uncommitted changes)" if git["dirty"] else "")
@@ -238,7 +247,7 @@ def markdown(report: dict) -> str:
         f"- data: `{report['data']}`; base config: `{report['config']}`; "
         f"overrides: `{' '.join(report['overrides']) or 'none'}`",
         f"- command (in `{report['cwd']}`): `{report['command']}`",
-        "- scores: val split, single scale, native resolution; mIoU over non-background classes, "
+        f"- scores: val split, single scale, native resolution; mIoU {miou_scope(report['runs'])}, "
         "one confusion matrix per level over the whole split",
         "- seconds: training + per-epoch evaluation summed over invocations (each run's metrics.csv); "
         "peak GiB: max GPU memory allocated over invocations (— on CPU)",

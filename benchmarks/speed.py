@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.baselines import SmpFlatDeepLabV3Plus  # noqa: E402
 from benchmarks.provenance import provenance  # noqa: E402
-from hiertree.config import load_config  # noqa: E402
+from hiertree.config import apply_overrides, load_config  # noqa: E402
 from hiertree.data import EpochSampler, build_datasets, pad_collate  # noqa: E402
 from hiertree.engine import build_model  # noqa: E402
 from hiertree.evaluate import autocast_for  # noqa: E402
@@ -112,93 +112,146 @@ def time_steps(step, batches, device, warmup: int, steps: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def bench(args) -> dict:
-    cfg = load_config(args.config, args.overrides)
-    taxonomy = Taxonomy.load(cfg["taxonomy"])
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    amp = "bf16" if device.type == "cuda" else "none"
-    bs, crop = cfg["train"]["batch_size"], cfg["data"]["crop"]
-    results: dict[str, dict] = {name: {} for name in ("hiertree", "smp")}
-    data_ips = None
-    if args.cpu_infer_only:
-        return _cpu_inference(cfg, taxonomy, args, results, data_ips)
-    train_ds, _ = build_datasets(cfg["data"], taxonomy, seed=SEED)
-    workers = cfg["train"]["num_workers"]
+def _loader(cfg: dict, taxonomy: Taxonomy, train_ds, device: torch.device):
+    """Endless (images, masks) batches from the real loader, as the trainer feeds them."""
+    bs, workers = cfg["train"]["batch_size"], cfg["train"]["num_workers"]
     prefetch = 4 if workers else None
-    # batches the loader may hold ready before timing starts: skipped, so a full queue is not counted as speed
-    queued = workers * (prefetch or 0)
-
-    def loader():
-        sampler = EpochSampler(len(train_ds), bs, SEED)
-
-        def forever():
-            epoch = 0
-            while True:
-                sampler.set_epoch(epoch)
-                dl = DataLoader(train_ds, batch_size=bs, sampler=sampler, drop_last=True, num_workers=workers,
-                                pin_memory=device.type == "cuda", persistent_workers=False, prefetch_factor=prefetch,
-                                collate_fn=lambda b: pad_collate(b, taxonomy.ignore_index))
-                for batch in dl:
-                    yield batch
-                epoch += 1
-
-        for batch in forever():
+    sampler = EpochSampler(len(train_ds), bs, SEED)
+    channels_last = cfg["train"]["channels_last"] is True or (cfg["train"]["channels_last"] == "auto" and device.type == "cuda")
+    epoch = 0
+    while True:
+        sampler.set_epoch(epoch)
+        dl = DataLoader(train_ds, batch_size=bs, sampler=sampler, drop_last=True, num_workers=workers,
+                        pin_memory=device.type == "cuda", persistent_workers=False, prefetch_factor=prefetch,
+                        collate_fn=lambda b: pad_collate(b, taxonomy.ignore_index))
+        for batch in dl:
             images = batch["image"].to(device, non_blocking=True)
-            if device.type == "cuda":
+            if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             yield images, batch["mask"].to(device, non_blocking=True)
+        epoch += 1
 
-    # data pipeline alone
-    gen = loader()
-    for _ in range(args.warmup + queued):
+
+def _queued(cfg: dict) -> int:
+    """Batches the loader may hold ready before timing starts: skipped, so a full queue is not counted as speed."""
+    return cfg["train"]["num_workers"] * 4
+
+
+def _data_pipeline(cfg: dict, taxonomy: Taxonomy, train_ds, device: torch.device, args) -> float:
+    gen = _loader(cfg, taxonomy, train_ds, device)
+    for _ in range(args.warmup + _queued(cfg)):
         next(gen)
     t0, n = time.perf_counter(), 0
     for _ in range(args.steps):
         images, _ = next(gen)
         n += images.shape[0]
-    data_ips = n / (time.perf_counter() - t0)
-    del gen
+    return n / (time.perf_counter() - t0)
 
+
+def _train_figures(name: str, model: torch.nn.Module, cfg: dict, taxonomy: Taxonomy, train_ds,
+                   device: torch.device, amp: str, args) -> dict:
+    """Model-only and end-to-end training img/s (and peak GPU memory) of one model under ``cfg``."""
+    bs, crop = cfg["train"]["batch_size"], cfg["data"]["crop"]
+    channels_last = cfg["train"]["channels_last"] is True or (cfg["train"]["channels_last"] == "auto" and device.type == "cuda")
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    model = model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    fwd = torch.compile(model) if cfg["train"]["compile"] else model
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type in ("cuda", "cpu"))
+    if name == "hiertree":
+        step = hiertree_step(fwd, cfg, taxonomy, opt, device, amp)
+    else:
+        if cfg["train"]["compile"]:  # like for like: smp's network is compiled too
+            model.net = torch.compile(model.net)
+        step = smp_step(model, opt, device, amp, taxonomy.ignore_index)
+    model.train()
+    torch.manual_seed(SEED)
+    images = torch.randint(0, 256, (bs, 3, crop, crop), dtype=torch.uint8, device=device)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    masks = torch.randint(0, taxonomy.num_leaves, (bs, crop, crop), device=device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    def fixed():
+        while True:
+            yield images, masks
+
+    model_only = time_steps(step, fixed(), device, args.warmup, args.steps)
+    end_to_end = time_steps(step, _loader(cfg, taxonomy, train_ds, device), device, args.warmup + _queued(cfg), args.steps)
+    row = {"train_img_s_model_only": round(model_only, 2), "train_img_s_end_to_end": round(end_to_end, 2),
+           "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
+           "step": "model(images) -> every head, the config's hierarchical loss" if name == "hiertree"
+           else "net(normalised images) -> one leaf cross-entropy (ignore_index), as an smp user trains"}
+    if device.type == "cuda":
+        row["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+    model.to("cpu")
+    return row
+
+
+#: hiertree's speed levers, each switched against the config as given (``--levers``); plus 4x the batch size
+LEVERS = {
+    "compile": ["train.compile=true"],
+    "no_channels_last": ["train.channels_last=false"],
+    "loss_at_decoder_stride": ["loss.full_resolution=false"],
+}
+
+
+def bench(args) -> dict:
+    cfg = load_config(args.config, args.overrides)
+    taxonomy = Taxonomy.load(cfg["taxonomy"])
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    amp = "bf16" if device.type == "cuda" else "none"
+    results: dict[str, dict] = {name: {} for name in ("hiertree", "smp")}
+    if args.cpu_infer_only:
+        return _cpu_inference(cfg, taxonomy, args, results, None)
+    train_ds, _ = build_datasets(cfg["data"], taxonomy, seed=SEED)
+    data_ips = _data_pipeline(cfg, taxonomy, train_ds, device, args)
     for name, model in make_models(cfg, taxonomy).items():
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-        model = model.to(device)
-        if device.type == "cuda":
-            model = model.to(memory_format=torch.channels_last)
-        fwd = torch.compile(model) if cfg["train"]["compile"] else model
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
-        if name == "hiertree":
-            step = hiertree_step(fwd, cfg, taxonomy, opt, device, amp)
-        else:
-            if cfg["train"]["compile"]:  # like for like: smp's network is compiled too
-                model.net = torch.compile(model.net)
-            step = smp_step(model, opt, device, amp, taxonomy.ignore_index)
-        model.train()
-        torch.manual_seed(SEED)
-        fixed_images = torch.randint(0, 256, (bs, 3, crop, crop), dtype=torch.uint8, device=device)
-        if device.type == "cuda":
-            fixed_images = fixed_images.contiguous(memory_format=torch.channels_last)
-        fixed_masks = torch.randint(0, taxonomy.num_leaves, (bs, crop, crop), device=device)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
+        results[name] = _train_figures(name, model, cfg, taxonomy, train_ds, device, amp, args)
+    if args.levers:
+        results["hiertree_levers"] = {}
+        bs = cfg["train"]["batch_size"]
+        for lever, overrides in {f"batch_{4 * bs}": [f"train.batch_size={4 * bs}"], **LEVERS}.items():
+            lcfg = apply_overrides(cfg, overrides)
+            model = make_models(lcfg, taxonomy)["hiertree"]
+            results["hiertree_levers"][lever] = {"overrides": overrides, **_train_figures(
+                "hiertree", model, lcfg, taxonomy, train_ds, device, amp, args)}
+    if args.profile:
+        results["hiertree_profile"] = _profile(cfg, taxonomy, device, amp, args)
+    report = _cpu_inference(cfg, taxonomy, args, results, data_ips)
+    report["data_pipeline_img_s_per_worker"] = round(data_ips / max(cfg["train"]["num_workers"], 1), 1)
+    return report
 
-        def fixed(images: torch.Tensor, masks: torch.Tensor):
-            while True:
-                yield images, masks
 
-        model_only = time_steps(step, fixed(fixed_images, fixed_masks), device, args.warmup, args.steps)
-        end_to_end = time_steps(step, loader(), device, args.warmup + queued, args.steps)
-        row = {"train_img_s_model_only": round(model_only, 2), "train_img_s_end_to_end": round(end_to_end, 2),
-               "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
-               "step": "model(images) -> every head, the config's hierarchical loss" if name == "hiertree"
-               else "net(normalised images) -> one leaf cross-entropy (ignore_index), as an smp user trains"}
-        if device.type == "cuda":
-            row["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
-        results[name] = row
-        del fixed_images, fixed_masks, step, fwd, opt
-        model.to("cpu")
-    return _cpu_inference(cfg, taxonomy, args, results, data_ips)
+def _profile(cfg: dict, taxonomy: Taxonomy, device: torch.device, amp: str, args) -> list[dict]:
+    """Top kernels (self device time, else self CPU time) of a few hiertree steps on fixed tensors."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model = make_models(cfg, taxonomy)["hiertree"].to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type in ("cuda", "cpu"))
+    step = hiertree_step(model, cfg, taxonomy, opt, device, amp)
+    bs, crop = cfg["train"]["batch_size"], cfg["data"]["crop"]
+    images = torch.randint(0, 256, (bs, 3, crop, crop), dtype=torch.uint8, device=device)
+    masks = torch.randint(0, taxonomy.num_leaves, (bs, crop, crop), device=device)
+    for _ in range(2):
+        step(images, masks)
+    _sync(device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(3):
+            step(images, masks)
+        _sync(device)
+    attr = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    events = [e for e in prof.key_averages() if getattr(e, attr) > 0]
+    total = sum(getattr(e, attr) for e in events) or 1
+    top = sorted(events, key=lambda e: getattr(e, attr), reverse=True)[:args.profile_top]
+    model.to("cpu")
+    return [{"name": e.key, "share": round(getattr(e, attr) / total, 4), "ms_per_step": round(getattr(e, attr) / 3e3, 3),
+             "calls_per_step": e.count // 3} for e in top]
 
 
 def _ratio(a: float, b: float) -> float | None:
@@ -253,9 +306,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--infer-repeats", type=int, default=10)
     parser.add_argument("--cpu-infer-only", action="store_true", help="only the CPU inference latency (no training, no data)")
     parser.add_argument("--smoke", action="store_true", help="synthetic data, tiny sizes: checks the script only")
+    parser.add_argument("--levers", action="store_true", help="also time hiertree with each speed lever switched ("
+                        + ", ".join(["4x batch", *LEVERS]) + ")")
+    parser.add_argument("--profile", action="store_true", help="also profile a hiertree step: top kernels and their share")
+    parser.add_argument("--profile-top", type=int, default=15)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides may come before or after the options
     if args.data:
         args.overrides = [f"data.root={args.data}"] + args.overrides
     if args.smoke:
@@ -275,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     kind = "cpu-infer" if args.cpu_infer_only else "speed"
     path = out / f"{kind}-{'smoke' if args.smoke else now.strftime('%Y%m%d-%H%M')}-{dev}.json"
     path.write_text(json.dumps(report, indent=2, default=str))
-    print(json.dumps({k: report[k] for k in ("device", "data_pipeline_img_s", "models", "ratios")}, indent=2))
+    print(json.dumps({k: report[k] for k in ("device", "data_pipeline_img_s", "models", "ratios")}, indent=2, default=str))
     print(f"wrote {path}")
     return 0
 

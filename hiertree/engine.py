@@ -42,6 +42,7 @@ from hiertree.models import HierSegModel
 from hiertree.run_state import Layout, Progress, TrainingError, check_resumable, restore, train_state
 from hiertree.taxonomy import Taxonomy
 from hiertree.tblog import TrainLogger
+from hiertree.trackers import MultiTracker, build_trackers
 
 __all__ = ["train", "TrainingError", "build_model"]
 
@@ -72,12 +73,24 @@ def train(cfg: dict, command: str = "", model: torch.nn.Module | None = None) ->
 
 
 def _run(run: "_Run", stop: "_StopFlag") -> dict:
-    """Resume if asked, then epochs until the end, ``train.max_steps`` or a signal."""
-    tcfg = run.cfg["train"]
+    """Resume if asked, then epochs until the end, ``train.max_steps`` or a signal; trackers closed either way."""
     progress = _resume(run)
     _announce(run)
     run.logger = TrainLogger(run.run_dir, run.taxonomy, tensorboard="auto", resume=run.resumed) if run.main else None
-    stopped = None
+    run.trackers = _trackers(run)
+    stopped, status = None, "failed"
+    try:
+        stopped = _epochs(run, progress, stop)
+        status = "killed" if stopped else "finished"
+    finally:
+        if run.trackers is not None:
+            run.trackers.close(status)
+    return _finish(run, progress, stopped, stop.signal)
+
+
+def _epochs(run: "_Run", progress: Progress, stop: "_StopFlag") -> str | None:
+    """Epochs until the end, ``train.max_steps`` or a signal; returns what stopped the run early, if anything."""
+    tcfg, stopped = run.cfg["train"], None
     for epoch in range(progress.epoch, tcfg["epochs"]):
         outcome = _train_epoch(run, progress, epoch, stop)
         if run.distributed:
@@ -93,7 +106,29 @@ def _run(run: "_Run", stop: "_StopFlag") -> dict:
             stopped = f"signal {stop.signal}"
         if outcome.stop or outcome.hit_max:
             break
-    return _finish(run, progress, stopped, stop.signal)
+    return stopped
+
+
+def _trackers(run: "_Run") -> MultiTracker | None:
+    """``train.trackers`` (W&B, MLflow) on rank 0, given the resolved config once."""
+    tcfg = run.cfg["train"]
+    if not (run.main and tcfg["trackers"]):
+        return None
+    options = {"wandb": {"project": tcfg["tracker_project"], "mode": tcfg["wandb_mode"]},
+               "mlflow": {"experiment": tcfg["tracker_project"], "tracking_uri": tcfg["mlflow_uri"]}}
+    trackers = MultiTracker(build_trackers(tcfg["trackers"], run.run_dir, run.run_dir.name, options))
+    trackers.log_config(run.cfg)
+    return trackers
+
+
+def _log_scalars(run: "_Run", step: int, scalars: dict, epoch: int | None = None) -> None:
+    """Step scalars (``epoch`` None) or an epoch's row: TensorBoard/metrics.csv and the trackers."""
+    if run.logger is not None and epoch is None:
+        run.logger.log_step(step, scalars)
+    elif run.logger is not None:
+        run.logger.log_epoch(epoch, step, scalars)
+    if run.trackers is not None:
+        run.trackers.log_scalars(step, scalars if epoch is None else {"epoch": epoch, **scalars})
 
 
 # ---------------------------------------------------------------------- setup
@@ -124,6 +159,7 @@ class _Run:
     forward: Any = None  # the model as the step calls it (DDP, torch.compile)
     resumed: bool = False
     logger: TrainLogger | None = None
+    trackers: MultiTracker | None = None
     preview: dict | None = None  # a few val images shown in TensorBoard after each evaluation
     last_metrics: dict | None = None
 
@@ -414,9 +450,9 @@ def _read_back(run: _Run, progress: Progress, epoch: int, window: _Window, outco
     outcome.steps += good
     for k, v in sums.items():
         outcome.sums[k] = outcome.sums.get(k, 0.0) + v
-    if good and run.logger is not None:
+    if good:
         lr = run.scheduler.get_last_lr()[0]
-        run.logger.log_step(progress.step, {"lr": lr, **{f"loss/{k}": v / good for k, v in sums.items()}})
+        _log_scalars(run, progress.step, {"lr": lr, **{f"loss/{k}": v / good for k, v in sums.items()}})
     if good and bar is not run.train_loader:
         bar.set_postfix(loss=f"{sums['total'] / good:.4f}", lr=f"{run.scheduler.get_last_lr()[0]:.2e}")
     window.batches.clear(), window.losses.clear(), window.bad.clear(), window.sums.clear()
@@ -490,14 +526,14 @@ def _save_epoch(run: _Run, progress: Progress, epoch: int, outcome: _Epoch, metr
         _save(run, progress, epoch + 1, 0, metrics, links, outcome.seconds)
     else:  # stopped by max_steps mid-epoch: resume continues this epoch where it stopped
         _save(run, progress, epoch, outcome.batch_in_epoch, metrics, links, outcome.seconds)
-    if run.logger is None:
+    if not run.main:
         return
     n = max(outcome.steps, 1)  # this run's finite steps of this epoch: what ``sums`` holds
     row = {"lr": run.scheduler.get_last_lr()[0], "seconds": round(outcome.seconds, 2),
            **{f"loss/{k}": round(v / n, 6) for k, v in outcome.sums.items()}}
     if metrics is not None:
         row.update({f"mIoU/L{lv['level']}": round(lv["mIoU"], 6) for lv in metrics["tree"]["levels"]})
-    run.logger.log_epoch(epoch + 1, progress.step, row)
+    _log_scalars(run, progress.step, row, epoch=epoch + 1)
 
 
 def _save(run: _Run, progress: Progress, epoch: int, batch_in_epoch: int, metrics: dict | None,

@@ -2,9 +2,10 @@
 
 ``HierSegModel.forward`` pads its input to the encoder's multiple with amounts computed from the
 shape and skips the pad when it is zero; traced at one size, that branch would be frozen. The
-exported graph therefore wraps the model: it always pads (by ``(-H) % multiple``, computed in the
-graph) with the encoder's mean colour, which is exactly what the model's own padding amounts to
-after normalisation, runs the model on a multiple-of-stride input, and crops back to ``H x W``.
+exported graph therefore wraps the model: it always pads (by :func:`hiertree.padding.pad_amount`,
+computed in the graph from the input's shape) with the encoder's mean colour, which is exactly what
+the model's own padding amounts to after normalisation, runs the model on a multiple-of-stride input,
+and crops back to ``H x W``. Labels are decoded by :func:`hiertree.inference.tree_consistent_levels`.
 The legacy TorchScript exporter is used (``dynamo=False``): torch >= 2.9 defaults to the dynamo
 exporter, which needs ``onnxscript`` and specialises the pad branch.
 """
@@ -21,6 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hiertree.inference import tree_consistent_levels
+from hiertree.padding import pad_amount
+
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 __all__ = ["ExportWrapper", "export_onnx", "main"]
@@ -34,28 +38,21 @@ class ExportWrapper(nn.Module):
         self.model = model
         self.labels = labels
         self.flat = bool(getattr(model, "flat", False))
-        taxonomy = model.taxonomy
+        self.taxonomy = model.taxonomy
         self.multiple = int(model.encoder.input_multiple)
         self.register_buffer("mean", model.encoder.mean.detach().float().clone(), persistent=False)
-        for l in range(taxonomy.num_levels):
-            self.register_buffer(f"leaf_to_L{l}", taxonomy.leaf_to_class(l), persistent=False)
-        self.num_levels = taxonomy.num_levels
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Pad (always, amounts traced from the input's shape), run the model, crop, optionally decode."""
         h, w = images.shape[-2], images.shape[-1]
-        ph = (self.multiple - h % self.multiple) % self.multiple
-        pw = (self.multiple - w % self.multiple) % self.multiple
+        ph, pw = pad_amount(h, self.multiple), pad_amount(w, self.multiple)
         x = F.pad(images.float() - self.mean, (0, pw, 0, ph)) + self.mean
         logits = [z[:, :, :h, :w] for z in self.model(x)]
         if not self.labels:
             return tuple(logits)
-        luts = [getattr(self, f"leaf_to_L{l}") for l in range(self.num_levels)]
-        if self.flat:
-            leaf = logits[-1].argmax(1)
-        else:
-            score = sum(torch.log_softmax(z, 1).index_select(1, lut) for z, lut in zip(logits, luts))
-            leaf = score.argmax(1)
-        return tuple(lut[leaf] for lut in luts)
+        # the taxonomy's look-up tables enter the traced graph as constants
+        _, levels = tree_consistent_levels(logits, self.taxonomy, flat=self.flat)
+        return tuple(levels)
 
 
 def export_onnx(model: nn.Module, path: str | Path, labels: bool = False, opset: int = 17, example_size: tuple[int, int] = (64, 64)) -> Path:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from hiertree.images import to_rgb
 from hiertree.inference import decode
+from hiertree.padding import padded_size
 
 __all__ = ["predict_images"]
 
@@ -116,9 +117,7 @@ def predict_images(
     try:
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            bh = max(net_sizes[i][0] for i in idx)
-            bw = max(net_sizes[i][1] for i in idx)
-            bh, bw = -(-bh // multiple) * multiple, -(-bw // multiple) * multiple
+            bh, bw = padded_size(max(net_sizes[i][0] for i in idx), max(net_sizes[i][1] for i in idx), multiple)
             batch = mean.view(1, 3, 1, 1).repeat(len(idx), 1, bh, bw)
             for k, i in enumerate(idx):
                 a, (h, w) = rgb[i], net_sizes[i]

@@ -43,9 +43,9 @@ def coarse_logits_from_leaves(leaf_logits: torch.Tensor, taxonomy: Taxonomy) -> 
     """
     out = []
     full = leaf_logits.float()
-    for level in range(taxonomy.num_levels - 1):
-        idx = taxonomy.leaf_to_class(level).to(leaf_logits.device)
-        groups = [full[:, idx == c].logsumexp(1) for c in range(taxonomy.num_classes(level))]
+    leaves = taxonomy.num_levels - 1
+    for level in range(leaves):
+        groups = [full.index_select(1, g.to(full.device)).logsumexp(1) for g in taxonomy.children(level, leaves)]
         out.append(torch.stack(groups, 1))
     out.append(leaf_logits)
     return out

@@ -12,13 +12,13 @@
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .options import LossOptions, check_args
 from .taxonomy import Taxonomy
 
 __all__ = ["HierarchicalLoss", "consistency_kl", "tree_min_loss"]
@@ -26,7 +26,10 @@ __all__ = ["HierarchicalLoss", "consistency_kl", "tree_min_loss"]
 
 # ---------------------------------------------------------------------- functional forms
 def _children_groups(parent_matrix: Tensor) -> list[Tensor]:
-    """Per coarse class, the LongTensor of its fine children; checks the matrix is a parent map."""
+    """Per coarse class, the LongTensor of its fine children of a caller's matrix (checked to be a parent map).
+
+    Only for :func:`consistency_kl`, which takes any matrix; a taxonomy's own groups are ``Taxonomy.children``.
+    """
     if parent_matrix.dim() != 2:
         raise ValueError(
             f"parent_matrix must be 2-D [C_fine, C_coarse], got shape {tuple(parent_matrix.shape)}; "
@@ -176,31 +179,22 @@ class HierarchicalLoss(nn.Module):
         self.taxonomy = taxonomy
         self.num_levels = taxonomy.num_levels
         self.ignore_index = taxonomy.ignore_index
-        if level_weights is None:
-            level_weights = [1.0] * self.num_levels
-        level_weights = [float(w) for w in level_weights]
+        # the config was checked already; a direct caller is checked here, against the same declarations
+        opts = check_args(LossOptions, "HierarchicalLoss", level_weights=level_weights, consistency_weight=consistency_weight,
+                          tree_min_weight=tree_min_weight, ce_weight=ce_weight, label_smoothing=label_smoothing)
+        level_weights = opts["level_weights"] or [1.0] * self.num_levels
         if len(level_weights) != self.num_levels:
             raise ValueError(
                 f"level_weights has {len(level_weights)} entries but taxonomy {taxonomy.name!r} has "
                 f"{self.num_levels} levels; give one weight per level (coarse to fine)"
             )
-        for name, value in [
-            *((f"level_weights[{i}]", w) for i, w in enumerate(level_weights)),
-            ("consistency_weight", consistency_weight),
-            ("tree_min_weight", tree_min_weight),
-            ("ce_weight", ce_weight),
-        ]:
-            if not math.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
-        if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         self.level_weights = level_weights
-        self.consistency_weight = float(consistency_weight)
-        self.tree_min_weight = float(tree_min_weight)
-        self.ce_weight = float(ce_weight)
-        self.label_smoothing = float(label_smoothing)
+        self.consistency_weight = opts["consistency_weight"]
+        self.tree_min_weight = opts["tree_min_weight"]
+        self.ce_weight = opts["ce_weight"]
+        self.label_smoothing = opts["label_smoothing"]
         self.sizes = [taxonomy.num_classes(l) for l in range(self.num_levels)]
-        self._groups = [_children_groups(taxonomy.parent_matrix(l)) for l in range(self.num_levels - 1)]
+        self._groups = [taxonomy.children(l) for l in range(self.num_levels - 1)]
         for l in range(self.num_levels - 1):
             self.register_buffer(f"_parent_index_{l}", taxonomy.parent_index(l), persistent=False)
 

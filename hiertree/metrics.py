@@ -15,9 +15,27 @@ import torch
 
 from .taxonomy import Taxonomy
 
-__all__ = ["HierarchicalMetrics", "format_table"]
+__all__ = ["FROM_TAXONOMY", "HierarchicalMetrics", "format_table"]
 
 Prediction = torch.Tensor | Sequence[torch.Tensor]
+
+
+class _FromTaxonomy:
+    """Type of :data:`FROM_TAXONOMY`, the default that takes the excluded classes from the taxonomy."""
+
+    def __repr__(self) -> str:
+        return "FROM_TAXONOMY"
+
+
+#: ``HierarchicalMetrics(background=...)`` default: leave out the taxonomy's ``exclude_from_miou`` classes.
+FROM_TAXONOMY = _FromTaxonomy()
+
+
+def _scored(taxonomy: Taxonomy, level: int, background: str | None | _FromTaxonomy) -> list[bool]:
+    """Per class of ``level``: whether the headline mIoU averages it."""
+    if isinstance(background, _FromTaxonomy):
+        return taxonomy.miou_mask(level).tolist()
+    return [name != background for name in taxonomy.classes(level)]
 
 
 class HierarchicalMetrics:
@@ -28,16 +46,19 @@ class HierarchicalMetrics:
     with one class-index map per level (e.g. each head's argmax), in which case the share of pixels
     whose per-level predictions agree with the tree is reported as ``consistency``.
 
-    ``background`` names the class left out of ``mIoU`` at every level that has a class of that
-    name (``mIoU_with_background`` keeps it); pass ``None`` to average over all classes everywhere.
+    The headline ``mIoU`` leaves out the taxonomy's ``exclude_from_miou`` classes (by default a
+    top-level ``background`` leaf) at every level where they are a class; ``mIoU_with_background``
+    keeps every class and each level's ``mIoU_excludes`` lists what was left out. ``background``
+    overrides the taxonomy for existing callers: a class name to leave out instead, or ``None`` to
+    average over all classes everywhere.
     """
 
-    def __init__(self, taxonomy: Taxonomy, background: str | None = "background") -> None:
+    def __init__(self, taxonomy: Taxonomy, background: str | None | _FromTaxonomy = FROM_TAXONOMY) -> None:
         self.taxonomy = taxonomy
-        self.background = background
         self.num_levels = taxonomy.num_levels
         self.sizes = [taxonomy.num_classes(l) for l in range(self.num_levels)]
         self._parent_index = [taxonomy.parent_index(l) for l in range(self.num_levels - 1)]
+        self._scored = [_scored(taxonomy, l, background) for l in range(self.num_levels)]
         self.reset()
 
     def reset(self) -> None:
@@ -142,7 +163,8 @@ class HierarchicalMetrics:
             iou: dict[str, float | None] = {
                 name: (float(tp[i] / denom[i]) if denom[i] > 0 else None) for i, name in enumerate(names)
             }
-            fg = [v for name, v in iou.items() if v is not None and name != self.background]
+            scored = self._scored[l]
+            fg = [v for v, keep in zip(iou.values(), scored) if v is not None and keep]
             every = [v for v in iou.values() if v is not None]
             total = float(conf.sum())
             levels.append(
@@ -152,6 +174,7 @@ class HierarchicalMetrics:
                     "iou": iou,
                     "mIoU": _mean(fg),
                     "mIoU_with_background": _mean(every),
+                    "mIoU_excludes": [name for name, keep in zip(names, scored) if not keep],
                     "pixel_accuracy": float(tp.sum()) / total if total > 0 else math.nan,
                     "confusion": self.confusion(l).tolist(),
                 }

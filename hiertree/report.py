@@ -65,7 +65,16 @@ def _check_levels(metrics: dict[str, Any], taxonomy: Taxonomy) -> None:
         )
 
 
-def _markdown(result: dict[str, Any], tree: dict[str, Any], raw: dict[str, Any] | None, figures: list[str]) -> str:
+def _miou_note(excluded: Sequence[str]) -> str:
+    """What the headline mIoU leaves out: the taxonomy's ``exclude_from_miou`` classes."""
+    if not excluded:
+        return "mIoU averages every class (the taxonomy excludes none), as does mIoU with bg. "
+    return f"mIoU leaves out {', '.join(f'`{n}`' for n in excluded)}, mIoU with bg keeps every class. "
+
+
+def _markdown(
+    result: dict[str, Any], tree: dict[str, Any], raw: dict[str, Any] | None, figures: list[str], excluded: Sequence[str]
+) -> str:
     lines = ["# Evaluation report", ""]
     for key, label in (("checkpoint", "checkpoint"), ("split", "split"), ("images", "images"), ("device", "device")):
         if key in result:
@@ -79,8 +88,7 @@ def _markdown(result: dict[str, Any], tree: dict[str, Any], raw: dict[str, Any] 
         "",
         "## Per-level scores",
         "",
-        "Tree-consistent predictions; mIoU leaves out `background`, mIoU with bg keeps it. "
-        "Raw mIoU scores each head's own argmax.",
+        "Tree-consistent predictions; " + _miou_note(excluded) + "Raw mIoU scores each head's own argmax.",
         "",
         "| level | classes | mIoU | mIoU with bg | pixel acc | raw mIoU |",
         "| --- | --- | --- | --- | --- | --- |",
@@ -245,7 +253,7 @@ def write_report(
         _worst_best(samples, taxonomy, out / "worst_best.png", k)
         figures.append("worst_best.png")
     path = out / "report.md"
-    path.write_text(_markdown(result, tree, raw, figures))
+    path.write_text(_markdown(result, tree, raw, figures, taxonomy.exclude_from_miou))
     return path
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from hiertree.inference import decode
+from hiertree.options import EvalOptions, check_args
 
 __all__ = ["window_starts", "sliding_window_logits", "logits_any_size", "predict_large"]
 
@@ -32,11 +33,9 @@ def window_starts(size: int, window: int, stride: int) -> list[int]:
 
 
 def _check(window: int, overlap: float) -> int:
-    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-        raise ValueError(f"sliding window: 'window' must be a positive integer (pixels), got {window!r}")
-    if not 0.0 <= float(overlap) < 1.0:
-        raise ValueError(f"sliding window: 'overlap' must be in [0, 1) (a share of the window), got {overlap!r}")
-    return max(1, int(round(window * (1.0 - float(overlap)))))
+    """The tile stride; ``window`` and ``overlap`` checked against their ``eval.*`` declarations (direct callers)."""
+    overlap = check_args(EvalOptions, "sliding window", window=window, overlap=overlap)["overlap"]
+    return max(1, int(round(window * (1.0 - overlap))))
 
 
 @torch.no_grad()
@@ -75,8 +74,7 @@ def logits_any_size(
     model: torch.nn.Module, images: torch.Tensor, max_side: int, window: int = 512, overlap: float = 0.25
 ) -> list[torch.Tensor]:
     """``model(images)`` when both sides are at most ``max_side``, else :func:`sliding_window_logits`."""
-    if isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 1:
-        raise ValueError(f"sliding window: 'max_side' must be a positive integer (pixels), got {max_side!r}")
+    check_args(EvalOptions, "sliding window", max_side=max_side)
     if max(images.shape[-2:]) <= max_side:
         return model(images)
     return sliding_window_logits(model, images, window, overlap)

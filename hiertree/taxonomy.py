@@ -12,6 +12,12 @@ integer id its pixels carry in the masks (or to ``{id: N, color: [r, g, b]}``)::
         rail: {tram: 3}
       person: 4
     colors: {vehicle: [200, 80, 80]}
+    exclude_from_miou: [background]
+
+``exclude_from_miou`` (optional) lists the classes left out of the headline ``mIoU`` at every level
+where they are a class (``mIoU_with_background`` and the per-class IoU keep them); any node of the
+tree may be named, ``[]`` means none. Without the key, a top-level leaf named ``background`` is left
+out when the tree has one, and nothing otherwise.
 
 Level ``l`` holds the nodes at depth ``l + 1`` (children of the root are depth 1). A leaf that is
 shallower than the deepest level is carried down unchanged, so every level partitions every pixel.
@@ -36,7 +42,9 @@ import yaml
 __all__ = ["Taxonomy", "TaxonomyError", "list_builtin"]
 
 _ROOT = ("<root>",)
-_TOP_KEYS = ("name", "ignore_index", "tree", "colors")
+_TOP_KEYS = ("name", "ignore_index", "tree", "colors", "exclude_from_miou")
+#: the top-level leaf left out of the headline mIoU when a tree has no ``exclude_from_miou`` key
+DEFAULT_EXCLUDED_LEAF = "background"
 _LEAF_KEYS = ("id", "color")
 
 
@@ -103,12 +111,18 @@ class Taxonomy:
         ignore_index: int,
         colors: dict[str, tuple[int, int, int]],
         source: str,
+        exclude_from_miou: Sequence[str] | None = None,
     ) -> None:
         self.graph = graph
         self.name = name
         self.ignore_index = ignore_index
         self.source = source
         self._explicit_colors = dict(colors)
+        self._default_excluded = _default_excluded(graph)
+        excluded = self._default_excluded if exclude_from_miou is None else exclude_from_miou
+        self._excluded = tuple(sorted(set(excluded), key=lambda n: graph.nodes[n]["order"]))
+        self._parent_tables: dict[tuple[int, int], torch.Tensor] = {}
+        self._children: dict[tuple[int, int], list[torch.Tensor]] = {}
         self._build_levels()
 
     # ------------------------------------------------------------------ construction
@@ -120,7 +134,8 @@ class Taxonomy:
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "<dict>") -> "Taxonomy":
-        """Build from an already-parsed mapping with keys ``name``, ``ignore_index``, ``tree``, ``colors``."""
+        """Build from an already-parsed mapping with keys ``name``, ``ignore_index``, ``tree``, ``colors``,
+        ``exclude_from_miou``."""
         if not isinstance(data, dict):
             raise TaxonomyError(
                 f"{source}: expected a mapping with a 'tree' key at the top, got {type(data).__name__}"
@@ -151,27 +166,7 @@ class Taxonomy:
         if not leaves:
             raise TaxonomyError(f"{source}: key 'tree': the tree has no leaves; give each leaf an integer id")
 
-        ids = sorted(leaf.id for leaf in leaves)
-        seen: dict[int, str] = {}
-        for leaf in leaves:
-            if leaf.id in seen:
-                raise TaxonomyError(
-                    f"{source}: duplicate id {leaf.id} for {seen[leaf.id]!r} and {leaf.name!r}; "
-                    "every leaf needs its own id"
-                )
-            seen[leaf.id] = leaf.name
-        if ids != list(range(len(ids))):
-            missing = sorted(set(range(max(ids) + 1)) - set(ids))
-            raise TaxonomyError(
-                f"{source}: leaf ids must be contiguous 0..{len(ids) - 1}; "
-                f"missing {missing[:10]}{'...' if len(missing) > 10 else ''}, "
-                f"largest is {ids[-1]} ({seen[ids[-1]]!r}); renumber the leaves"
-            )
-        if 0 <= ignore_index < len(ids):
-            raise TaxonomyError(
-                f"{source}: ignore_index {ignore_index} collides with the id of leaf {seen[ignore_index]!r}; "
-                f"choose an ignore_index outside 0..{len(ids) - 1} (255 is the usual choice)"
-            )
+        _check_ids(leaves, ignore_index, source)
 
         raw_colors = data.get("colors") or {}
         if not isinstance(raw_colors, dict):
@@ -182,7 +177,8 @@ class Taxonomy:
                     f"{source}: key 'colors.{cname}': no class of that name{_suggest(cname, _names(graph))}"
                 )
             colors[cname] = _parse_color(value, f"colors.{cname}", source)
-        return cls(graph, name, ignore_index, colors, source)
+        excluded = _parse_excluded(data["exclude_from_miou"], graph, source) if "exclude_from_miou" in data else None
+        return cls(graph, name, ignore_index, colors, source, excluded)
 
     @classmethod
     def builtin(cls, name: str) -> "Taxonomy":
@@ -303,7 +299,46 @@ class Taxonomy:
 
     def parent_index(self, level: int) -> torch.Tensor:
         """LongTensor [num_classes(level+1)]: the parent class index at ``level`` of each finer class."""
-        return self.parent_matrix(level).argmax(1)
+        level = self._check_level(level)
+        if level + 1 >= self.depth:
+            raise IndexError(f"level {level} is the deepest of taxonomy {self.name!r}; it has no finer level")
+        return self._ancestor_table(level, level + 1).clone()
+
+    def _ancestor_table(self, level: int, finer: int) -> torch.Tensor:
+        """Cached LongTensor [num_classes(finer)]: the class at ``level`` above each class of ``finer``."""
+        key = (level, finer)
+        if key not in self._parent_tables:
+            table = torch.empty(self.num_classes(finer), dtype=torch.long)
+            table[self._lut[finer]] = self._lut[level]
+            self._parent_tables[key] = table
+        return self._parent_tables[key]
+
+    def children(self, level: int, finer: int | None = None) -> list[torch.Tensor]:
+        """Per class of ``level``, the sorted LongTensor of class indices at ``finer`` below it.
+
+        ``finer`` defaults to ``level + 1``; ``finer = num_levels - 1`` gives each class's leaf ids. A leaf
+        carried down is its own only child. The one place children groups are computed (losses,
+        flat-head marginalisation); cached, callers get copies.
+        """
+        level = self._check_level(level)
+        finer = level + 1 if finer is None else self._check_level(finer)
+        if finer <= level:
+            raise IndexError(f"children({level}, {finer}): the finer level must be deeper than {level}")
+        key = (level, finer)
+        if key not in self._children:
+            table = self._ancestor_table(level, finer)
+            self._children[key] = [torch.nonzero(table == c).flatten() for c in range(self.num_classes(level))]
+        return [g.clone() for g in self._children[key]]
+
+    @property
+    def exclude_from_miou(self) -> tuple[str, ...]:
+        """Names left out of the headline mIoU wherever they are a class (YAML ``exclude_from_miou``), tree order."""
+        return self._excluded
+
+    def miou_mask(self, level: int) -> torch.Tensor:
+        """BoolTensor [num_classes(level)]: True for the classes the headline mIoU of ``level`` averages."""
+        excluded = set(self._excluded)
+        return torch.tensor([n not in excluded for n in self.classes(level)], dtype=torch.bool)
 
     def check_mask(self, mask: torch.Tensor | np.ndarray, where: str = "mask") -> None:
         """Raise ValueError naming ``where`` when the mask holds values that are no leaf id nor ignore."""
@@ -359,6 +394,8 @@ class Taxonomy:
         out: dict[str, Any] = {"name": self.name, "ignore_index": self.ignore_index, "tree": subtree(_ROOT)}
         if self._explicit_colors:
             out["colors"] = {k: list(v) for k, v in self._explicit_colors.items()}
+        if self._excluded != tuple(self._default_excluded):  # only when it differs: stored files stay as they were
+            out["exclude_from_miou"] = list(self._excluded)
         return out
 
     def to_yaml(self) -> str:
@@ -412,6 +449,54 @@ def _yaml_problem(err: yaml.YAMLError) -> str:
 
 def _names(graph: nx.DiGraph) -> list[str]:
     return [n for n in graph.nodes if n != _ROOT]
+
+
+def _check_ids(leaves: list[_Leaf], ignore_index: int, source: str) -> None:
+    """Leaf ids must be distinct, contiguous 0..n-1 and apart from ``ignore_index``."""
+    ids = sorted(leaf.id for leaf in leaves)
+    seen: dict[int, str] = {}
+    for leaf in leaves:
+        if leaf.id in seen:
+            raise TaxonomyError(
+                f"{source}: duplicate id {leaf.id} for {seen[leaf.id]!r} and {leaf.name!r}; "
+                "every leaf needs its own id"
+            )
+        seen[leaf.id] = leaf.name
+    if ids != list(range(len(ids))):
+        missing = sorted(set(range(max(ids) + 1)) - set(ids))
+        raise TaxonomyError(
+            f"{source}: leaf ids must be contiguous 0..{len(ids) - 1}; "
+            f"missing {missing[:10]}{'...' if len(missing) > 10 else ''}, "
+            f"largest is {ids[-1]} ({seen[ids[-1]]!r}); renumber the leaves"
+        )
+    if 0 <= ignore_index < len(ids):
+        raise TaxonomyError(
+            f"{source}: ignore_index {ignore_index} collides with the id of leaf {seen[ignore_index]!r}; "
+            f"choose an ignore_index outside 0..{len(ids) - 1} (255 is the usual choice)"
+        )
+
+
+def _default_excluded(graph: nx.DiGraph) -> list[str]:
+    """A top-level leaf named :data:`DEFAULT_EXCLUDED_LEAF` when the tree has one, else nothing."""
+    name = DEFAULT_EXCLUDED_LEAF
+    top_leaf = name in graph and graph.has_edge(_ROOT, name) and graph.nodes[name].get("leaf_id") is not None
+    return [name] if top_leaf else []
+
+
+def _parse_excluded(value: Any, graph: nx.DiGraph, source: str) -> list[str]:
+    """Validate ``exclude_from_miou``: a list of distinct class names of the tree (``[]`` for none)."""
+    key = "exclude_from_miou"
+    if value is None:
+        value = []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise TaxonomyError(f"{source}: key {key!r}: expected a list of class names (or []), got {value!r}")
+    for name in value:
+        if name not in graph:
+            raise TaxonomyError(f"{source}: key {key!r}: no class named {name!r}{_suggest(name, _names(graph))}")
+    dupes = sorted({n for n in value if value.count(n) > 1})
+    if dupes:
+        raise TaxonomyError(f"{source}: key {key!r}: {dupes} listed more than once; name each class once")
+    return list(value)
 
 
 def _parse_color(value: Any, key: str, source: str) -> tuple[int, int, int]:

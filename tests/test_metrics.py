@@ -252,3 +252,52 @@ def test_format_table():
     assert lines[3].split() == ["L2", "37.50", "50.00", "60.00"]
     assert "  head" in text and "n/a" in text
     assert text.splitlines()[-1].split() == ["consistency", "100.00", "pixels", "5"]
+
+
+# ---------------------------------------------------------------------- the taxonomy's exclude_from_miou
+GARDEN = Taxonomy.from_yaml_text(
+    "tree:\n  void: 0\n  animal: {cat: 1, dog: 2}\n  plant: 3\nexclude_from_miou: [animal, void]\n"
+)
+# L0: 0 void, 1 animal, 2 plant; L1 (leaf ids): 0 void, 1 cat, 2 dog, 3 plant
+G_TARGET = torch.tensor([0, 1, 2, 2, 3, 3])
+G_PRED = torch.tensor([1, 1, 2, 3, 3, 0])
+
+
+def test_headline_miou_leaves_out_the_taxonomys_classes():
+    m = HierarchicalMetrics(GARDEN)
+    m.update(G_PRED, G_TARGET)
+    l0, l1 = m.compute()["levels"]
+    # L1 pairs (t, p): (0,1) (1,1) (2,2) (2,3) (3,3) (3,0)
+    #   void TP0 FP1 FN1 -> 0; cat TP1 FP1 -> 1/2; dog TP1 FN1 -> 1/2; plant TP1 FP1 FN1 -> 1/3
+    assert l1["iou"] == pytest.approx({"void": 0.0, "cat": 0.5, "dog": 0.5, "plant": 1 / 3})
+    assert l1["mIoU_excludes"] == ["void"]  # animal is not a class at L1
+    assert l1["mIoU"] == pytest.approx((0.5 + 0.5 + 1 / 3) / 3)
+    assert l1["mIoU_with_background"] == pytest.approx((0 + 0.5 + 0.5 + 1 / 3) / 4)
+    # L0 pairs: (0,1) (1,1) (1,1) (1,2) (2,2) (2,0)
+    #   void TP0 FP1 FN1 -> 0; animal TP2 FP1 FN1 -> 1/2; plant TP1 FP1 FN1 -> 1/3
+    assert l0["iou"] == pytest.approx({"void": 0.0, "animal": 0.5, "plant": 1 / 3})
+    assert l0["mIoU_excludes"] == ["void", "animal"]
+    assert l0["mIoU"] == pytest.approx(1 / 3)
+    assert l0["mIoU_with_background"] == pytest.approx((0 + 0.5 + 1 / 3) / 3)
+
+
+def test_background_argument_still_overrides_the_taxonomy():
+    none = HierarchicalMetrics(GARDEN, background=None)
+    none.update(G_PRED, G_TARGET)
+    for lv in none.compute()["levels"]:
+        assert lv["mIoU"] == lv["mIoU_with_background"] and lv["mIoU_excludes"] == []
+    plant = HierarchicalMetrics(GARDEN, background="plant")
+    plant.update(G_PRED, G_TARGET)
+    lv = plant.compute()["levels"][1]
+    assert lv["mIoU_excludes"] == ["plant"] and lv["mIoU"] == pytest.approx((0 + 0.5 + 0.5) / 3)
+
+
+def test_default_exclusion_and_empty_list():
+    m = HierarchicalMetrics(TAX)  # the bundled tree has a top-level background leaf: left out by default
+    m.update(PRED, TARGET)
+    assert [lv["mIoU_excludes"] for lv in m.compute()["levels"]] == [["background"]] * 3
+    every = Taxonomy.from_dict({**TAX.to_dict(), "exclude_from_miou": []})
+    m2 = HierarchicalMetrics(every)
+    m2.update(PRED, TARGET)
+    l2 = m2.compute()["levels"][2]
+    assert l2["mIoU_excludes"] == [] and l2["mIoU"] == l2["mIoU_with_background"] == pytest.approx(0.5)

@@ -217,3 +217,118 @@ def test_fuzzed_structures_never_raw_traceback(tree):
         Taxonomy.from_yaml(yaml.safe_dump({"tree": tree}))
     except TaxonomyError:
         pass
+
+
+# ---------------------------------------------------------------------- exclude_from_miou, children, padding
+INNER_EXCLUDED = """\
+name: garden
+tree:
+  void: 0
+  animal:
+    cat: 1
+    dog: 2
+  plant: 3
+exclude_from_miou: [animal, void]
+"""
+
+
+def test_exclude_from_miou_names_an_inner_node():
+    t = Taxonomy.from_yaml_text(INNER_EXCLUDED)
+    assert t.exclude_from_miou == ("void", "animal")  # tree order, whatever the YAML order
+    assert t.classes(0) == ["void", "animal", "plant"]
+    assert t.miou_mask(0).tolist() == [False, False, True]
+    assert t.classes(1) == ["void", "cat", "dog", "plant"]
+    assert t.miou_mask(1).tolist() == [False, True, True, True]  # animal is no class at L1: its leaves count
+    assert t.miou_mask(1).dtype == torch.bool
+    assert t.to_dict()["exclude_from_miou"] == ["void", "animal"]
+    back = Taxonomy.from_yaml(t.to_yaml())
+    assert back == t and hash(back) == hash(t) and back.exclude_from_miou == t.exclude_from_miou
+    plain = Taxonomy.from_yaml_text(INNER_EXCLUDED.replace("exclude_from_miou: [animal, void]\n", ""))
+    assert plain.exclude_from_miou == () and plain != t  # no top-level background leaf: nothing by default
+
+
+def test_exclude_from_miou_empty_list_names_none():
+    text = "tree:\n  background: 0\n  thing: {a: 1, b: 2}\nexclude_from_miou: []\n"
+    t = Taxonomy.from_yaml_text(text)
+    assert t.exclude_from_miou == ()
+    assert all(t.miou_mask(l).all() for l in range(t.num_levels))
+    assert t.to_dict()["exclude_from_miou"] == []  # differs from the default, so it is written out
+    assert Taxonomy.from_yaml(t.to_yaml()) == t
+    assert t != Taxonomy.from_yaml_text(text.replace("exclude_from_miou: []\n", ""))
+
+
+def test_exclude_from_miou_default_detection(pp):
+    assert pp.exclude_from_miou == ("background",)
+    assert [pp.miou_mask(l).tolist() for l in range(3)] == [[False, True], [False, True, True], [False] + [True] * 6]
+    assert "exclude_from_miou" not in pp.to_dict()  # the default is not written: stored files stay the same
+    explicit = Taxonomy.from_dict({**pp.to_dict(), "exclude_from_miou": ["background"]})
+    assert explicit == pp and hash(explicit) == hash(pp) and "exclude_from_miou" not in explicit.to_dict()
+    nested = Taxonomy.from_yaml_text("tree:\n  stuff: {background: 0, a: 1}\n  b: 2\n")
+    assert nested.exclude_from_miou == ()  # a `background` leaf that is not top-level is scored
+    inner = Taxonomy.from_yaml_text("tree:\n  background: {sky: 0, ground: 1}\n  b: 2\n")
+    assert inner.exclude_from_miou == ()  # nor is an inner node of that name
+    none = Taxonomy.from_yaml_text("tree: {void: 0, a: 1}")
+    assert none.exclude_from_miou == () and none.miou_mask(0).tolist() == [True, True]
+
+
+def test_exclude_from_miou_bad_names(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("tree:\n  background: 0\n  body: {arm: 1, leg: 2}\nexclude_from_miou: [backgrund]\n")
+    with pytest.raises(TaxonomyError) as err:
+        Taxonomy.from_yaml(path)
+    msg = str(err.value)
+    assert msg == f"{path}: key 'exclude_from_miou': no class named 'backgrund' (did you mean 'background'?)"
+    assert "\n" not in msg
+    for value, match in (("background", "expected a list of class names"), ("[arm, arm]", "more than once"),
+                         ("[1]", "expected a list of class names")):
+        with pytest.raises(TaxonomyError, match=match):
+            Taxonomy.from_yaml_text(f"tree: {{background: 0, body: {{arm: 1, leg: 2}}}}\nexclude_from_miou: {value}\n")
+    with pytest.raises(TaxonomyError, match="did you mean 'exclude_from_miou'"):
+        Taxonomy.from_yaml_text("tree: {a: 0, b: 1}\nexclude_from_mIoU: [a]\n")
+
+
+def _lists(groups):
+    return [g.tolist() for g in groups]
+
+
+def test_children_pascal_part(pp):
+    # L0: background, body; L1: background, upper_body, lower_body
+    # L2 (leaf ids): 0 background, 1 low_hand, 2 torso, 3 low_leg, 4 head, 5 up_leg, 6 up_hand
+    assert _lists(pp.children(0)) == [[0], [1, 2]]
+    assert _lists(pp.children(1)) == [[0], [1, 2, 4, 6], [3, 5]]
+    assert _lists(pp.children(0, 2)) == [[0], [1, 2, 3, 4, 5, 6]]
+    assert all(g.dtype == torch.long for g in pp.children(1))
+    pp.children(1)[1].zero_()  # callers get copies of the cached groups
+    assert _lists(pp.children(1)) == [[0], [1, 2, 4, 6], [3, 5]]
+    with pytest.raises(IndexError):
+        pp.children(2)
+    with pytest.raises(IndexError):
+        pp.children(1, 0)
+
+
+def test_children_figures_4level():
+    t = Taxonomy.from_yaml(ROOT / "examples" / "figures_4level.yaml")
+    # L0: background, person, object; L1: background, head, trunk, ball, block
+    # L2: background, head, torso, arm, leg, ball, block
+    # L3: background, head, torso, upper_arm, forearm, hand, thigh, shin, foot, ball, block (= leaf ids)
+    assert _lists(t.children(0)) == [[0], [1, 2], [3, 4]]
+    assert _lists(t.children(1)) == [[0], [1], [2, 3, 4], [5], [6]]
+    assert _lists(t.children(2)) == [[0], [1], [2], [3, 4, 5], [6, 7, 8], [9], [10]]
+    assert _lists(t.children(0, 3)) == [[0], [1, 2, 3, 4, 5, 6, 7, 8], [9, 10]]
+    assert _lists(t.children(1, 3)) == [[0], [1], [2, 3, 4, 5, 6, 7, 8], [9], [10]]
+    for l in range(t.num_levels - 1):  # the same groups as the parent matrix and the parent index
+        pm = t.parent_matrix(l)
+        assert _lists(t.children(l)) == [torch.nonzero(pm[:, c]).flatten().tolist() for c in range(pm.shape[1])]
+        assert torch.equal(t.parent_index(l), pm.argmax(1))
+
+
+def test_padding_helper_values():
+    from hiertree.padding import pad_amount, padded_size
+
+    assert [pad_amount(s, 8) for s in (0, 1, 7, 8, 9, 16, 17)] == [0, 7, 1, 0, 7, 0, 7]
+    assert [pad_amount(s, 1) for s in (0, 1, 5)] == [0, 0, 0]
+    assert pad_amount(45, 16) == 3 and pad_amount(71, 32) == 25
+    assert padded_size(45, 71, 16) == (48, 80)
+    assert padded_size(96, 80, 32) == (96, 96)
+    assert padded_size(5, 3, 1) == (5, 3)
+    assert int(pad_amount(torch.tensor(45), 16)) == 3  # the traced (ONNX) form: a 0-d tensor

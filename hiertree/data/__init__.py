@@ -7,13 +7,15 @@ turns that into model-ready tensors and :func:`pad_collate` batches images of di
 from __future__ import annotations
 
 import difflib
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, get_args
 
 import cv2
 import numpy as np
 import torch
 from torch.utils.data import get_worker_info
 
+from ..options import DataOptions, SyntheticOptions, defaults
+from ..padding import padded_size
 from .errors import DataError
 from .folder import MaskFolder
 from .sampler import EpochSampler
@@ -148,8 +150,7 @@ def pad_collate(batch: Sequence[Mapping[str, Any]], ignore_index: int, multiple:
     for s, (h, w) in zip(batch, sizes):
         if tuple(s["mask"].shape) != (h, w):
             raise DataError(f"pad_collate: sample {s.get('id')!r} has image {h}x{w} but mask {tuple(s['mask'].shape)}")
-    height = -(-max(h for h, _ in sizes) // multiple) * multiple
-    width = -(-max(w for _, w in sizes) // multiple) * multiple
+    height, width = padded_size(max(h for h, _ in sizes), max(w for _, w in sizes), multiple)
     first = batch[0]["image"]
     images = first.new_zeros((len(batch), first.shape[0], height, width))
     masks = torch.full((len(batch), height, width), int(ignore_index), dtype=torch.long)
@@ -159,12 +160,10 @@ def pad_collate(batch: Sequence[Mapping[str, Any]], ignore_index: int, multiple:
     return {"image": images, "mask": masks, "id": [str(s.get("id", k)) for k, s in enumerate(batch)], "size": sizes}
 
 
-DATA_KEYS: tuple[str, ...] = (
-    "kind", "root", "train_split", "val_split", "crop", "scale", "longest", "hflip", "color_jitter",
-    "skip_bad", "synthetic",
-)
-SYNTHETIC_KEYS: tuple[str, ...] = ("num_train", "num_val", "size", "seed", "roles", "figures", "figure_scale", "clutter")
-_KINDS = ("synthetic", "folder")
+_DEFAULTS = defaults(DataOptions)  # the declared data.* defaults, for keys a caller's dict leaves out
+DATA_KEYS: tuple[str, ...] = tuple(DataOptions.model_fields)
+SYNTHETIC_KEYS: tuple[str, ...] = tuple(SyntheticOptions.model_fields)
+_KINDS: tuple[str, ...] = get_args(DataOptions.model_fields["kind"].annotation)
 
 
 def _check_keys(cfg: Mapping[str, Any], allowed: tuple[str, ...], where: str) -> None:
@@ -187,40 +186,32 @@ def build_datasets(
     the augmentation stream (None: it follows torch's seed); it does not change the synthetic images.
     """
     _check_keys(data_cfg, DATA_KEYS, "data")
-    kind = data_cfg.get("kind", "synthetic")
-    longest = data_cfg.get("longest", 512)
-    train_tf = train_transform(
-        crop=data_cfg.get("crop", 128),
-        scale=tuple(data_cfg.get("scale", (0.5, 2.0))),
-        longest=longest,
-        hflip=bool(data_cfg.get("hflip", True)),
-        color_jitter=float(data_cfg.get("color_jitter", 0.2)),
-        ignore_index=taxonomy.ignore_index,
-        seed=seed,
-    )
-    val_tf = eval_transform(longest)
+    cfg = {**_DEFAULTS, **data_cfg}
+    kind = cfg["kind"]
+    train_tf = train_transform(crop=cfg["crop"], scale=cfg["scale"], longest=cfg["longest"], hflip=bool(cfg["hflip"]),
+                               color_jitter=cfg["color_jitter"], ignore_index=taxonomy.ignore_index, seed=seed)
+    val_tf = eval_transform(cfg["longest"])
     if kind == "synthetic":
-        syn = data_cfg.get("synthetic") or {}
-        _check_keys(syn, SYNTHETIC_KEYS, "data.synthetic")
-        if syn.get("roles") is None:
+        _check_keys(data_cfg.get("synthetic") or {}, SYNTHETIC_KEYS, "data.synthetic")
+        syn = {**_DEFAULTS["synthetic"], **(data_cfg.get("synthetic") or {})}
+        if syn["roles"] is None:
             raise DataError(
                 "config key 'data.synthetic.roles' is missing: map each synthetic role "
                 f"({', '.join(ROLES)}) to a leaf name of taxonomy {taxonomy.name!r}; unmapped roles become background"
             )
         roles = role_map_from_names(taxonomy, syn["roles"])
-        size, seed = syn.get("size", 128), int(syn.get("seed", 0))
+        size, seed = syn["size"], syn["seed"]
         size = size if isinstance(size, int) else tuple(size)
-        look = dict(figures=tuple(syn.get("figures", (1, 3))), figure_scale=tuple(syn.get("figure_scale", (0.4, 1.0))),
-                    clutter=bool(syn.get("clutter", True)))
-        train_src = SyntheticFigures(int(syn.get("num_train", 2000)), size, seed, roles, **look)
-        val_src = SyntheticFigures(int(syn.get("num_val", 200)), size, seed + 1, roles, **look)
+        look = dict(figures=tuple(syn["figures"]), figure_scale=tuple(syn["figure_scale"]), clutter=bool(syn["clutter"]))
+        train_src = SyntheticFigures(syn["num_train"], size, seed, roles, **look)
+        val_src = SyntheticFigures(syn["num_val"], size, seed + 1, roles, **look)
     elif kind == "folder":
-        root = data_cfg.get("root")
+        root = cfg["root"]
         if not root:
             raise DataError("config key 'data.root' is missing: set it to the dataset folder for kind 'folder'")
-        skip_bad = bool(data_cfg.get("skip_bad", False))
-        train_src = MaskFolder(root, data_cfg.get("train_split", "train"), taxonomy, skip_bad)
-        val_src = MaskFolder(root, data_cfg.get("val_split", "val"), taxonomy, skip_bad)
+        skip_bad = bool(cfg["skip_bad"])
+        train_src = MaskFolder(root, cfg["train_split"], taxonomy, skip_bad)
+        val_src = MaskFolder(root, cfg["val_split"], taxonomy, skip_bad)
     else:
         close = difflib.get_close_matches(str(kind), _KINDS, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Mapping
 import cv2
 import numpy as np
 
+from ..options import SyntheticOptions, check_args, defaults
 from .errors import DataError
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ ROLES: tuple[str, ...] = (
 )
 FIGURE_ROLES: tuple[str, ...] = ROLES[1:9]
 _RID = {name: i for i, name in enumerate(ROLES)}
+_SYN = defaults(SyntheticOptions)  # the declared data.synthetic.* defaults
 _SHIFT = 2  # OpenCV fixed-point bits: coordinates in quarter pixels
 _ONE = 1 << _SHIFT
 
@@ -241,27 +243,18 @@ class SyntheticFigures:
     def __init__(
         self,
         num_images: int,
-        size: int | tuple[int, int] = 128,
-        seed: int = 0,
+        size: int | tuple[int, int] = _SYN["size"],
+        seed: int = _SYN["seed"],
         role_to_leaf: Mapping[str, int] | None = None,
-        figures: tuple[int, int] = (1, 3),
-        figure_scale: tuple[float, float] = (0.4, 1.0),
-        clutter: bool = True,
+        figures: tuple[int, int] = tuple(_SYN["figures"]),
+        figure_scale: tuple[float, float] = tuple(_SYN["figure_scale"]),
+        clutter: bool = _SYN["clutter"],
     ) -> None:
-        if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
-            raise DataError(f"SyntheticFigures: num_images must be a positive integer, got {num_images!r}")
-        h, w = (size, size) if isinstance(size, int) else tuple(size)
-        if not all(isinstance(v, int) and v >= 16 for v in (h, w)):
-            raise DataError(f"SyntheticFigures: size must be an int or (height, width) of ints >= 16, got {size!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise DataError(f"SyntheticFigures: seed must be a non-negative integer, got {seed!r}")
-        lo, hi = (int(v) for v in figures)
-        if not 0 <= lo <= hi:
-            raise DataError(f"SyntheticFigures: figures must be (min, max) with 0 <= min <= max, got {figures!r}")
-        s_lo, s_hi = (float(v) for v in figure_scale)
-        if not 0.05 <= s_lo <= s_hi <= 2.0:
-            raise DataError(f"SyntheticFigures: figure_scale must be (min, max) within 0.05..2 of the image height, got {figure_scale!r}")
-        self.figures, self.figure_scale, self.clutter = (lo, hi), (s_lo, s_hi), bool(clutter)
+        checked = check_args(SyntheticOptions, "SyntheticFigures", error=DataError, names={"num_train": "num_images"},
+                             num_train=num_images, size=size, seed=seed, figures=figures, figure_scale=figure_scale)
+        h, w = (size, size) if isinstance(size, int) else tuple(checked["size"])
+        self.figures, self.figure_scale = tuple(checked["figures"]), tuple(checked["figure_scale"])
+        self.clutter = bool(clutter)
         self.num_images, self.height, self.width, self.seed = num_images, h, w, seed
         self.role_to_leaf = None if role_to_leaf is None else dict(role_to_leaf)
         self._lut = _lut(role_to_leaf)

@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 import torch
 
+from ..options import DataOptions, check_args, defaults
 from .errors import DataError
 
 __all__ = [
@@ -28,6 +29,8 @@ __all__ = [
     "eval_transform",
     "normalize_to_tensor",
 ]
+
+_DATA = defaults(DataOptions)  # the declared data.* defaults: one value for the config and direct callers
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -72,9 +75,6 @@ class PairTransform:
         return f"PairTransform([{', '.join(names)}], seed={self.seed})"
 
 
-def _check_longest(longest: int | None, where: str) -> None:
-    if longest is not None and (isinstance(longest, bool) or not isinstance(longest, int) or longest < 1):
-        raise DataError(f"{where}: 'longest' must be a positive integer or None (native size), got {longest!r}")
 
 
 def _resize_longest(longest: int) -> A.LongestMaxSize:
@@ -85,10 +85,10 @@ def _resize_longest(longest: int) -> A.LongestMaxSize:
 
 def train_transform(
     crop: int,
-    scale: tuple[float, float] = (0.5, 2.0),
-    longest: int | None = 512,
-    hflip: bool = True,
-    color_jitter: float = 0.2,
+    scale: Sequence[float] = tuple(_DATA["scale"]),
+    longest: int | None = _DATA["longest"],
+    hflip: bool = _DATA["hflip"],
+    color_jitter: float = _DATA["color_jitter"],
     ignore_index: int = 255,
     seed: int | None = None,
 ) -> PairTransform:
@@ -97,17 +97,13 @@ def train_transform(
     Padding fills the image with 0 and the mask with ``ignore_index``. Horizontal flips assume the
     taxonomy has no left/right classes; pass ``hflip=False`` if it does.
     """
-    if isinstance(crop, bool) or not isinstance(crop, int) or crop < 1:
-        raise DataError(f"train_transform: 'crop' must be a positive integer, got {crop!r}")
-    if len(scale) != 2 or not 0 < float(scale[0]) <= float(scale[1]):
-        raise DataError(f"train_transform: 'scale' must be [low, high] with 0 < low <= high, got {list(scale)!r}")
-    _check_longest(longest, "train_transform")
-    if not 0 <= float(color_jitter) <= 1:
-        raise DataError(f"train_transform: 'color_jitter' must be in [0, 1], got {color_jitter!r}")
+    checked = check_args(DataOptions, "train_transform", error=DataError, crop=crop, scale=scale, longest=longest,
+                         color_jitter=color_jitter)  # the data.* declarations, for direct callers
+    scale, color_jitter = checked["scale"], checked["color_jitter"]
     if not 0 <= int(ignore_index) <= 255:
         raise DataError(f"train_transform: 'ignore_index' {ignore_index} does not fit a uint8 mask (0..255)")
     ops: list[Any] = [_resize_longest(longest)] if longest is not None else []
-    lo, hi = float(scale[0]), float(scale[1])
+    lo, hi = scale
     if (lo, hi) != (1.0, 1.0):
         ops.append(A.RandomScale(scale_limit=(lo - 1.0, hi - 1.0), interpolation=cv2.INTER_LINEAR,
                                  mask_interpolation=cv2.INTER_NEAREST_EXACT, p=1.0))
@@ -119,14 +115,14 @@ def train_transform(
     if hflip:
         ops.append(A.HorizontalFlip(p=0.5))
     if color_jitter > 0:
-        cj = float(color_jitter)
+        cj = color_jitter
         ops.append(A.ColorJitter(brightness=cj, contrast=cj, saturation=cj, hue=min(0.5, cj / 4), p=0.8))
     return PairTransform(ops, seed=seed)
 
 
-def eval_transform(longest: int | None = None) -> PairTransform:
+def eval_transform(longest: int | None = _DATA["longest"]) -> PairTransform:
     """Resize the longest side to ``longest`` (masks nearest); ``None`` keeps the native resolution."""
-    _check_longest(longest, "eval_transform")
+    check_args(DataOptions, "eval_transform", error=DataError, longest=longest)
     return PairTransform([_resize_longest(longest)] if longest is not None else [])
 
 

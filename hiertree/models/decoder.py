@@ -36,7 +36,7 @@ class _ImagePool(nn.Module):
 class ASPP(nn.Module):
     """Atrous spatial pyramid pooling: 1×1, one 3×3 branch per rate, image pooling, then a 1×1 projection."""
 
-    def __init__(self, cin: int, cout: int, rates: Sequence[int], separable: bool = True, dropout: float = 0.1) -> None:
+    def __init__(self, cin: int, cout: int, rates: Sequence[int], separable: bool, dropout: float) -> None:
         super().__init__()
         self.branches = nn.ModuleList(
             [conv_bn_relu(cin, cout, 1)] + [conv_bn_relu(cin, cout, 3, r, separable) for r in rates] + [_ImagePool(cin, cout)]
@@ -48,22 +48,24 @@ class ASPP(nn.Module):
 
 
 class DeepLabDecoder(nn.Module):
-    """ASPP on the deepest map; with ``skip`` the result is upsampled and fused with a low-level map."""
+    """ASPP on the deepest map; with ``skip`` the result is upsampled and fused with a low-level map.
+
+    Every setting comes from :class:`~hiertree.models.HierSegModel`, already checked against
+    :class:`~hiertree.options.ModelOptions` (defaults and ranges are declared there, not here).
+    """
 
     def __init__(
         self,
         in_channels: tuple[int, int],
-        channels: int = 256,
-        rates: Sequence[int] = (6, 12, 18),
-        skip: bool = True,
-        skip_channels: int = 48,
-        separable: bool = True,
-        dropout: float = 0.1,
-        fuse_convs: int = 1,
+        channels: int,
+        rates: Sequence[int],
+        skip: bool,
+        skip_channels: int,
+        separable: bool,
+        dropout: float,
+        fuse_convs: int,
     ) -> None:
         super().__init__()
-        if fuse_convs < 1:
-            raise ValueError(f"fuse_convs must be at least 1, got {fuse_convs}")
         self.aspp = ASPP(in_channels[1], channels, rates, separable, dropout)
         self.skip = skip
         cin = channels

@@ -8,6 +8,8 @@ import timm
 import torch
 from torch import nn
 
+from hiertree.options import ModelOptions, check_args
+
 __all__ = ["Encoder", "EncoderError"]
 
 
@@ -35,8 +37,7 @@ class Encoder(nn.Module):
 
     def __init__(self, name: str, weights: str | None = None, output_stride: int = 16, low_level_reduction: int = 4) -> None:
         super().__init__()
-        if output_stride not in (8, 16, 32):
-            raise EncoderError(f"output_stride must be 8, 16 or 32, got {output_stride}")
+        check_args(ModelOptions, "Encoder", error=EncoderError, output_stride=output_stride)  # direct callers
         if not timm.is_model(name):  # accepts pretrained tags (name.tag)
             close = timm.list_models(f"*{name.split('_')[0]}*")[:5]
             raise EncoderError(f"unknown timm encoder {name!r}; similar names: {close}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -13,23 +13,14 @@ from hiertree.checkpoint import CheckpointError, load_checkpoint
 from hiertree.inference import coarse_logits_from_leaves, decode
 from hiertree.models.decoder import DeepLabDecoder
 from hiertree.models.encoder import Encoder
+from hiertree.options import ModelOptions, defaults, validate_options
+from hiertree.padding import pad_amount
 from hiertree.taxonomy import Taxonomy
 
 __all__ = ["HierSegModel", "MODEL_DEFAULTS", "load_model"]
 
-MODEL_DEFAULTS: dict[str, Any] = dict(
-    encoder="tf_efficientnet_lite0",
-    encoder_weights=None,
-    output_stride=16,
-    aspp_rates=None,
-    decoder_channels=256,
-    skip=True,
-    skip_channels=48,
-    separable=True,
-    dropout=0.1,
-    fuse_convs=1,
-    flat=False,
-)
+#: The declared model defaults (:class:`~hiertree.options.ModelOptions`) as a plain dict, kept for callers.
+MODEL_DEFAULTS: dict[str, Any] = defaults(ModelOptions)
 
 
 class HierSegModel(nn.Module):
@@ -41,43 +32,28 @@ class HierSegModel(nn.Module):
     labels that are consistent with the tree by construction.
     """
 
-    def __init__(
-        self,
-        taxonomy: Taxonomy,
-        encoder: str = MODEL_DEFAULTS["encoder"],
-        encoder_weights: str | None = None,
-        output_stride: int = 16,
-        aspp_rates: Sequence[int] | None = None,
-        decoder_channels: int = 256,
-        skip: bool = True,
-        skip_channels: int = 48,
-        separable: bool = True,
-        dropout: float = 0.1,
-        fuse_convs: int = 1,
-        flat: bool = False,
-    ) -> None:
+    def __init__(self, taxonomy: Taxonomy, **options: Any) -> None:
+        """``options``: any :class:`~hiertree.options.ModelOptions` field by name (``encoder=``,
+        ``decoder_channels=``, ...); the others keep their declared defaults. ``self.config`` is the validated
+        options as a plain dict. Unknown names or refused values raise ValueError naming them."""
         super().__init__()
+        opts = validate_options(ModelOptions, options, "HierSegModel")
         self.taxonomy = taxonomy
-        self.flat = flat
-        self.config = dict(
-            encoder=encoder, encoder_weights=encoder_weights, output_stride=output_stride,
-            aspp_rates=list(aspp_rates) if aspp_rates else None, decoder_channels=decoder_channels, skip=skip,
-            skip_channels=skip_channels, separable=separable, dropout=dropout, fuse_convs=fuse_convs, flat=flat,
-        )
-        rates = tuple(aspp_rates) if aspp_rates else tuple(r * 16 // output_stride for r in (6, 12, 18))
-        self.encoder = Encoder(encoder, encoder_weights, output_stride)
-        self.decoder = DeepLabDecoder(self.encoder.out_channels, decoder_channels, rates, skip, skip_channels, separable,
-                                      dropout, fuse_convs)
-        sizes = [taxonomy.num_leaves] if flat else taxonomy.level_sizes
-        self.heads = nn.ModuleList(nn.Conv2d(decoder_channels, n, 1) for n in sizes)
-        self.output_reduction = self.encoder.reductions[0] if skip else self.encoder.reductions[1]
+        self.flat = opts.flat
+        self.config = opts.model_dump()
+        os_ = opts.output_stride
+        rates = tuple(opts.aspp_rates) if opts.aspp_rates else tuple(r * 16 // os_ for r in (6, 12, 18))
+        self.encoder = Encoder(opts.encoder, opts.encoder_weights, os_)
+        self.decoder = DeepLabDecoder(self.encoder.out_channels, opts.decoder_channels, rates, opts.skip,
+                                      opts.skip_channels, opts.separable, opts.dropout, opts.fuse_convs)
+        sizes = [taxonomy.num_leaves] if opts.flat else taxonomy.level_sizes
+        self.heads = nn.ModuleList(nn.Conv2d(opts.decoder_channels, n, 1) for n in sizes)
+        self.output_reduction = self.encoder.reductions[0] if opts.skip else self.encoder.reductions[1]
 
     @classmethod
     def from_config(cls, taxonomy: Taxonomy, cfg: dict[str, Any]) -> "HierSegModel":
-        unknown = set(cfg) - set(MODEL_DEFAULTS)
-        if unknown:
-            raise ValueError(f"unknown model option(s) {sorted(unknown)}; allowed: {sorted(MODEL_DEFAULTS)}")
-        return cls(taxonomy, **{**MODEL_DEFAULTS, **cfg})
+        """The model a config's ``model`` section describes (keys it leaves out keep their defaults)."""
+        return cls(taxonomy, **cfg)
 
     @classmethod
     def from_pretrained(cls, path: str, map_location: str | torch.device = "cpu", prefer: str = "best") -> "HierSegModel":
@@ -89,7 +65,7 @@ class HierSegModel(nn.Module):
         """Logits per level, at input size (``upsample=True``) or at the decoder's stride."""
         h, w = images.shape[-2:]
         m = self.encoder.input_multiple
-        ph, pw = (-h) % m, (-w) % m
+        ph, pw = pad_amount(h, m), pad_amount(w, m)
         x = self.encoder.normalize(images)
         if ph or pw:
             x = F.pad(x, (0, pw, 0, ph))

@@ -1,0 +1,54 @@
+"""House rules that keep the code easy to change: import layers (import-linter) and no print in library code."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "hiertree"
+
+
+def test_import_layers_and_no_cycles():
+    """pyproject.toml's import-linter contracts (function-level imports count) hold for the package as it is.
+
+    In a subprocess: import-linter configures logging with dictConfig, which would silence loggers that
+    other tests of this session already created.
+    """
+    pytest.importorskip("importlinter", reason="import-linter is in the test extra")
+    code = ("import sys; from importlinter.cli import lint_imports; "
+            f"sys.exit(lint_imports(config_filename={str(ROOT / 'pyproject.toml')!r}, no_cache=True, no_logo=True))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+
+
+def _prints_outside_entry_points(path: Path) -> list[int]:
+    """Line numbers of print() calls not inside a function named main / *_main."""
+    found: list[int] = []
+
+    def visit(node: ast.AST, in_main: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            inside = in_main or (isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)) and child.name.endswith("main"))
+            if isinstance(child, ast.Call) and isinstance(child.func, ast.Name) and child.func.id == "print" and not inside:
+                found.append(child.lineno)
+            visit(child, inside)
+
+    visit(ast.parse(path.read_text(), str(path)), False)
+    return found
+
+
+def test_library_code_logs_instead_of_printing():
+    """Only command-line entry points print; everything else goes through logging (routable, silenceable)."""
+    stray = {str(p.relative_to(ROOT)): lines for p in sorted(PACKAGE.rglob("*.py")) if p.name != "cli.py"
+             for lines in [_prints_outside_entry_points(p)] if lines}
+    assert stray == {}
+
+
+def test_the_checker_sees_a_stray_print(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("def helper():\n    print('x')\n\ndef main():\n    print('ok')\n")
+    assert _prints_outside_entry_points(bad) == [2]
