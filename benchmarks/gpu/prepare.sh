@@ -3,7 +3,7 @@
 # into git-ignored folders that the device tool carries (64 MiB a call):
 #   .whl/          wheels for its Python 3.12 (albumentations 2.0.8 + deps, smp), installed with --target
 #   .gpu/weights/  the offline ImageNet lite0/lite2 weights, converted to timm safetensors here
-#   .gpu/all/      the Pascal-Part copy in four ~50 MB tar parts (../shared/tools/pack-pascal-part.sh)
+#   .gpu/all/      the Pascal-Part copy in three tar parts under 60 MiB (../shared/tools/pack-pascal-part.sh ... 58)
 # Then see benchmarks/README.md for the call sequence.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -18,5 +18,5 @@ for v in lite0 lite2; do
   HIERTREE_WEIGHTS_DIR=.gpu/weights python3 -m hiertree.weights "$v"
 done
 # the packer resolves OUT_DIR from its own folder: give it an absolute path
-[ -f .gpu/all/part-1.tar ] || ../shared/tools/pack-pascal-part.sh "$PWD/.gpu/all"
+[ -f .gpu/all/part-1.tar ] || ../shared/tools/pack-pascal-part.sh "$PWD/.gpu/all" 58
 du -sh .whl .gpu/weights .gpu/all
