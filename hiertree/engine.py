@@ -342,6 +342,12 @@ class _Window:
     bad: list[torch.Tensor] = field(default_factory=list)  # agreed over ranks
     sums: dict[str, torch.Tensor] = field(default_factory=dict)  # per loss part, over the good steps
 
+    def clear(self) -> None:
+        self.batches.clear()
+        self.losses.clear()
+        self.bad.clear()
+        self.sums.clear()
+
 
 @dataclass
 class _Epoch:
@@ -455,7 +461,7 @@ def _read_back(run: _Run, progress: Progress, epoch: int, window: _Window, outco
         _log_scalars(run, progress.step, {"lr": lr, **{f"loss/{k}": v / good for k, v in sums.items()}})
     if good and bar is not run.train_loader:
         bar.set_postfix(loss=f"{sums['total'] / good:.4f}", lr=f"{run.scheduler.get_last_lr()[0]:.2e}")
-    window.batches.clear(), window.losses.clear(), window.bad.clear(), window.sums.clear()
+    window.clear()
 
 
 def _bad_step(run: _Run, progress: Progress, epoch: int, batch_in_epoch: int, value: float) -> None:
