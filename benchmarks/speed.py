@@ -210,12 +210,19 @@ def bench(args) -> dict:
         return _cpu_inference(cfg, taxonomy, args, results, None)
     train_ds, _ = build_datasets(cfg["data"], taxonomy, seed=SEED)
     data_ips = _data_pipeline(cfg, taxonomy, train_ds, device, args)
+    if args.data_only:
+        return {"config": cfg, "batch_size": cfg["train"]["batch_size"], "crop": cfg["data"]["crop"], "steps": args.steps,
+                "data_pipeline_img_s": round(data_ips, 1), "models": {}, "ratios": {},
+                "data_pipeline_img_s_per_worker": round(data_ips / max(cfg["train"]["num_workers"], 1), 1)}
     for name, model in make_models(cfg, taxonomy).items():
         results[name] = _train_figures(name, model, cfg, taxonomy, train_ds, device, amp, args)
     if args.levers:
         results["hiertree_levers"] = {}
         bs = cfg["train"]["batch_size"]
+        skip = {x for x in args.skip_levers.split(",") if x}
         for lever, overrides in {f"batch_{4 * bs}": [f"train.batch_size={4 * bs}"], **LEVERS}.items():
+            if lever in skip:
+                continue
             lcfg = apply_overrides(cfg, overrides)
             model = make_models(lcfg, taxonomy)["hiertree"]
             results["hiertree_levers"][lever] = {"overrides": overrides, **_train_figures(
@@ -308,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="synthetic data, tiny sizes: checks the script only")
     parser.add_argument("--levers", action="store_true", help="also time hiertree with each speed lever switched ("
                         + ", ".join(["4x batch", *LEVERS]) + ")")
+    parser.add_argument("--data-only", action="store_true", help="only the data pipeline's img/s (no models)")
+    parser.add_argument("--skip-levers", default="", help="comma-separated levers to leave out (e.g. compile)")
     parser.add_argument("--profile", action="store_true", help="also profile a hiertree step: top kernels and their share")
     parser.add_argument("--profile-top", type=int, default=15)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
