@@ -74,7 +74,7 @@ def hiertree_step(model, cfg: dict, taxonomy: Taxonomy, optimizer, device, amp):
     def step(images, masks):
         with autocast_for(device, amp):
             logits = model(images, upsample=lc["full_resolution"])
-            loss, _ = criterion([z.float() for z in logits], masks)
+            loss, _ = criterion([z.float() for z in logits], masks, partial=False)  # leaf masks, as the trainer knows
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

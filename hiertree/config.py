@@ -18,6 +18,7 @@ import yaml
 
 from hiertree import options
 from hiertree.options import OptionError, describe_value, suggest
+from hiertree.yaml_unique import DuplicateKeyError, load_unique
 
 __all__ = ["DEFAULTS", "ConfigError", "load_config", "apply_overrides", "merge", "dump_config"]
 
@@ -61,8 +62,17 @@ def merge(base: dict, update: dict, schema: dict, where: str = "", source: str =
                                   f"got {describe_value(value)}")
             out[key] = merge(out.get(key) or {}, value, default, f"{path}.", source)
             continue
-        out[key] = _checked(path, value, source)
+        items = options.item_section(options.field_of(path)) if options.field_of(path) else None
+        out[key] = _merge_items(path, value, items, source) if items is not None and value is not None else \
+            _checked(path, value, source)
     return out
+
+
+def _merge_items(path: str, value: Any, items: Any, source: str) -> list[dict]:
+    """A list of sections (``data.sources``): each entry checked key by key, as ``data.sources[1].weight``."""
+    _checked(path, value, source)  # the list itself: a non-empty list of mappings
+    base = options.defaults(items)
+    return [merge(base, entry, base, f"{path}[{i}].", source) for i, entry in enumerate(value)]
 
 
 def _parse_override(item: str) -> dict:
@@ -97,7 +107,9 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
         if not path.is_file():
             raise ConfigError(f"config file {str(path)!r} does not exist")
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            data = load_unique(path.read_text(encoding="utf-8")) or {}
+        except DuplicateKeyError as err:
+            raise ConfigError(f"{path}: {err}; give each key once") from None
         except yaml.YAMLError as err:
             raise ConfigError(f"{path}: not valid YAML: {err}") from None
         if not isinstance(data, dict):

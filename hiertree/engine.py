@@ -33,7 +33,8 @@ from torch.utils.data import DataLoader
 from hiertree import distributed
 from hiertree.checkpoint import load_checkpoint, model_card, save_checkpoint, unwrap
 from hiertree.config import dump_config
-from hiertree.data import EpochSampler, build_datasets, drop_bad_samples, pad_collate, size_ordered
+from hiertree.data import (EpochSampler, Mixture, build_datasets, by_source, drop_bad_samples, pad_collate,
+                           resolve_sources, size_ordered)
 from hiertree.evaluate import autocast_for, evaluate
 from hiertree.inference import decode
 from hiertree.losses import HierarchicalLoss
@@ -149,7 +150,7 @@ class _Run:
     val_ds: Any
     sampler: EpochSampler
     train_loader: DataLoader
-    val_loader: DataLoader
+    val_loader: DataLoader | dict[str, DataLoader]  # one per evaluated source under data.sources
     model: torch.nn.Module
     criterion: torch.nn.Module
     optimizer: torch.optim.Optimizer
@@ -196,14 +197,17 @@ def _setup(cfg: dict, command: str, model: torch.nn.Module | None) -> _Run:
     run_dir = Path(tcfg["out_dir"])
     taxonomy = Taxonomy.load(cfg["taxonomy"])
     train_ds, val_ds = _datasets(cfg, taxonomy, run_dir, rank == 0)
-    sampler = EpochSampler(len(train_ds), tcfg["batch_size"], seed, rank, world)
+    mixed = train_ds.source if isinstance(train_ds.source, Mixture) else None
+    sampler = EpochSampler(len(train_ds), tcfg["batch_size"], seed, rank, world,
+                           weights=mixed.sample_weights() if mixed else None)
     train_loader, val_loader = _loaders(cfg, taxonomy, train_ds, val_ds, sampler, device)
     model = (model if model is not None else build_model(cfg, taxonomy)).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     lcfg = cfg["loss"]
     criterion = HierarchicalLoss(taxonomy, lcfg["level_weights"], lcfg["consistency_weight"], lcfg["tree_min_weight"],
-                                 lcfg["ce_weight"], lcfg["label_smoothing"]).to(device)
+                                 lcfg["ce_weight"], lcfg["label_smoothing"],
+                                 _class_weights(lcfg["class_weights"], train_ds, taxonomy, rank == 0)).to(device)
     criterion.check_targets = False  # SegDataset checked every mask: no host sync per step for it
     fused = device.type in ("cuda", "cpu")  # fused AdamW takes found_inf: a bad step is skipped on the device
     optimizer = torch.optim.AdamW(_param_groups(model, tcfg["weight_decay"]), lr=tcfg["lr"], fused=fused)
@@ -227,6 +231,20 @@ def _datasets(cfg: dict, taxonomy: Taxonomy, run_dir: Path, main: bool) -> tuple
     return train_ds, val_ds
 
 
+def _class_weights(setting: Any, train_ds: Any, taxonomy: Taxonomy, main: bool) -> list[list[float]] | None:
+    """``loss.class_weights``: as given, or ``auto``: median-frequency weights of the training masks."""
+    if setting != "auto":
+        return setting
+    from hiertree.stats import dataset_stats, median_frequency_weights
+
+    weights = median_frequency_weights(dataset_stats(train_ds, taxonomy))
+    if main:
+        for level, row in enumerate(weights):
+            log.info("class weights L%d (median frequency): %s", level,
+                     ", ".join(f"{n} {w:.2f}" for n, w in zip(taxonomy.classes(level), row)))
+    return weights
+
+
 def _worker_init(worker_id: int) -> None:
     """Data-loader workers ignore SIGINT: Ctrl-C reaches the whole process group, and a worker dying of
     it would break the loader while the main process saves. SIGTERM keeps its default, because
@@ -247,10 +265,12 @@ def _loaders(cfg: dict, taxonomy: Taxonomy, train_ds: Any, val_ds: Any, sampler:
     train_loader = DataLoader(train_ds, batch_size=tcfg["batch_size"], sampler=sampler, drop_last=True,
                               collate_fn=collate, generator=torch.Generator().manual_seed(seed), num_workers=workers,
                               pin_memory=device.type == "cuda", worker_init_fn=init, **extra)
-    val_loader = DataLoader(val_ds, batch_size=cfg["eval"]["batch_size"], sampler=size_ordered(val_ds),
-                            num_workers=workers, collate_fn=collate, worker_init_fn=init,
-                            generator=torch.Generator().manual_seed(seed))
-    return train_loader, val_loader
+    def val(ds: Any) -> DataLoader:
+        return DataLoader(ds, batch_size=cfg["eval"]["batch_size"], sampler=size_ordered(ds), num_workers=workers,
+                          collate_fn=collate, worker_init_fn=init, generator=torch.Generator().manual_seed(seed))
+
+    parts = by_source(val_ds)  # data.sources: each source scored on its own, and combined
+    return train_loader, ({name: val(ds) for name, ds in parts.items()} if parts else val(val_ds))
 
 
 @dataclass(frozen=True)
@@ -330,6 +350,11 @@ def _announce(run: _Run) -> None:
     log.info("%s", run.taxonomy.describe())
     log.info("%d train / %d val samples, device %s, amp %s, %.2f M parameters, %d steps", len(run.train_ds),
              len(run.val_ds), run.device, run.amp, params, run.cfg["train"]["epochs"] * run.sampler.batches_per_epoch)
+    mixed = run.train_ds.source
+    if isinstance(mixed, Mixture):
+        total = sum(mixed.weights)
+        for name, part, w in zip(mixed.names, mixed.parts, mixed.weights):
+            log.info("  source %s: %d train samples, %.0f %% of each batch", name, len(part), 100 * w / total)
 
 
 # ---------------------------------------------------------------------- one epoch, one step
@@ -412,7 +437,7 @@ def _step(run: _Run, batch: dict, window: _Window, batch_in_epoch: int) -> None:
     masks = batch["mask"].to(run.device, non_blocking=True)
     with autocast_for(run.device, run.amp):
         logits = run.forward(images, upsample=run.cfg["loss"]["full_resolution"])
-        loss, parts = run.criterion([z.float() for z in logits], masks)
+        loss, parts = run.criterion([z.float() for z in logits], masks, partial=batch.get("partial"))
     bad = (~torch.isfinite(loss.detach())).float()
     if run.distributed:
         dist.all_reduce(bad, op=dist.ReduceOp.MAX)  # every rank skips a step that is bad on any rank
@@ -491,16 +516,30 @@ def _evaluate_if_due(run: _Run, epoch: int, outcome: _Epoch) -> dict | None:
     metrics = evaluate(unwrap(run.model), run.val_loader, run.taxonomy, run.device, run.amp, ecfg["hflip"],
                        ecfg["scales"], ecfg["max_batches"], flat=run.cfg["model"]["flat"],
                        channels_last=run.channels_last, max_side=ecfg["max_side"], window=ecfg["window"],
-                       overlap=ecfg["overlap"])
+                       overlap=ecfg["overlap"], labelled=_labelled(run))
     metrics["epoch"] = epoch + 1
     run.last_metrics = metrics
     n = max(outcome.steps, 1)
     log.info("epoch %d/%d  loss %.4f  %.1f img/s", epoch + 1, tcfg["epochs"], outcome.sums.get("total", 0) / n,
              outcome.images / (time.time() - outcome.start))
-    log.info("%s", format_table(metrics["tree"]))
+    for name, scored in metrics.get("sources", {}).items():
+        log.info("source %s (%s):\n%s", name, _scored_levels(scored["tree"]), format_table(scored["tree"]))
+    log.info("%s%s", "all sources:\n" if "sources" in metrics else "", format_table(metrics["tree"]))
     log.info("  raw per-head argmax: tree-consistent pixels %.4f", metrics["raw"]["consistency"])
     _preview(run, epoch)
     return metrics
+
+
+def _labelled(run: _Run) -> dict[str, list[int]] | None:
+    """Per source of ``data.sources``, the node ids its label map yields (what its val masks can name)."""
+    if not isinstance(run.val_loader, dict):
+        return None
+    return {s.name: s.labels.node_ids() for s in resolve_sources(run.cfg["data"], run.taxonomy)}
+
+
+def _scored_levels(result: dict) -> str:
+    """``pixels scored: L0 1200, L1 1200, L2 0`` -- how far a source's labels reach."""
+    return "pixels scored: " + ", ".join(f"L{lv['level']} {lv['pixels']}" for lv in result["levels"])
 
 
 def _preview(run: _Run, epoch: int) -> None:
@@ -508,7 +547,8 @@ def _preview(run: _Run, epoch: int) -> None:
     if run.logger is None or run.logger.writer is None:
         return
     if run.preview is None:
-        run.preview = next(iter(run.val_loader))
+        loader = run.val_loader
+        run.preview = next(iter(next(iter(loader.values())) if isinstance(loader, dict) else loader))
     plain = unwrap(run.model).eval()
     with torch.no_grad(), autocast_for(run.device, run.amp):
         logits = plain(run.preview["image"][:4].to(run.device))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -79,29 +79,13 @@ def _unpadded(batch: dict) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
 
 
 @torch.no_grad()
-def evaluate(
-    model: torch.nn.Module,
-    loader: Iterable[dict],
-    taxonomy: Taxonomy,
-    device: torch.device,
-    amp: str = "none",
-    hflip: bool = False,
-    scales: Sequence[float] = (1.0,),
-    max_batches: int | None = None,
-    flat: bool = False,
-    channels_last: bool = False,
-    max_side: int | None = None,
-    window: int = 512,
-    overlap: float = 0.25,
-) -> dict:
-    """Scores of tree-consistent predictions and of each head's raw argmax, per level.
-
-    Returns ``{"tree": metrics, "raw": metrics}`` where each is :meth:`HierarchicalMetrics.compute`'s
-    result; ``raw`` carries the share of pixels whose raw per-head labels agree with the tree.
-    """
-    was_training = model.training
-    model.eval()
-    tree, raw = HierarchicalMetrics(taxonomy), HierarchicalMetrics(taxonomy)
+def _accumulate(model: torch.nn.Module, loader: Iterable[dict], taxonomy: Taxonomy, device: torch.device, amp: str,
+                hflip: bool, scales: Sequence[float], max_batches: int | None, flat: bool, channels_last: bool,
+                max_side: int | None, window: int, overlap: float,
+                labelled: Sequence[int] | None = None) -> tuple[HierarchicalMetrics, HierarchicalMetrics]:
+    """The tree-decoded and raw per-head metrics of one loader (``labelled``: the node ids its labels use)."""
+    tree = HierarchicalMetrics(taxonomy, labelled=labelled)
+    raw = HierarchicalMetrics(taxonomy, labelled=labelled)
     for i, batch in enumerate(loader):
         if max_batches is not None and i >= max_batches:
             break
@@ -114,5 +98,48 @@ def evaluate(
             out = decode(logp, taxonomy, flat=flat)
             tree.update(out["leaf"], target)
             raw.update(out["raw"], target)
-    model.train(was_training)
-    return {"tree": tree.compute(), "raw": raw.compute()}
+    return tree, raw
+
+
+def evaluate(
+    model: torch.nn.Module,
+    loader: Iterable[dict] | Mapping[str, Iterable[dict]],
+    taxonomy: Taxonomy,
+    device: torch.device,
+    amp: str = "none",
+    hflip: bool = False,
+    scales: Sequence[float] = (1.0,),
+    max_batches: int | None = None,
+    flat: bool = False,
+    channels_last: bool = False,
+    max_side: int | None = None,
+    window: int = 512,
+    overlap: float = 0.25,
+    labelled: Mapping[str, Sequence[int]] | None = None,
+) -> dict:
+    """Scores of tree-consistent predictions and of each head's raw argmax, per level.
+
+    Returns ``{"tree": metrics, "raw": metrics}`` where each is :meth:`HierarchicalMetrics.compute`'s
+    result; ``raw`` carries the share of pixels whose raw per-head labels agree with the tree.
+    ``loader`` may be a mapping of source name to loader (``data.sources``): each source is scored on its
+    own, at the levels its labels reach, under ``"sources"``, and ``tree``/``raw`` are the combined table
+    (every pixel of every source; ``max_batches`` applies per source). ``labelled`` maps a source to the
+    node ids its label map yields, so its table leaves out the classes it never labels.
+    """
+    was_training = model.training
+    model.eval()
+    args = (taxonomy, device, amp, hflip, scales, max_batches, flat, channels_last, max_side, window, overlap)
+    try:
+        if not isinstance(loader, Mapping):
+            tree, raw = _accumulate(model, loader, *args)
+            return {"tree": tree.compute(), "raw": raw.compute()}
+        tree, raw = HierarchicalMetrics(taxonomy), HierarchicalMetrics(taxonomy)
+        sources = {}
+        for name, part in loader.items():
+            t, r = _accumulate(model, part, *args, labelled=(labelled or {}).get(name))
+            sources[name] = {"tree": t.compute(), "raw": r.compute()}
+            tree.merge(t)
+            raw.merge(r)
+        return {"tree": tree.compute(), "raw": raw.compute(), "sources": sources}
+    finally:
+        model.train(was_training)

@@ -1,13 +1,17 @@
 """Hierarchy-aware training losses: per-level cross-entropy, head consistency and HSSN tree-min.
 
-* **Cross-entropy** per level against the level's targets (derived from the leaf mask through the
-  taxonomy), with ``ignore_index``; levels are combined as a weighted *sum*.
+* **Cross-entropy** per level against the level's targets (derived from the node-id mask through the
+  taxonomy), with ``ignore_index``; levels are combined as a weighted *sum*. A pixel labelled at an
+  inner node ``n`` (a partial label) is supervised as far as its label goes: ordinary cross-entropy
+  where ``n`` or its ancestor is a class, and below, ``-log`` of the probability summed over the classes
+  under ``n`` (a logsumexp), so the model is never told a part it was not given.
 * **Consistency** between adjacent heads: KL(p_coarse || q), where q is the fine head's softmax
   summed into the coarse classes. It needs no labels and is exactly 0 when the heads agree.
 * **Tree-min** (HSSN, Li et al., CVPR 2022, "Deep Hierarchical Semantic Segmentation"): each
   (level, class) is a node with score sigmoid(logit); a positive node is pushed up through the
   minimum score over itself and its ancestors, a negative one down through the maximum score over
-  itself and its descendants, so confident predictions respect the tree.
+  itself and its descendants, so confident predictions respect the tree. Under a partial label the
+  classes under ``n`` are neither positive nor negative; every other class is negative.
 """
 
 from __future__ import annotations
@@ -82,8 +86,11 @@ def consistency_kl(logits_coarse: Tensor, logits_fine: Tensor, parent_matrix: Te
 
 
 def _tree_min(
-    logits: Sequence[Tensor], level_targets: Sequence[Tensor], parent_index: Sequence[Tensor], ignore_index: int
+    logits: Sequence[Tensor], level_targets: Sequence[Tensor], parent_index: Sequence[Tensor], ignore_index: int,
+    allowed: Sequence[Tensor | None] | None = None, valid: Tensor | None = None,
 ) -> Tensor:
+    """``allowed[l]`` (bool [B, C_l, ...], None where every pixel is exact) marks the classes a partial label
+    leaves open; ``valid`` then says which pixels carry a label at all (default: no level ignores them)."""
     n = len(logits)
     if len(level_targets) != n or len(parent_index) != n - 1:
         raise ValueError(
@@ -111,22 +118,28 @@ def _tree_min(
         index = parents.view(1, -1, *([1] * (finer.dim() - 2))).expand_as(finer)
         z_max.insert(0, z[l].scatter_reduce(1, index, finer, reduce="amax", include_self=True))
 
-    valid = torch.ones(shape, dtype=torch.bool, device=z[0].device)
-    for t in level_targets:
-        valid &= t != ignore_index
+    if valid is None:
+        valid = torch.ones(shape, dtype=torch.bool, device=z[0].device)
+        for t in level_targets:
+            valid &= t != ignore_index
+    allowed = allowed or [None] * n
     per_pixel = torch.zeros(shape, device=z[0].device)
     num_nodes = 0
     for l in range(n):
         c = z[l].shape[1]
         num_nodes += c
         t = level_targets[l].to(z[l].device).long()
-        safe = torch.where(valid, t, torch.zeros_like(t))
+        exact = valid & (t != ignore_index)
+        safe = torch.where(exact, t, torch.zeros_like(t))
         if bool(((safe < 0) | (safe >= c)).any()):
             raise ValueError(f"level {l} targets must be in 0..{c - 1} or ignore_index {ignore_index}")
         neg = F.softplus(z_max[l])  # -log(1 - M_v) for every node
         pos = F.softplus(-z_min[l])  # -log(m_v)
         idx = safe.unsqueeze(1)
-        per_pixel = per_pixel + neg.sum(1) + (pos.gather(1, idx) - neg.gather(1, idx)).squeeze(1)
+        if allowed[l] is None:
+            per_pixel = per_pixel + neg.sum(1) + (pos.gather(1, idx) - neg.gather(1, idx)).squeeze(1)
+        else:  # negatives: the classes the label rules out; the positive only where the label names one class
+            per_pixel = per_pixel + (neg * ~allowed[l]).sum(1) + pos.gather(1, idx).squeeze(1) * exact
     total = (per_pixel * valid).sum()
     return total / valid.sum().clamp_min(1) / num_nodes
 
@@ -149,6 +162,24 @@ def tree_min_loss(
     return _tree_min(logits, level_targets, parents, ignore)
 
 
+def _check_class_weights(weights: Sequence[Sequence[float]] | None, sizes: list[int],
+                         taxonomy: Taxonomy) -> list[list[float]] | None:
+    """Per-level class weights for the cross-entropy: one list per level, one finite number > 0 per class."""
+    if weights is None:
+        return None
+    if not isinstance(weights, (list, tuple)) or len(weights) != len(sizes):
+        raise ValueError(f"class_weights must hold one list per level of taxonomy {taxonomy.name!r} "
+                         f"({len(sizes)} levels, sizes {sizes}), got {weights!r}")
+    out = []
+    for l, (row, size) in enumerate(zip(weights, sizes)):
+        ok = isinstance(row, (list, tuple)) and len(row) == size and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < float("inf") for v in row)
+        if not ok:
+            raise ValueError(f"class_weights[{l}] must be {size} numbers > 0 (classes {taxonomy.classes(l)}), got {row!r}")
+        out.append([float(v) for v in row])
+    return out
+
+
 # ---------------------------------------------------------------------- module
 class HierarchicalLoss(nn.Module):
     """Weighted per-level cross-entropy plus optional consistency and tree-min terms.
@@ -164,6 +195,9 @@ class HierarchicalLoss(nn.Module):
     are picked, never blended, and aligned with how the logits are upsampled back) instead of
     upsampling the logits. Computing the loss at the head's stride this way is a
     deliberate speed and memory saving; upsample the logits yourself for a full-resolution loss.
+
+    ``class_weights`` (one list per level) weight each class's cross-entropy, normalised by the summed
+    weight of the labelled pixels as torch's weighted mean is; partial labels weigh 1.
     """
 
     def __init__(
@@ -174,6 +208,7 @@ class HierarchicalLoss(nn.Module):
         tree_min_weight: float = 0.0,
         ce_weight: float = 1.0,
         label_smoothing: float = 0.0,
+        class_weights: Sequence[Sequence[float]] | None = None,
     ) -> None:
         super().__init__()
         self.taxonomy = taxonomy
@@ -197,24 +232,74 @@ class HierarchicalLoss(nn.Module):
         self._groups = [taxonomy.children(l) for l in range(self.num_levels - 1)]
         for l in range(self.num_levels - 1):
             self.register_buffer(f"_parent_index_{l}", taxonomy.parent_index(l), persistent=False)
+        self.partial_levels = taxonomy.partial_levels()
+        for l in range(self.num_levels):
+            # row per mask value (node ids, then one all-True row for ignore and anything else): the classes a
+            # label leaves open at level l; and whether that label is partial there
+            sets = torch.ones(taxonomy.num_nodes + 1, self.sizes[l], dtype=torch.bool)
+            sets[: taxonomy.num_nodes] = taxonomy.label_sets(l)
+            partial = torch.zeros(taxonomy.num_nodes + 1, dtype=torch.bool)
+            partial[: taxonomy.num_nodes] = taxonomy.label_sets(l).sum(1) > 1
+            self.register_buffer(f"_sets_{l}", sets, persistent=False)
+            self.register_buffer(f"_partial_{l}", partial, persistent=False)
+        self.class_weights = _check_class_weights(class_weights, self.sizes, taxonomy)
+        for l, w in enumerate(self.class_weights or []):
+            self.register_buffer(f"_class_weight_{l}", torch.tensor(w, dtype=torch.float32), persistent=False)
 
-    #: Raise on mask values that are no leaf id nor ignore (costs a host sync per call); the trainer turns it
+    #: Raise on mask values that are no node id nor ignore (costs a host sync per call); the trainer turns it
     #: off because :class:`~hiertree.data.SegDataset` already checked every mask where it was loaded.
     check_targets: bool = True
 
     def _parents(self) -> list[Tensor]:
         return [getattr(self, f"_parent_index_{l}") for l in range(self.num_levels - 1)]
 
-    def _targets_at(self, leaf_mask: Tensor, size: tuple[int, ...], cache: dict) -> list[Tensor]:
-        if size not in cache:
-            mask = leaf_mask
+    def _nodes_at(self, mask: Tensor, size: tuple[int, ...], cache: dict) -> Tensor:
+        """The node-id mask at ``size`` (the label at each cell's centre), cached per size."""
+        key = ("nodes", size)
+        if key not in cache:
+            cache[key] = mask
             if tuple(mask.shape[1:]) != size:
-                mask = F.interpolate(mask[:, None].float(), size=size, mode="nearest-exact")[:, 0].long()
-            cache[size] = self.taxonomy.to_levels(mask, check=self.check_targets)
+                cache[key] = F.interpolate(mask[:, None].float(), size=size, mode="nearest-exact")[:, 0].long()
+        return cache[key]
+
+    def _targets_at(self, mask: Tensor, size: tuple[int, ...], cache: dict) -> list[Tensor]:
+        if size not in cache:
+            cache[size] = self.taxonomy.to_levels(self._nodes_at(mask, size, cache), check=self.check_targets)
         return cache[size]
 
-    def forward(self, logits: Sequence[Tensor], leaf_mask: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """``logits``: one [B, C_l, h, w] map per level; ``leaf_mask``: LongTensor [B, H, W] of leaf ids."""
+    def _table_index(self, nodes: Tensor) -> Tensor:
+        """Mask values as rows of the per-level set tables: node ids as they are, anything else the last row."""
+        n = self.taxonomy.num_nodes
+        return torch.where((nodes >= 0) & (nodes < n), nodes, torch.full_like(nodes, n))
+
+    def _allowed(self, nodes: Tensor, level: int) -> Tensor:
+        """Bool [B, C_l, h, w]: the classes each pixel's label leaves open at ``level``."""
+        return getattr(self, f"_sets_{level}")[self._table_index(nodes)].movedim(-1, 1)
+
+    def _level_ce(self, x: Tensor, level: int, mask: Tensor, cache: dict, partial: bool) -> Tensor:
+        """Cross-entropy of one level, a partial label's -log of its summed probability included, per labelled pixel."""
+        target = self._targets_at(mask, tuple(x.shape[2:]), cache)[level]
+        weight = getattr(self, f"_class_weight_{level}") if self.class_weights else None
+        ce_sum = F.cross_entropy(x.float(), target, weight=weight, ignore_index=self.ignore_index, reduction="sum",
+                                 label_smoothing=self.label_smoothing)
+        exact = target != self.ignore_index
+        count = weight[torch.where(exact, target, 0)].mul(exact).sum() if weight is not None else exact.sum()
+        if partial and level in self.partial_levels:
+            nodes = self._nodes_at(mask, tuple(x.shape[2:]), cache)
+            rows = self._table_index(nodes)
+            is_partial = getattr(self, f"_partial_{level}")[rows]
+            open_classes = getattr(self, f"_sets_{level}")[rows].movedim(-1, 1)
+            logp = F.log_softmax(x.float(), dim=1)
+            # exact and ignored pixels take the all-True row: logsumexp 0, a finite gradient, weight 0
+            nll = -logp.masked_fill(~open_classes, float("-inf")).logsumexp(1)
+            ce_sum = ce_sum + torch.where(is_partial, nll, 0.0).sum()
+            count = count + is_partial.sum()
+        return ce_sum / count.clamp_min(1)  # 0, not nan, for all-ignore
+
+    def forward(self, logits: Sequence[Tensor], leaf_mask: Tensor, partial: bool | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """``logits``: one [B, C_l, h, w] map per level; ``leaf_mask``: LongTensor [B, H, W] of node ids (leaf
+        masks are node masks). ``partial``: whether any pixel may be labelled at an inner node; ``None`` asks
+        the mask (one host sync); ``False`` skips the partial-label terms (the trainer knows per batch)."""
         if len(logits) != self.num_levels:
             raise ValueError(
                 f"got {len(logits)} logit maps but taxonomy {self.taxonomy.name!r} has {self.num_levels} levels; "
@@ -231,6 +316,9 @@ class HierarchicalLoss(nn.Module):
                     f"(batch of the mask, {self.sizes[l]} classes at level {l})"
                 )
         leaf_mask = leaf_mask.long()
+        if partial is None:
+            partial = bool(((leaf_mask >= self.taxonomy.num_leaves) & (leaf_mask < self.taxonomy.num_nodes)).any())
+        partial = partial and bool(self.partial_levels)
         cache: dict = {}
         parts: dict[str, Tensor] = {}
         total = logits[0].new_zeros((), dtype=torch.float32)
@@ -239,15 +327,8 @@ class HierarchicalLoss(nn.Module):
                 # a switched-off level skips its cross-entropy but stays in the graph (zero gradient): DDP
                 # requires every parameter to take part, and weight decay still reaches its head
                 part = x.float().sum() * 0.0
-                parts[f"ce/L{l}"] = part
-                total = total + part
-                continue
-            target = self._targets_at(leaf_mask, tuple(x.shape[2:]), cache)[l]
-            ce_sum = F.cross_entropy(
-                x.float(), target, ignore_index=self.ignore_index, reduction="sum", label_smoothing=self.label_smoothing
-            )
-            ce = ce_sum / (target != self.ignore_index).sum().clamp_min(1)  # 0, not nan, for all-ignore
-            part = self.ce_weight * self.level_weights[l] * ce
+            else:
+                part = self.ce_weight * self.level_weights[l] * self._level_ce(x, l, leaf_mask, cache, partial)
             parts[f"ce/L{l}"] = part
             total = total + part
 
@@ -267,8 +348,14 @@ class HierarchicalLoss(nn.Module):
             parts["consistency"] = self.consistency_weight * kl
             total = total + parts["consistency"]
         if self.tree_min_weight > 0:
-            targets = self._targets_at(leaf_mask, tuple(logits[0].shape[2:]), cache)
-            tm = _tree_min(logits, targets, self._parents(), self.ignore_index)
+            size = tuple(logits[0].shape[2:])
+            targets = self._targets_at(leaf_mask, size, cache)
+            allowed, valid = None, None
+            if partial:
+                nodes = self._nodes_at(leaf_mask, size, cache)
+                allowed = [self._allowed(nodes, l) if l in self.partial_levels else None for l in range(self.num_levels)]
+                valid = (nodes >= 0) & (nodes < self.taxonomy.num_nodes)
+            tm = _tree_min(logits, targets, self._parents(), self.ignore_index, allowed, valid)
             parts["tree_min"] = self.tree_min_weight * tm
             total = total + parts["tree_min"]
         parts["total"] = total

@@ -31,6 +31,13 @@ class _FromTaxonomy:
 FROM_TAXONOMY = _FromTaxonomy()
 
 
+def _expressible(taxonomy: Taxonomy, level: int, labelled: Sequence[int]) -> list[bool]:
+    """Per class of ``level``: whether some node the targets may hold names exactly that class."""
+    lut = taxonomy.node_lut(level)
+    named = {int(lut[n]) for n in labelled}
+    return [c in named for c in range(taxonomy.num_classes(level))]
+
+
 def _scored(taxonomy: Taxonomy, level: int, background: str | None | _FromTaxonomy) -> list[bool]:
     """Per class of ``level``: whether the headline mIoU averages it."""
     if isinstance(background, _FromTaxonomy):
@@ -41,7 +48,7 @@ def _scored(taxonomy: Taxonomy, level: int, background: str | None | _FromTaxono
 class HierarchicalMetrics:
     """Confusion-matrix metrics for every level of a taxonomy.
 
-    ``update(pred, target)`` takes a leaf-id target map and either a leaf-id prediction map (the
+    ``update(pred, target)`` takes a node-id target map (a leaf-id map is one) and either a leaf-id prediction map (the
     coarser levels are derived through the taxonomy, so they always agree with the tree) or a list
     with one class-index map per level (e.g. each head's argmax), in which case the share of pixels
     whose per-level predictions agree with the tree is reported as ``consistency``.
@@ -53,12 +60,14 @@ class HierarchicalMetrics:
     average over all classes everywhere.
     """
 
-    def __init__(self, taxonomy: Taxonomy, background: str | None | _FromTaxonomy = FROM_TAXONOMY) -> None:
+    def __init__(self, taxonomy: Taxonomy, background: str | None | _FromTaxonomy = FROM_TAXONOMY,
+                 labelled: Sequence[int] | None = None) -> None:
         self.taxonomy = taxonomy
         self.num_levels = taxonomy.num_levels
         self.sizes = [taxonomy.num_classes(l) for l in range(self.num_levels)]
         self._parent_index = [taxonomy.parent_index(l) for l in range(self.num_levels - 1)]
         self._scored = [_scored(taxonomy, l, background) for l in range(self.num_levels)]
+        self._labelled = None if labelled is None else [_expressible(taxonomy, l, labelled) for l in range(self.num_levels)]
         self.reset()
 
     def reset(self) -> None:
@@ -86,8 +95,8 @@ class HierarchicalMetrics:
         if target.dtype.is_floating_point or target.dtype == torch.bool:
             raise TypeError(f"target must be an integer leaf-id map, got dtype {target.dtype}; cast it with .long()")
         target = target.long()
-        level_targets = self.taxonomy.to_levels(target)  # raises on values that are no leaf id nor ignore
-        valid = target != self.taxonomy.ignore_index
+        level_targets = self.taxonomy.to_levels(target)  # raises on values that are no node id nor ignore
+        valid = target != self.taxonomy.ignore_index  # labelled at some node (at its own depth at least)
 
         per_level = isinstance(pred, (list, tuple))
         if per_level:
@@ -106,7 +115,8 @@ class HierarchicalMetrics:
         n_valid = valid.sum()
         for l, (t, p) in enumerate(zip(level_targets, level_preds)):
             c = self.sizes[l]
-            idx = t[valid] * c + p[valid]
+            scored = t != self.taxonomy.ignore_index  # a partial label is not scored below its node
+            idx = t[scored] * c + p[scored]
             self._confusion[l] += torch.bincount(idx, minlength=c * c).reshape(c, c)
         if per_level:
             agree = torch.ones_like(valid)
@@ -139,6 +149,19 @@ class HierarchicalMetrics:
             )
         return pred
 
+    def merge(self, other: "HierarchicalMetrics") -> None:
+        """Add what ``other`` (same taxonomy and settings) accumulated, e.g. to combine per-source scores."""
+        if other.sizes != self.sizes:
+            raise ValueError(f"cannot merge metrics of levels {other.sizes} into metrics of levels {self.sizes}")
+        if other._confusion is None:
+            return
+        self._state_on(other._confusion[0].device)
+        assert self._confusion is not None and self._consistent is not None and self._pixels is not None
+        for mine, theirs in zip(self._confusion, other._confusion):
+            mine += theirs
+        self._consistent += other._consistent
+        self._pixels += other._pixels
+
     # ------------------------------------------------------------------ results
     def confusion(self, level: int) -> torch.Tensor:
         """int64 [C_l, C_l] confusion matrix of ``level`` on CPU (rows = target, cols = prediction)."""
@@ -148,7 +171,11 @@ class HierarchicalMetrics:
         return self._confusion[level].cpu()
 
     def compute(self) -> dict[str, Any]:
-        """Per-level IoU / mIoU / pixel accuracy, tree consistency and the counted pixel total.
+        """Per-level IoU / mIoU / pixel accuracy and scored pixels, tree consistency and the labelled pixel total.
+
+        A pixel labelled at an inner node counts at the levels where its label names one class and is left
+        out below: ``levels[l]["pixels"]`` is how many pixels level ``l`` scored, ``pixels`` how many carried
+        any label.
 
         Undefined values are reported, not invented: the IoU of a class absent from both target and
         prediction is ``None`` (and left out of the means); a mean over no defined class, the pixel
@@ -160,8 +187,9 @@ class HierarchicalMetrics:
             tp = conf.diag()
             denom = conf.sum(0) + conf.sum(1) - tp
             names = self.taxonomy.classes(l)
+            can = self._labelled[l] if self._labelled is not None else [True] * len(names)
             iou: dict[str, float | None] = {
-                name: (float(tp[i] / denom[i]) if denom[i] > 0 else None) for i, name in enumerate(names)
+                name: (float(tp[i] / denom[i]) if denom[i] > 0 and can[i] else None) for i, name in enumerate(names)
             }
             scored = self._scored[l]
             fg = [v for v, keep in zip(iou.values(), scored) if v is not None and keep]
@@ -176,6 +204,8 @@ class HierarchicalMetrics:
                     "mIoU_with_background": _mean(every),
                     "mIoU_excludes": [name for name, keep in zip(names, scored) if not keep],
                     "pixel_accuracy": float(tp.sum()) / total if total > 0 else math.nan,
+                    "pixels": int(total),
+                    "unlabelled_classes": [name for name, ok in zip(names, can) if not ok],
                     "confusion": self.confusion(l).tolist(),
                 }
             )

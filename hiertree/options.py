@@ -22,6 +22,7 @@ import difflib
 import functools
 import json
 import numbers
+import re
 import sys
 import types
 from pathlib import Path
@@ -32,9 +33,9 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from pydantic.fields import FieldInfo
 
 __all__ = [
-    "Config", "DataOptions", "SyntheticOptions", "ModelOptions", "LossOptions", "TrainOptions", "EvalOptions",
+    "Config", "DataOptions", "SourceOptions", "SyntheticOptions", "ModelOptions", "LossOptions", "TrainOptions", "EvalOptions",
     "OptionError", "check_option", "check_args", "validate_options", "defaults", "iter_options", "expected",
-    "plain", "example", "nullable", "type_name", "describe_value", "suggest", "options_markdown", "main",
+    "plain", "example", "nullable", "item_section", "field_of", "declared_key", "type_name", "describe_value", "suggest", "options_markdown", "main",
 ]
 
 
@@ -105,10 +106,12 @@ OptPathText = Annotated[Optional[str], BeforeValidator(_path_text)]
 _Side = Annotated[int, Field(ge=16)]
 
 
-def _opt(default: Any, doc: str, *, expected: str | None = None, example: Any = None, **constraints: Any) -> Any:
+def _opt(default: Any, doc: str, *, expected: str | None = None, example: Any = None, items: Any = None,
+         **constraints: Any) -> Any:
     """A field: default, one-line doc, constraints; ``expected`` words a composite type for errors and docs,
-    ``example`` is shown in errors where the default is None."""
-    extra = {k: v for k, v in (("expected", expected), ("example", example)) if v is not None}
+    ``example`` is shown in errors where the default is None; ``items`` is the section model of each entry of
+    a list of sections (``data.sources``), whose keys are checked as ``data.sources[0].weight``."""
+    extra = {k: v for k, v in (("expected", expected), ("example", example), ("items", items)) if v is not None}
     return Field(default, description=doc, json_schema_extra=extra or None, **constraints)
 
 
@@ -138,6 +141,36 @@ class SyntheticOptions(_Section):
     clutter: bool = _opt(True, "draw background clutter")
 
 
+def _label_map(value: Any) -> Any:
+    """A label map's shape (its nodes are checked against the taxonomy where the data is built)."""
+    if not isinstance(value, dict) or not value or not all(isinstance(v, str) for v in value.values()):
+        raise ValueError("not a mapping of mask value to node name")
+    return value
+
+
+LabelMapOpt = Annotated[Optional[dict], AfterValidator(lambda v: v if v is None else _label_map(v))]
+
+
+class SourceOptions(_Section):
+    """``data.sources[]``: one dataset of a mixed run; a key left null takes the ``data`` key of that name."""
+
+    name: Optional[str] = _opt(None, "name in logs and result tables; null: source<index>", example="parts", min_length=1)
+    kind: Optional[_one_of("synthetic", "folder")] = _opt(None, "synthetic or folder; null: data.kind",
+                                                          expected="one of 'synthetic', 'folder'", example="folder")
+    root: OptPathText = _opt(None, "dataset folder; null: data.root", expected="a dataset folder (str)",
+                             example="data/people", min_length=1)
+    train_split: Optional[str] = _opt(None, "split trained on (<split>_id.txt, or a path to an id list .txt); "
+                                      "null: data.train_split", example="train", min_length=1)
+    val_split: Optional[str] = _opt(None, "split scored; null: data.val_split", example="val", min_length=1)
+    evaluate: bool = _opt(True, "score this source's val split (on its own and in the combined table)")
+    labels: LabelMapOpt = _opt(None, "mask value -> node name or 'ignore'; null: data.labels",
+                               expected="a mapping of mask value to node name", example={0: "background", 1: "body"})
+    weight: Float = _opt(1.0, "sampling weight: a share weight / (sum of weights) of each batch comes from here", gt=0)
+    skip_bad: Optional[bool] = _opt(None, "skip unreadable samples; null: data.skip_bad", example=True)
+    synthetic: Optional[dict] = _opt(None, "kind synthetic: keys of data.synthetic that differ for this source",
+                                     expected="a mapping of data.synthetic keys", example={"num_train": 200, "seed": 10})
+
+
 class DataOptions(_Section):
     """``data``: where images come from and how training crops are augmented."""
 
@@ -154,6 +187,12 @@ class DataOptions(_Section):
     hflip: bool = _opt(True, "random horizontal flips (for taxonomies without left/right classes)")
     color_jitter: Float = _opt(0.2, "brightness/contrast/saturation jitter strength (hue: a quarter of it)", ge=0, le=1)
     skip_bad: bool = _opt(False, "skip unreadable samples (listed in skipped.json) instead of stopping")
+    labels: LabelMapOpt = _opt(None, "mask value -> node name or 'ignore' (values may share a node); null: masks hold "
+                               "node ids", expected="a mapping of mask value to node name",
+                               example={0: "background", 1: "body"})
+    sources: Optional[list[dict]] = _opt(None, "several datasets in one run (see data.sources[]); null: the one above",
+                                         expected="a list of source mappings", example=[{"name": "parts"}],
+                                         items=SourceOptions, min_length=1)
     synthetic: SyntheticOptions = Field(default_factory=SyntheticOptions, description="the synthetic dataset")
 
 
@@ -188,6 +227,10 @@ class LossOptions(_Section):
     tree_min_weight: Float = _opt(0.0, "weight of HSSN's tree-min loss", ge=0)
     ce_weight: Float = _opt(1.0, "weight of the per-level cross-entropy", ge=0)
     label_smoothing: Float = _opt(0.0, "cross-entropy label smoothing", ge=0, lt=1)
+    class_weights: Union[Literal["auto"], list[list[Annotated[float, Field(gt=0)]]], None] = _opt(
+        None, "per-level class weights of the cross-entropy: null (none), auto (median frequency of the training "
+        "masks, as hiertree-stats prints) or one list per level", expected="'auto' or one list of numbers > 0 per level",
+        example="auto")
     full_resolution: bool = _opt(True, "loss at input size; false: at the decoder stride (label at each cell centre), faster")
 
 
@@ -261,14 +304,22 @@ def _section(field: FieldInfo) -> type[BaseModel] | None:
     return ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
 
 
+def item_section(field: FieldInfo) -> type[BaseModel] | None:
+    """The section model of each entry of a list-of-sections option (``data.sources``), else None."""
+    return _extra(field).get("items")
+
+
 def iter_options(model: type[BaseModel] = Config, prefix: str = "") -> Iterator[tuple[str, type[BaseModel], str, FieldInfo]]:
-    """``(dotted key, section model, field name, field)`` for every option, in declaration order."""
+    """``(dotted key, section model, field name, field)`` for every option, in declaration order; the keys of
+    a list of sections follow it as ``data.sources[].weight``."""
     for name, field in model.model_fields.items():
         sub = _section(field)
         if sub is not None:
             yield from iter_options(sub, f"{prefix}{name}.")
-        else:
-            yield f"{prefix}{name}", model, name, field
+            continue
+        yield f"{prefix}{name}", model, name, field
+        if item_section(field) is not None:
+            yield from iter_options(item_section(field), f"{prefix}{name}[].")
 
 
 @functools.cache
@@ -416,9 +467,20 @@ def _validated(model: type[BaseModel], values: Mapping[str, Any], prefix: str = 
         raise OptionError(prefix + name, field, _converted(field, values[name])) from None
 
 
+def declared_key(key: str) -> str:
+    """The declared form of a dotted key: ``data.sources[2].weight`` is declared as ``data.sources[].weight``."""
+    return re.sub(r"\[\d+\]", "[]", key)
+
+
+def field_of(key: str) -> FieldInfo | None:
+    """The declaration of a dotted key (list entries by index, like ``data.sources[0].weight``), None if undeclared."""
+    found = _by_key().get(declared_key(key))
+    return found[2] if found else None
+
+
 def check_option(key: str, value: Any) -> Any:
     """``value`` for the dotted ``key`` after its declaration accepts it (converted); else :class:`OptionError`."""
-    model, name, _ = _by_key()[key]
+    model, name, _ = _by_key()[declared_key(key)]
     return getattr(_validated(model, {name: value}, key[: -len(name)]), name)
 
 
@@ -463,9 +525,9 @@ def _section_rows(model: type[BaseModel], prefix: str) -> list[str]:
 def _sections(model: type[BaseModel] = Config, prefix: str = "") -> Iterator[tuple[str, type[BaseModel]]]:
     yield prefix.rstrip("."), model
     for name, field in model.model_fields.items():
-        sub = _section(field)
+        sub = _section(field) or item_section(field)
         if sub is not None:
-            yield from _sections(sub, f"{prefix}{name}.")
+            yield from _sections(sub, f"{prefix}{name}{'[]' if item_section(field) else ''}.")
 
 
 def options_markdown() -> str:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from hiertree.checkpoint import CheckpointError
+from hiertree.data import resolve_sources
 from hiertree.taxonomy import Taxonomy
 
 __all__ = ["TrainingError", "Progress", "Layout", "rng_state", "set_rng_state", "check_resumable", "load_train_state",
@@ -90,10 +91,29 @@ def check_resumable(ck: dict, cfg: dict, taxonomy: Taxonomy) -> None:
             f"cannot resume from {where}: the model differs ({'; '.join(diff)}); set these keys as in "
             f"{where}/config.yaml or start a new run in another train.out_dir"
         )
+    _check_sources(ck, cfg, taxonomy)
     if not (where / "train_state.pt").is_file():
         raise CheckpointError(
             f"{where} holds weights but no train_state.pt (optimizer, schedule, RNG), so training cannot resume "
             "from it; point train.resume at a run folder written by train.py, or drop train.resume"
+        )
+
+
+def _label_maps(data_cfg: dict, taxonomy: Taxonomy) -> dict[str, dict | None]:
+    return {s.name: s.labels.to_config() for s in resolve_sources(data_cfg, taxonomy)}
+
+
+def _check_sources(ck: dict, cfg: dict, taxonomy: Taxonomy) -> None:
+    """The sources and their label maps must be the checkpoint's: the weights learnt what those labels said."""
+    where = ck["dir"]
+    saved = ck["config"].get("data") if isinstance(ck["config"].get("data"), dict) else {}
+    theirs, ours = _label_maps(saved, taxonomy), _label_maps(cfg["data"], taxonomy)
+    diff = [f"source {name!r}: checkpoint labels {theirs.get(name, 'absent')}, config {ours.get(name, 'absent')}"
+            for name in list(dict.fromkeys([*theirs, *ours])) if theirs.get(name, "absent") != ours.get(name, "absent")]
+    if diff:
+        raise TrainingError(
+            f"cannot resume from {where}: the data sources or their label maps differ ({'; '.join(diff)}); set "
+            f"data.sources and data.labels as in {where}/config.yaml or start a new run in another train.out_dir"
         )
 
 

@@ -23,6 +23,12 @@ Level ``l`` holds the nodes at depth ``l + 1`` (children of the root are depth 1
 shallower than the deepest level is carried down unchanged, so every level partitions every pixel.
 At the deepest level a class index equals its leaf id; at coarser levels classes follow YAML order.
 Everything else in hiertree (models, losses, metrics, data) is sized from this object.
+
+**Node ids.** Every node has an id: a leaf keeps its mask id (``0..num_leaves-1``), inner nodes follow as
+``num_leaves, num_leaves+1, ...`` in tree pre-order (YAML order, parents before children). A mask of node
+ids is a valid target wherever a leaf mask is: a pixel labelled at an inner node ``n`` has a class at
+every level down to ``n``'s own (``node_level(n)``) and is *partial* below it -- there it is known only
+to be one of the classes under ``n`` (``label_sets``). ``ignore_index`` may not be a node id.
 """
 
 from __future__ import annotations
@@ -39,6 +45,8 @@ import numpy as np
 import torch
 import yaml
 
+from .yaml_unique import DuplicateKeyError, load_unique
+
 __all__ = ["Taxonomy", "TaxonomyError", "list_builtin"]
 
 _ROOT = ("<root>",)
@@ -50,27 +58,6 @@ _LEAF_KEYS = ("id", "color")
 
 class TaxonomyError(ValueError):
     """A taxonomy file or text is invalid; the message names the source, the key and the fix."""
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys (PyYAML silently keeps the last one)."""
-
-
-def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False):
-    loader.flatten_mapping(node)
-    seen: dict[Any, int] = {}
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            raise TaxonomyError(
-                f"duplicate key {key!r} at line {key_node.start_mark.line + 1} "
-                f"(first at line {seen[key] + 1}); every class name must appear once"
-            )
-        seen[key] = key_node.start_mark.line
-    return loader.construct_mapping(node, deep=deep)
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
 
 
 def _suggest(word: str, options: Sequence[str]) -> str:
@@ -124,6 +111,7 @@ class Taxonomy:
         self._parent_tables: dict[tuple[int, int], torch.Tensor] = {}
         self._children: dict[tuple[int, int], list[torch.Tensor]] = {}
         self._build_levels()
+        self._build_nodes()
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -194,9 +182,9 @@ class Taxonomy:
     @classmethod
     def from_yaml_text(cls, text: str, source: str = "<text>") -> "Taxonomy":
         try:
-            data = yaml.load(text, Loader=_UniqueKeyLoader)
-        except TaxonomyError as err:
-            raise TaxonomyError(f"{source}: {err}") from None
+            data = load_unique(text)
+        except DuplicateKeyError as err:
+            raise TaxonomyError(f"{source}: {err}; every class name must appear once") from None
         except yaml.YAMLError as err:
             raise TaxonomyError(f"{source}: {_yaml_problem(err)}") from None
         return cls.from_dict(data, source=source)
@@ -236,6 +224,30 @@ class Taxonomy:
                 node = path[min(level, len(path) - 1)]
                 lut[level, g.nodes[leaf]["leaf_id"]] = self._level_classes[level].index(node)
         self._lut = torch.from_numpy(lut)
+
+    def _build_nodes(self) -> None:
+        """Node ids (leaves, then inner nodes in pre-order) and, per level, each node's class or class set."""
+        g = self.graph
+        inner = [n for n in nx.dfs_preorder_nodes(g, _ROOT) if n != _ROOT and g.nodes[n].get("leaf_id") is None]
+        self._node_names = list(self._leaf_by_id) + inner
+        self._node_index = {n: i for i, n in enumerate(self._node_names)}
+        if self.num_leaves <= self.ignore_index < self.num_nodes:
+            raise TaxonomyError(
+                f"{self.source}: ignore_index {self.ignore_index} is the node id of inner node "
+                f"{self._node_names[self.ignore_index]!r} (inner nodes take ids {self.num_leaves}..{self.num_nodes - 1} "
+                f"after the leaves); choose an ignore_index of {self.num_nodes} or more (255 is the usual choice)"
+            )
+        sets = torch.zeros(self.depth, self.num_nodes, max(self.level_sizes), dtype=torch.bool)
+        for i, node in enumerate(self._node_names):
+            leaves = torch.tensor(self.leaves_under(node))
+            for level in range(self.depth):
+                sets[level, i, self._lut[level][leaves]] = True
+        self._label_sets = [sets[level, :, : self.num_classes(level)].clone() for level in range(self.depth)]
+        node_lut = torch.full((self.depth, self.num_nodes), self.ignore_index, dtype=torch.long)
+        for level in range(self.depth):
+            exact = self._label_sets[level].sum(1) == 1
+            node_lut[level, exact] = self._label_sets[level][exact].long().argmax(1)
+        self._node_lut = node_lut
 
     @property
     def num_levels(self) -> int:
@@ -330,6 +342,70 @@ class Taxonomy:
             self._children[key] = [torch.nonzero(table == c).flatten() for c in range(self.num_classes(level))]
         return [g.clone() for g in self._children[key]]
 
+    # ------------------------------------------------------------------ nodes
+    @property
+    def num_nodes(self) -> int:
+        """Leaves plus inner nodes (the root is no node)."""
+        return len(self._node_names)
+
+    @property
+    def node_names(self) -> list[str]:
+        """Every node's name in node-id order: the leaves by id, then the inner nodes in pre-order."""
+        return list(self._node_names)
+
+    def _node(self, name: str) -> str:
+        if name not in self._node_index:
+            raise TaxonomyError(
+                f"taxonomy {self.name!r} has no node named {name!r}{_suggest(name, self._node_names)}; "
+                f"its nodes: {', '.join(self._node_names)}"
+            )
+        return name
+
+    def node_id(self, name: str) -> int:
+        """The id a mask uses for ``name``: its leaf id, or ``num_leaves + k`` for the k-th inner node."""
+        return self._node_index[self._node(name)]
+
+    def node_name(self, node_id: int) -> str:
+        if isinstance(node_id, bool) or not 0 <= int(node_id) < self.num_nodes:
+            raise IndexError(f"taxonomy {self.name!r} has node ids 0..{self.num_nodes - 1}, asked for {node_id!r}")
+        return self._node_names[int(node_id)]
+
+    def is_leaf(self, name: str) -> bool:
+        return self.graph.nodes[self._node(name)].get("leaf_id") is not None
+
+    def node_depth(self, name: str) -> int:
+        """1 for a child of the root, 2 for its children, and so on."""
+        return int(self.graph.nodes[self._node(name)]["depth"])
+
+    def node_level(self, name: str) -> int:
+        """The deepest level at which a pixel labelled ``name`` has one class (a leaf: the last level; an inner
+        node: its own level, or deeper down a chain of only children)."""
+        i = self.node_id(name)
+        return max(l for l in range(self.depth) if int(self._label_sets[l][i].sum()) == 1)
+
+    def leaves_under(self, name: str) -> list[int]:
+        """Sorted leaf ids of the leaves at or below ``name``."""
+        node = self._node(name)
+        below = nx.descendants(self.graph, node) | {node}
+        return sorted(self.graph.nodes[n]["leaf_id"] for n in below if self.graph.nodes[n].get("leaf_id") is not None)
+
+    def node_lut(self, level: int) -> torch.Tensor:
+        """LongTensor indexed by mask value: node id -> class index at ``level``, or ``ignore_index`` where the
+        node is partial there (an inner node above ``level``) and for every value that is no node id."""
+        size = max(self.num_nodes, self.ignore_index + 1)
+        lut = torch.full((size,), self.ignore_index, dtype=torch.long)
+        lut[: self.num_nodes] = self._node_lut[self._check_level(level)]
+        return lut
+
+    def label_sets(self, level: int) -> torch.Tensor:
+        """BoolTensor [num_nodes, num_classes(level)]: the classes of ``level`` a pixel labelled at each node
+        may be (one for a node at or below the level, the classes under it for a coarser inner node)."""
+        return self._label_sets[self._check_level(level)].clone()
+
+    def partial_levels(self) -> list[int]:
+        """Levels at which some inner node is partial: below the shallowest inner node with several leaves."""
+        return [l for l in range(self.depth) if bool((self._label_sets[l].sum(1) > 1).any())]
+
     @property
     def exclude_from_miou(self) -> tuple[str, ...]:
         """Names left out of the headline mIoU wherever they are a class (YAML ``exclude_from_miou``), tree order."""
@@ -341,29 +417,30 @@ class Taxonomy:
         return torch.tensor([n not in excluded for n in self.classes(level)], dtype=torch.bool)
 
     def check_mask(self, mask: torch.Tensor | np.ndarray, where: str = "mask") -> None:
-        """Raise ValueError naming ``where`` when the mask holds values that are no leaf id nor ignore."""
-        values = np.unique(np.asarray(mask))
-        bad = [int(v) for v in values if not (0 <= v < self.num_leaves or v == self.ignore_index)]
+        """Raise ValueError naming ``where`` when the mask holds values that are no node id nor ignore."""
+        values, counts = np.unique(np.asarray(mask), return_counts=True)
+        bad = [(int(v), int(c)) for v, c in zip(values, counts) if not (0 <= v < self.num_nodes or v == self.ignore_index)]
         if bad:
+            shown = ", ".join(f"{v} ({c} px)" for v, c in bad[:10])
             raise ValueError(
-                f"{where}: label values {bad[:10]} are not in taxonomy {self.name!r} "
-                f"(leaf ids 0..{self.num_leaves - 1}, ignore_index {self.ignore_index}); "
-                "fix the mask or the taxonomy YAML"
+                f"{where}: label values {shown} are not in taxonomy {self.name!r} "
+                f"(leaf ids 0..{self.num_leaves - 1}, inner node ids {self.num_leaves}..{self.num_nodes - 1}, "
+                f"ignore_index {self.ignore_index}); map them with data.labels or fix the mask"
             )
 
-    def to_levels(self, leaf_mask: torch.Tensor, check: bool = True) -> list[torch.Tensor]:
-        """Per-level masks (LongTensor, same shape) from a leaf-id mask; ignore pixels stay ignore.
+    def to_levels(self, mask: torch.Tensor, check: bool = True) -> list[torch.Tensor]:
+        """Per-level masks (LongTensor, same shape) from a node-id mask (a leaf mask is one).
 
-        ``check=True`` raises on values that are no leaf id nor ignore (one host sync); with ``check=False``
-        such pixels become ignore, for masks already checked where they were loaded.
+        Ignore pixels stay ignore, and so does a pixel at a level where its node is partial (an inner node
+        above that level). ``check=True`` raises on values that are no node id nor ignore (one host sync);
+        with ``check=False`` such pixels become ignore, for masks already checked where they were loaded.
         """
-        leaf_mask = torch.as_tensor(leaf_mask).long()
-        ignore = leaf_mask == self.ignore_index
-        valid = (leaf_mask >= 0) & (leaf_mask < self.num_leaves)
-        if check and not bool((valid | ignore).all()):
-            self.check_mask(leaf_mask.cpu())
-        safe = torch.where(valid, leaf_mask, torch.zeros_like(leaf_mask))
-        lut = self._lut.to(leaf_mask.device)
+        mask = torch.as_tensor(mask).long()
+        valid = (mask >= 0) & (mask < self.num_nodes)
+        if check and not bool((valid | (mask == self.ignore_index)).all()):
+            self.check_mask(mask.cpu())
+        safe = torch.where(valid, mask, torch.zeros_like(mask))
+        lut = self._node_lut.to(mask.device)
         return [torch.where(valid, lut[level][safe], torch.full_like(safe, self.ignore_index)) for level in range(self.depth)]
 
     def levels_from_leaves(self, leaf_pred: torch.Tensor) -> list[torch.Tensor]:

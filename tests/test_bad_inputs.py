@@ -107,7 +107,7 @@ def _folder_with_bad_samples(root: Path) -> None:
         _add(root, f"good{i}", _figure(70, 90), _mask(70, 90), "train")
     _add(root, "corrupt", b"\xff\xd8 this is not really a JPEG \xff\xd9", _mask(70, 90), "train")
     bad_mask = _mask(70, 90)
-    bad_mask[0, 0] = 9  # not a leaf id of pascal_part (0..6) nor the ignore index
+    bad_mask[0, 0] = 12  # not a node id of pascal_part (leaves 0..6, inner nodes 7..9) nor the ignore index
     _add(root, "bad_value", _figure(70, 90), bad_mask, "train")
     for i in range(4):
         _add(root, f"val{i}", _figure(70, 90), _mask(70, 90), "val")

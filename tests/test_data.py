@@ -313,8 +313,8 @@ def _corrupt(kind, root):
         cv2.imwrite(str(png), np.zeros((10, 10), np.uint8))
         return "b2.png", ["10x10", "16x20"]
     elif kind == "bad_labels":
-        cv2.imwrite(str(png), np.full((16, 20), 9, np.uint8))
-        return "b2.png", ["[9]"]
+        cv2.imwrite(str(png), np.full((16, 20), 12, np.uint8))  # pascal_part node ids are 0..9
+        return "b2.png", ["12 (320 px)", "no node id"]
     elif kind == "colour_mask":
         cv2.imwrite(str(png), np.zeros((16, 20, 3), np.uint8))
         return "b2.png", ["RGB"]
@@ -477,9 +477,12 @@ def test_seg_dataset_output_types_and_ignore_kept(tax):
 
 def test_seg_dataset_rejects_values_outside_taxonomy(tax):
     image, mask = colour_coded(8, 8, block=2)
-    mask[3, 3] = 7
-    with pytest.raises(DataError, match="'bad'.*\\[7\\]"):
+    mask[3, 3] = 10  # pascal_part: leaves 0..6, inner nodes 7..9
+    with pytest.raises(DataError, match="'bad'.*label values 10 \\(1 px\\)"):
         SegDataset([(image, mask, "bad")], None, tax)[0]
+    mask[3, 3] = 8  # upper_body: a valid node id, a partial label
+    item = SegDataset([(image, mask, "ok")], None, tax)[0]
+    assert item["partial"] and int(item["mask"][3, 3]) == 8
 
 
 def test_seg_dataset_follows_torch_seed(tax):

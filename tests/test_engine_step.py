@@ -66,7 +66,7 @@ def test_a_non_finite_step_updates_no_weight_and_no_optimizer_state(run, monkeyp
     params = [p.detach().clone() for p in run.model.parameters()]
     states = {k: v.clone() for k, v in run.optimizer.state[next(run.model.parameters())].items()}
     real = run.criterion.forward
-    monkeypatch.setattr(run.criterion, "forward", lambda *a: (lambda t, parts: (t * float("nan"), parts))(*real(*a)))
+    monkeypatch.setattr(run.criterion, "forward", lambda *a, **k: (lambda t, parts: (t * float("nan"), parts))(*real(*a, **k)))
     engine._step(run, batch, window, 2)
     assert all(torch.equal(a, p) for a, p in zip(params, run.model.parameters()))
     after = run.optimizer.state[next(run.model.parameters())]

@@ -238,7 +238,7 @@ def test_bad_inputs_raise_with_guidance():
     with pytest.raises(TypeError, match="argmax"):
         m.update(PRED.float(), TARGET)
     with pytest.raises(ValueError, match="not in taxonomy"):
-        m.update(PRED, torch.full_like(TARGET, 9))
+        m.update(PRED, torch.full_like(TARGET, 10))  # 0..6 leaves, 7..9 inner nodes
 
 
 def test_format_table():

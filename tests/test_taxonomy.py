@@ -59,8 +59,8 @@ def test_to_levels_keeps_ignore(pp):
     assert l0.tolist() == [[0, 1, 255], [1, 1, 1]]
     assert l1.tolist() == [[0, 1, 255], [2, 2, 1]]
     assert l2.tolist() == [[0, 1, 255], [3, 5, 6]]
-    with pytest.raises(ValueError, match=r"\[7\]"):
-        pp.to_levels(torch.tensor([[7]]))
+    with pytest.raises(ValueError, match=r"label values 10 \(1 px\), 11 \(2 px\) are not in taxonomy.*inner node ids 7..9"):
+        pp.to_levels(torch.tensor([[10, 11, 11]]))
 
 
 def test_four_level_unbalanced_example():

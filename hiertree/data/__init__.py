@@ -20,6 +20,7 @@ from .errors import DataError
 from .folder import MaskFolder
 from .sampler import EpochSampler
 from .skipping import drop_bad_samples
+from .sources import Mixture, Relabelled, Source, resolve_sources
 from .synthetic import ROLES, SyntheticFigures, role_map_from_names
 from .transforms import PairTransform, eval_transform, normalize_to_tensor, train_transform
 
@@ -42,13 +43,17 @@ __all__ = [
     "pad_collate",
     "size_ordered",
     "build_datasets",
+    "by_source",
+    "Mixture",
+    "resolve_sources",
     "DATA_KEYS",
     "SYNTHETIC_KEYS",
 ]
 
 
 class SegDataset(torch.utils.data.Dataset):
-    """Wrap a source of ``(image, mask[, id])`` into ``{"image": uint8 3xHxW, "mask": long HxW, "id": str}``.
+    """Wrap a source of ``(image, node-id mask[, id])`` into ``{"image": uint8 3xHxW, "mask": long HxW, "id": str,
+    "partial": bool}``; ``partial`` says whether some pixel is labelled at an inner node.
 
     Images stay uint8 (4× fewer bytes to move); the model normalises them for its encoder.
     ``transform`` is a :class:`PairTransform` (or any ``(image, mask) -> (image, mask)`` callable, or
@@ -109,15 +114,19 @@ class SegDataset(torch.utils.data.Dataset):
                     "from the split list"
                 ) from None
         mask = np.asarray(mask)
-        if mask.size and int(mask.max()) >= self.taxonomy.num_leaves:  # fast path: all values are leaf ids
+        top = int(mask.max()) if mask.size else 0
+        if top >= self.taxonomy.num_nodes:  # fast path: all values are node ids
             try:
                 self.taxonomy.check_mask(mask, where=f"sample {sid!r}")
             except ValueError as err:
                 raise DataError(str(err)) from None
+        t = self.taxonomy
+        partial = top >= t.num_leaves and bool(((mask >= t.num_leaves) & (mask < t.num_nodes)).any())
         return {
             "image": torch.from_numpy(np.ascontiguousarray(np.asarray(image).transpose(2, 0, 1))),
             "mask": torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64)),
             "id": str(sid),
+            "partial": partial,
         }
 
 
@@ -157,7 +166,8 @@ def pad_collate(batch: Sequence[Mapping[str, Any]], ignore_index: int, multiple:
     for k, (s, (h, w)) in enumerate(zip(batch, sizes)):
         images[k, :, :h, :w] = s["image"]
         masks[k, :h, :w] = s["mask"]
-    return {"image": images, "mask": masks, "id": [str(s.get("id", k)) for k, s in enumerate(batch)], "size": sizes}
+    return {"image": images, "mask": masks, "id": [str(s.get("id", k)) for k, s in enumerate(batch)], "size": sizes,
+            "partial": any(bool(s.get("partial", False)) for s in batch)}
 
 
 _DEFAULTS = defaults(DataOptions)  # the declared data.* defaults, for keys a caller's dict leaves out
@@ -176,6 +186,34 @@ def _check_keys(cfg: Mapping[str, Any], allowed: tuple[str, ...], where: str) ->
             raise DataError(f"config key '{where}.{key}': unknown setting{hint}; allowed: {', '.join(allowed)}")
 
 
+def _open(src: Source, taxonomy: "Taxonomy") -> tuple[Sequence, Sequence]:
+    """The train and val samples of one resolved source, masks mapped to node ids by its label map."""
+    if src.kind == "synthetic":
+        syn = src.synthetic
+        if syn["roles"] is None:
+            raise DataError(
+                "config key 'data.synthetic.roles' is missing: map each synthetic role "
+                f"({', '.join(ROLES)}) to a leaf name of taxonomy {taxonomy.name!r}; unmapped roles become background"
+            )
+        roles = role_map_from_names(taxonomy, syn["roles"])
+        size = syn["size"] if isinstance(syn["size"], int) else tuple(syn["size"])
+        look = dict(figures=tuple(syn["figures"]), figure_scale=tuple(syn["figure_scale"]), clutter=bool(syn["clutter"]))
+        train = SyntheticFigures(syn["num_train"], size, syn["seed"], roles, **look)
+        val = SyntheticFigures(syn["num_val"], size, syn["seed"] + 1, roles, **look)
+        if src.labels.is_identity:
+            return train, val
+        return Relabelled(train, src.labels, src.name), Relabelled(val, src.labels, src.name)
+    if src.kind == "folder":
+        if not src.root:
+            raise DataError("config key 'data.root' is missing: set it to the dataset folder for kind 'folder'")
+        train = MaskFolder(src.root, src.train_split, taxonomy, src.skip_bad, src.labels)
+        val = MaskFolder(src.root, src.val_split, taxonomy, src.skip_bad, src.labels) if src.evaluate else None
+        return train, val
+    close = difflib.get_close_matches(str(src.kind), _KINDS, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise DataError(f"config key 'data.kind': unknown dataset kind {src.kind!r}{hint}; choose one of {', '.join(_KINDS)}")
+
+
 def build_datasets(
     data_cfg: Mapping[str, Any], taxonomy: "Taxonomy", seed: int | None = None
 ) -> tuple[SegDataset, SegDataset]:
@@ -184,36 +222,31 @@ def build_datasets(
     Train gets :func:`train_transform`; val gets :func:`eval_transform` (``longest`` only). Synthetic
     val images use ``data.synthetic.seed + 1``, so they never repeat a training image. ``seed`` fixes
     the augmentation stream (None: it follows torch's seed); it does not change the synthetic images.
+    With ``data.sources`` both are a :class:`Mixture`: train of every source (sampled by weight), val of
+    the sources with ``evaluate`` (see :func:`by_source` for one dataset per source).
     """
     _check_keys(data_cfg, DATA_KEYS, "data")
+    _check_keys(data_cfg.get("synthetic") or {}, SYNTHETIC_KEYS, "data.synthetic")
     cfg = {**_DEFAULTS, **data_cfg}
-    kind = cfg["kind"]
     train_tf = train_transform(crop=cfg["crop"], scale=cfg["scale"], longest=cfg["longest"], hflip=bool(cfg["hflip"]),
                                color_jitter=cfg["color_jitter"], ignore_index=taxonomy.ignore_index, seed=seed)
     val_tf = eval_transform(cfg["longest"])
-    if kind == "synthetic":
-        _check_keys(data_cfg.get("synthetic") or {}, SYNTHETIC_KEYS, "data.synthetic")
-        syn = {**_DEFAULTS["synthetic"], **(data_cfg.get("synthetic") or {})}
-        if syn["roles"] is None:
-            raise DataError(
-                "config key 'data.synthetic.roles' is missing: map each synthetic role "
-                f"({', '.join(ROLES)}) to a leaf name of taxonomy {taxonomy.name!r}; unmapped roles become background"
-            )
-        roles = role_map_from_names(taxonomy, syn["roles"])
-        size, seed = syn["size"], syn["seed"]
-        size = size if isinstance(size, int) else tuple(size)
-        look = dict(figures=tuple(syn["figures"]), figure_scale=tuple(syn["figure_scale"]), clutter=bool(syn["clutter"]))
-        train_src = SyntheticFigures(syn["num_train"], size, seed, roles, **look)
-        val_src = SyntheticFigures(syn["num_val"], size, seed + 1, roles, **look)
-    elif kind == "folder":
-        root = cfg["root"]
-        if not root:
-            raise DataError("config key 'data.root' is missing: set it to the dataset folder for kind 'folder'")
-        skip_bad = bool(cfg["skip_bad"])
-        train_src = MaskFolder(root, cfg["train_split"], taxonomy, skip_bad)
-        val_src = MaskFolder(root, cfg["val_split"], taxonomy, skip_bad)
+    sources = resolve_sources(cfg, taxonomy)
+    opened = [_open(src, taxonomy) for src in sources]
+    if not cfg.get("sources"):
+        train_src, val_src = opened[0]
     else:
-        close = difflib.get_close_matches(str(kind), _KINDS, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise DataError(f"config key 'data.kind': unknown dataset kind {kind!r}{hint}; choose one of {', '.join(_KINDS)}")
+        train_src = Mixture([(s.name, tr, s.weight) for s, (tr, _) in zip(sources, opened)])
+        scored = [(s.name, va, s.weight) for s, (_, va) in zip(sources, opened) if s.evaluate and va is not None]
+        if not scored:
+            raise DataError("data.sources: no source is evaluated; set evaluate: true on at least one")
+        val_src = Mixture(scored)
     return SegDataset(train_src, train_tf, taxonomy), SegDataset(val_src, val_tf, taxonomy)
+
+
+def by_source(dataset: SegDataset) -> dict[str, SegDataset]:
+    """One dataset per source of a :class:`Mixture` (same transform), in source order; ``{}`` for one source."""
+    src = dataset.source
+    if not isinstance(src, Mixture):
+        return {}
+    return {name: SegDataset(part, dataset.transform, dataset.taxonomy) for name, part in zip(src.names, src.parts)}

@@ -5,7 +5,10 @@ Layout (``<id>`` from ``<split>_id.txt``, LF or CRLF)::
     root/JPEGImages/<id>.jpg   (or .jpeg / .png, any letter case: .JPG from a camera is found too)
     root/masks/<id>.png        (uint8, one value per pixel)   -- or --
     root/gt_masks/<id>.npy     (uint8 2-D array)
-    root/<split>_id.txt
+    root/<split>_id.txt        (or a split given as a path to an id list, ``lists/train_20pct.txt``)
+
+Mask values pass through a :class:`~hiertree.labels.LabelMap` (``data.labels``): without one they must be
+node ids of the taxonomy (leaf ids, inner node ids, ``ignore_index``).
 
 ``__init__`` checks the list and that every file exists (cheap); decoding problems surface in
 ``__getitem__``. With ``skip_bad=True`` a bad sample is recorded in :attr:`MaskFolder.skipped` and
@@ -22,6 +25,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
+from ..labels import LabelMap, LabelMapError
 from .errors import DataError
 
 if TYPE_CHECKING:
@@ -123,10 +127,12 @@ def _check_mask_array(mask: np.ndarray, path: Path) -> np.ndarray:
 class MaskFolder:
     """Samples ``(image RGB uint8 HxWx3, mask uint8 HxW, id)`` of one split of a mask folder."""
 
-    def __init__(self, root: str | Path, split: str, taxonomy: "Taxonomy", skip_bad: bool = False) -> None:
+    def __init__(self, root: str | Path, split: str, taxonomy: "Taxonomy", skip_bad: bool = False,
+                 labels: LabelMap | None = None) -> None:
         self.root = Path(root)
         self.split = split
         self.taxonomy = taxonomy
+        self.labels = labels if labels is not None else LabelMap(taxonomy)
         self.skip_bad = skip_bad
         self.skipped: list[tuple[str, str]] = []
         self._skipped_ids: set[str] = set()
@@ -135,7 +141,10 @@ class MaskFolder:
                 f"dataset root {str(self.root)!r} does not exist or is not a folder; point data.root at the folder "
                 f"holding {IMAGE_DIR}/, masks/ or gt_masks/ and <split>_id.txt"
             )
-        list_path = self.root / f"{split}_id.txt"
+        list_path = Path(split) if split.endswith(".txt") else self.root / f"{split}_id.txt"
+        if split.endswith(".txt") and not list_path.is_file():
+            raise DataError(f"{list_path}: id list not found (a split ending in .txt is a path to an id list, one id "
+                            "per line; relative paths start at the working directory)")
         if not list_path.is_file():
             found = sorted(p.name[: -len("_id.txt")] for p in self.root.glob("*_id.txt"))
             raise DataError(
@@ -210,10 +219,21 @@ class MaskFolder:
                 f"{image.shape[0]}x{image.shape[1]}; they must match pixel for pixel"
             )
         try:
-            self.taxonomy.check_mask(mask, where=str(mask_path))
-        except ValueError as err:
+            mask = self.labels.apply(mask, where=str(mask_path))
+        except LabelMapError as err:
             raise DataError(str(err)) from None
         return image, mask, sid
+
+    def load_mask(self, index: int) -> np.ndarray:
+        """The node-id mask of sample ``index`` alone (no image decoding), for statistics."""
+        mask_path = self._masks[index]
+        if mask_path is None:
+            raise DataError(self._missing[self.ids[index]])
+        raw = _read_png_mask(mask_path) if mask_path.suffix == ".png" else _read_npy_mask(mask_path)
+        try:
+            return self.labels.apply(_check_mask_array(raw, mask_path), where=str(mask_path))
+        except LabelMapError as err:
+            raise DataError(str(err)) from None
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray, str]:
         n = len(self.ids)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 from torch.utils.data import Sampler
@@ -18,10 +18,18 @@ class EpochSampler(Sampler[int]):
     Each yielded value is ``(epoch + 1) * len(dataset) + index`` -- always past ``len``, epoch 0
     included -- so :class:`~hiertree.data.SegDataset` seeds that sample's augmentation from
     (epoch, index) alone, whatever worker loads it and wherever in the epoch a run resumed.
+
+    ``weights`` (one probability per sample, e.g. :meth:`~hiertree.data.Mixture.sample_weights`) draws the
+    epoch's ``n`` samples with replacement in those proportions instead of a permutation; the draw is
+    seeded by (seed, epoch) too, so mixing several sources stays deterministic and resumable.
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1) -> None:
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1,
+                 weights: Sequence[float] | None = None) -> None:
         self.n, self.batch_size, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
+        if weights is not None and len(weights) != n:
+            raise DataError(f"EpochSampler: {len(weights)} weights for {n} samples; give one per sample")
+        self.weights = None if weights is None else torch.tensor(weights, dtype=torch.float64)
         self.epoch, self.skip_batches = 0, 0
         per_rank = n // world
         self.batches_per_epoch = per_rank // batch_size
@@ -39,7 +47,10 @@ class EpochSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = torch.randperm(self.n, generator=g)
+        if self.weights is None:
+            order = torch.randperm(self.n, generator=g)
+        else:
+            order = torch.multinomial(self.weights, self.n, replacement=True, generator=g)
         usable = self.batches_per_epoch * self.batch_size
         mine = order[self.rank :: self.world][:usable]
         for i in mine[self.skip_batches * self.batch_size :].tolist():

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import DataError
 from .folder import MaskFolder
+from .sources import Mixture
 
 if TYPE_CHECKING:
     from . import SegDataset
@@ -29,6 +30,9 @@ class _GoodSamples:
     def mask_size(self, index: int) -> tuple[int, int] | None:
         return self.source.mask_size(self.keep[index])
 
+    def load_mask(self, index: int) -> Any:
+        return self.source.load_mask(self.keep[index])
+
 
 def drop_bad_samples(dataset: "SegDataset", threads: int = 4) -> list[dict[str, str]]:
     """With ``data.skip_bad``: read every sample of a folder split once, here, and keep only the good ones.
@@ -36,11 +40,24 @@ def drop_bad_samples(dataset: "SegDataset", threads: int = 4) -> list[dict[str, 
     Scanning in the calling process (threads; decoding releases the GIL) gives one complete,
     deterministic list whatever the number of data-loader workers -- workers only hold copies of the
     dataset, so what they skip never reaches the main process. Returns ``[{"split", "id", "reason"}]``;
-    a no-op (``[]``) for other sources or without ``skip_bad``.
+    a no-op (``[]``) for other sources or without ``skip_bad``. A :class:`Mixture` is scanned source by source.
     """
     src = dataset.source
+    if isinstance(src, Mixture):
+        bad: list[dict[str, str]] = []
+        for k, part in enumerate(src.parts):
+            src.parts[k], found = _drop_in(part, threads)
+            bad += [{**r, "id": f"{src.names[k]}/{r['id']}"} for r in found]
+        src.reindex()
+        return bad
+    dataset.source, found = _drop_in(src, threads)
+    return found
+
+
+def _drop_in(src: Any, threads: int) -> tuple[Any, list[dict[str, str]]]:
+    """``(the good samples of src, the bad ones)`` for a skip_bad folder; ``(src, [])`` otherwise."""
     if not isinstance(src, MaskFolder) or not src.skip_bad:
-        return []
+        return src, []
 
     def check(i: int) -> dict[str, str] | None:
         try:
@@ -55,5 +72,5 @@ def drop_bad_samples(dataset: "SegDataset", threads: int = 4) -> list[dict[str, 
     if len(bad) == len(found):
         raise DataError(f"split {src.split!r} of {src.root}: every sample is bad, e.g. {bad[0]['reason']}")
     if bad:
-        dataset.source = _GoodSamples(src, [i for i, r in enumerate(found) if r is None])
-    return bad
+        return _GoodSamples(src, [i for i, r in enumerate(found) if r is None]), bad
+    return src, []

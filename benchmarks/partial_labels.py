@@ -1,0 +1,192 @@
+"""Does training on coarse labels pay? Runs issue 11's comparisons through data.sources and label maps.
+
+``--suite synthetic`` (the embedded figures, configs/demo.yaml, CPU-sized):
+  (a) 10 % of the training images with leaf labels only;
+  (b) the same 10 % plus the other 90 %, half labelled only at L0 (person) and half only at L1 (upper/lower);
+  (c) all 100 % with leaf labels.
+``--suite pascal`` (real Pascal-Part, CPU-scale: images resized to a longest side of 256, 160² crops):
+  (i) 20 % of the training images with parts;
+  (ii) the same 20 % plus the other 80 % relabelled as ``body`` only (their person masks, through a label map).
+Every arm of a suite takes the same number of optimizer steps and is scored on the same leaf-labelled val split.
+Results (per-level mIoU, steps, wall time, the machine, the command) go to benchmarks/results/partial-<suite>.{json,md}.
+
+    python benchmarks/partial_labels.py --suite synthetic
+    python benchmarks/partial_labels.py --suite pascal --data ../shared/datasets/pascal-part
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as dt
+import json
+import platform
+import random
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from hiertree.config import load_config  # noqa: E402
+from hiertree.engine import train  # noqa: E402
+from hiertree.logs import setup_logging  # noqa: E402
+
+TO_L0 = {0: "background", **{i: "body" for i in range(1, 7)}}  # pascal_part leaf ids -> body
+TO_L1 = {0: "background", 1: "upper_body", 2: "upper_body", 4: "upper_body", 6: "upper_body", 3: "lower_body",
+         5: "lower_body"}
+
+
+def _synthetic_arms(base: dict) -> dict[str, tuple[dict, int]]:
+    """(config, epochs) per arm; A = 150 leaf-labelled images, B1/B2 = 675 each (seeds 10 and 20)."""
+    def src(name: str, n: int, seed: int, labels: dict | None, evaluate: bool) -> dict:
+        return {"name": name, "labels": labels, "evaluate": evaluate, "weight": float(n),
+                "synthetic": {"num_train": n, "seed": seed, "num_val": 150}}
+
+    a = src("leaf10", 150, 0, None, True)
+    arms = {
+        "a_leaf10": ([a], 31),  # 150 images / batch 8 = 18 steps per epoch: 31 epochs = 558 steps
+        "b_leaf10_coarse90": ([a, src("to_L0", 675, 10, TO_L0, False), src("to_L1", 675, 20, TO_L1, False)], 3),
+        "c_leaf100": ([a, src("leaf_b1", 675, 10, None, False), src("leaf_b2", 675, 20, None, False)], 3),
+    }
+    return {name: (_with(base, sources, epochs), epochs) for name, (sources, epochs) in arms.items()}
+
+
+def _with(base: dict, sources: list, epochs: int, **train: object) -> dict:
+    cfg = copy.deepcopy(base)
+    full = load_config(None, [f"data.sources={json.dumps(sources)}"])["data"]["sources"]
+    cfg["data"]["sources"] = full
+    cfg["train"].update(epochs=epochs, eval_every=epochs, progress=False, **train)
+    return cfg
+
+
+def _pascal_lists(data: Path, out: Path, seed: int = 0) -> tuple[Path, Path]:
+    """Split the train ids 20 / 80 at random (seeded) into two id lists under ``out``."""
+    ids = [line.strip() for line in (data / "train_id.txt").read_text().splitlines() if line.strip()]
+    random.Random(seed).shuffle(ids)
+    cut = len(ids) // 5
+    out.mkdir(parents=True, exist_ok=True)
+    parts, rest = out / "train_parts20.txt", out / "train_body80.txt"
+    parts.write_text("\n".join(sorted(ids[:cut])) + "\n")
+    rest.write_text("\n".join(sorted(ids[cut:])) + "\n")
+    return parts, rest
+
+
+def _pascal_arms(base: dict, data: Path, out: Path) -> dict[str, tuple[dict, int]]:
+    parts, rest = _pascal_lists(data, out / "lists")
+    root = str(data)
+    p20 = {"name": "parts20", "kind": "folder", "root": root, "train_split": str(parts), "val_split": "val"}
+    b80 = {"name": "body80", "kind": "folder", "root": root, "train_split": str(rest), "labels": TO_L0,
+           "evaluate": False}
+    n20 = len(parts.read_text().split())
+    steps = 352  # arm (ii): 2826 images / batch 8 = 353 steps, one epoch
+    epochs_i = max(round(steps / (n20 // 8)), 1)
+    return {"i_parts20": (_with(base, [p20], epochs_i), epochs_i),
+            "ii_parts20_body80": (_with(base, [p20, b80], 1), 1)}
+
+
+def _machine() -> str:
+    try:
+        cpu = next(l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                   if l.startswith("model name"))
+    except (OSError, StopIteration):
+        cpu = platform.processor() or "unknown CPU"
+    return f"{cpu}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _run_arm(name: str, cfg: dict, out: Path) -> dict:
+    cfg["train"]["out_dir"] = str(out / name)
+    start = time.time()
+    result = train(cfg, command=f"benchmarks/partial_labels.py arm {name}")
+    seconds = time.time() - start
+    levels = result["last_metrics"]["tree"]["levels"]
+    return {"arm": name, "steps": result["steps"], "seconds": round(seconds, 1),
+            "mIoU": [round(lv["mIoU"], 4) for lv in levels], "pixel_accuracy": [round(lv["pixel_accuracy"], 4) for lv in levels],
+            "consistency_raw": round(result["last_metrics"]["raw"]["consistency"], 4),
+            "sources": [{k: s[k] for k in ("name", "weight", "labels", "train_split") if k in s}
+                        for s in cfg["data"]["sources"]]}
+
+
+def _verdict(rows: list[dict], suite: str) -> list[str]:
+    by = {r["arm"][0] if suite == "synthetic" else r["arm"].split("_")[0]: r["mIoU"] for r in rows}
+    if suite == "synthetic":
+        a, b, c = by["a"], by["b"], by["c"]
+        gap = [(bv - av) / (cv - av) if cv != av else float("nan") for av, bv, cv in zip(a, b, c)]
+        return [f"(b) beats (a) at every level: {all(bv > av for av, bv in zip(a, b))} "
+                f"({', '.join(f'L{l} {bv - av:+.4f}' for l, (av, bv) in enumerate(zip(a, b)))})",
+                f"(b) within 0.01 of (c) at L0 and L1: {all(abs(b[l] - c[l]) <= 0.01 or b[l] > c[l] for l in (0, 1))} "
+                f"(L0 {b[0] - c[0]:+.4f}, L1 {b[1] - c[1]:+.4f})",
+                f"(b) closes at least half of the (a)->(c) gap at L2: {gap[2] >= 0.5} ({100 * gap[2]:.0f} % closed)"]
+    i, ii = by["i"], by["ii"]
+    return [f"(ii) - (i): " + ", ".join(f"L{l} {y - x:+.4f}" for l, (x, y) in enumerate(zip(i, ii)))]
+
+
+def _write(suite: str, rows: list[dict], command: str, extra: str) -> Path:
+    out = ROOT / "benchmarks" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    info = {"suite": suite, "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "commit": _commit(), "machine": _machine(), "command": command, "setup": extra, "arms": rows,
+            "verdict": _verdict(rows, suite)}
+    (out / f"partial-{suite}.json").write_text(json.dumps(info, indent=2))
+    lines = [f"# Coarse and partial labels: {suite}", "", f"{info['date']}, commit {info['commit']}, {info['machine']}.",
+             "", f"Command: `{command}`", "", extra, "",
+             "| arm | steps | L0 mIoU | L1 mIoU | L2 mIoU | raw consistency | wall s |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        lines.append(f"| {r['arm']} | {r['steps']} | {r['mIoU'][0]:.4f} | {r['mIoU'][1]:.4f} | {r['mIoU'][2]:.4f} | "
+                     f"{r['consistency_raw']:.4f} | {r['seconds']:.0f} |")
+    lines += ["", *[f"- {v}" for v in info["verdict"]], ""]
+    path = out / f"partial-{suite}.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--suite", choices=("synthetic", "pascal"), required=True)
+    parser.add_argument("--data", default="../shared/datasets/pascal-part", help="Pascal-Part folder (--suite pascal)")
+    parser.add_argument("--out", default="runs/partial", help="run folders")
+    parser.add_argument("--arms", nargs="*", help="run only these arms (names as in the results)")
+    parser.add_argument("overrides", nargs="*", help="config overrides applied to every arm")
+    args = parser.parse_args(argv)
+    setup_logging(-1)
+    out = Path(args.out) / args.suite
+    if args.suite == "synthetic":
+        base = load_config(ROOT / "configs/demo.yaml", args.overrides)
+        arms = _synthetic_arms(base)
+        extra = ("configs/demo.yaml; A = 150 leaf-labelled images (seed 0), B = 2 x 675 images (seeds 10, 20) labelled "
+                 "at L0 / L1 in (b) and at the leaves in (c); sources weighted by size; val = 150 leaf-labelled images "
+                 "(seed 1).")
+    else:
+        base = load_config(ROOT / "configs/pascal_part_cpu.yaml",
+                           ["data.longest=256", "data.crop=160", "train.warmup_steps=50", *args.overrides])
+        base["data"]["root"] = args.data
+        arms = _pascal_arms(base, Path(args.data), out)
+        extra = ("configs/pascal_part_cpu.yaml with data.longest=256 (train and val resized), data.crop=160, warmup 50; "
+                 "(i) 565 train images with parts; (ii) those plus the other 2261 train images labelled body only "
+                 "(label map 1..6 -> body), sampled 1:1; val = the 410 val images with parts, resized.")
+    rows = []
+    for name, (cfg, _) in arms.items():
+        if args.arms and name not in args.arms:
+            continue
+        rows.append(_run_arm(name, cfg, out))
+        print(json.dumps(rows[-1]), flush=True)
+    command = " ".join(["python benchmarks/partial_labels.py"] + [shlex.quote(a) for a in (argv or sys.argv[1:])])
+    print(f"wrote {_write(args.suite, rows, command, extra)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

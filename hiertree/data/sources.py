@@ -1,0 +1,170 @@
+"""Several datasets in one run (``data.sources``): resolve each source's settings, mix their samples by weight.
+
+Each source names its own root, splits, label map and sampling weight; a key it leaves null takes the
+``data`` key of the same name, so a single-dataset config is the one-source case. :class:`Mixture`
+concatenates the sources' samples (ids become ``<source>/<id>``) and knows each sample's sampling
+probability: a source of weight ``w`` fills a share ``w / sum(weights)`` of the batches, whatever its size.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+from ..labels import LabelMap, LabelMapError
+from ..options import SyntheticOptions, defaults, validate_options
+from .errors import DataError
+
+if TYPE_CHECKING:
+    from ..taxonomy import Taxonomy
+
+__all__ = ["Source", "resolve_sources", "Mixture", "Relabelled", "load_mask"]
+
+_INHERITED = ("kind", "root", "train_split", "val_split", "labels", "skip_bad")
+
+
+@dataclass
+class Source:
+    """One dataset of a run, every setting resolved (nothing left to inherit)."""
+
+    name: str
+    kind: str
+    root: str | None
+    train_split: str
+    val_split: str
+    evaluate: bool
+    labels: LabelMap
+    weight: float
+    skip_bad: bool
+    synthetic: dict = field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any]:
+        """What a checkpoint records of the source (``sources.json``) and a resume compares."""
+        where = self.root if self.kind == "folder" else f"synthetic seed {self.synthetic['seed']}"
+        return {"name": self.name, "kind": self.kind, "where": where, "train_split": self.train_split,
+                "val_split": self.val_split, "weight": self.weight, "labels": self.labels.to_config()}
+
+
+def _synthetic(data_cfg: Mapping[str, Any], own: Mapping[str, Any] | None, where: str) -> dict:
+    merged = {**defaults(SyntheticOptions), **(data_cfg.get("synthetic") or {}), **(own or {})}
+    checked = validate_options(SyntheticOptions, merged, where, error=DataError)
+    return checked.model_dump()
+
+
+def _one(data_cfg: Mapping[str, Any], entry: Mapping[str, Any], index: int, taxonomy: "Taxonomy") -> Source:
+    name = entry.get("name") or f"source{index}"
+    where = f"data.sources[{index}] ({name})"
+    settings = {k: (entry.get(k) if entry.get(k) is not None else data_cfg.get(k)) for k in _INHERITED}
+    key = f"data.sources[{index}].labels" if entry.get("labels") is not None else "data.labels"
+    try:
+        labels = LabelMap(taxonomy, settings["labels"], where=key)
+    except LabelMapError as err:
+        raise DataError(str(err)) from None
+    kind = settings["kind"] or "synthetic"
+    if kind == "folder" and not settings["root"]:
+        raise DataError(f"{where}: kind folder needs a root; set data.sources[{index}].root or data.root")
+    synthetic = _synthetic(data_cfg, entry.get("synthetic"), f"{where}.synthetic") if kind == "synthetic" else {}
+    return Source(name, kind, settings["root"], settings["train_split"] or "train", settings["val_split"] or "val",
+                  bool(entry.get("evaluate", True)), labels, float(entry.get("weight", 1.0)),
+                  bool(settings["skip_bad"]), synthetic)
+
+
+def resolve_sources(data_cfg: Mapping[str, Any], taxonomy: "Taxonomy") -> list[Source]:
+    """The run's sources: ``data.sources`` resolved against ``data``, or the one source ``data`` describes."""
+    entries = data_cfg.get("sources")
+    if not entries:
+        return [_one(data_cfg, {"name": "data"}, 0, taxonomy)]
+    sources = [_one(data_cfg, entry, i, taxonomy) for i, entry in enumerate(entries)]
+    names = [s.name for s in sources]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise DataError(f"data.sources: names {twice} are given to several sources; name each source once")
+    _check_synthetic_seeds(sources)
+    return sources
+
+
+def _check_synthetic_seeds(sources: list[Source]) -> None:
+    """Synthetic train images use ``seed``, val images ``seed + 1``: two sources must not draw the same ones."""
+    drawn: dict[int, str] = {}
+    for s in (s for s in sources if s.kind == "synthetic"):
+        for seed, split in ((s.synthetic["seed"], "train"), (s.synthetic["seed"] + 1, "val")):
+            if seed in drawn:
+                raise DataError(
+                    f"data.sources: source {s.name!r} ({split}, seed {seed}) would draw the same synthetic images as "
+                    f"{drawn[seed]}; give synthetic sources seeds at least 2 apart")
+            drawn[seed] = f"source {s.name!r} ({split})"
+
+
+def load_mask(source: Sequence, index: int) -> Any:
+    """The node-id mask of sample ``index``, without decoding its image where the source can (folders)."""
+    reader = getattr(source, "load_mask", None)
+    return reader(index) if reader is not None else source[index][1]
+
+
+class Relabelled:
+    """A source whose masks pass through a :class:`LabelMap` (the synthetic figures, whose values are leaf ids)."""
+
+    def __init__(self, source: Sequence, labels: LabelMap, name: str) -> None:
+        self.source, self.labels, self.name = source, labels, name
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> tuple:
+        item = self.source[index]
+        image, mask, sid = item if len(item) == 3 else (*item, str(index))
+        try:
+            return image, self.labels.apply(mask, where=f"source {self.name!r} sample {sid!r}"), sid
+        except LabelMapError as err:
+            raise DataError(str(err)) from None
+
+
+class Mixture:
+    """The samples of several sources end to end, ids prefixed ``<source>/``, with per-sample sampling weights."""
+
+    def __init__(self, parts: Sequence[tuple[str, Sequence, float]]) -> None:
+        if not parts:
+            raise DataError("Mixture: no sources")
+        self.names = [name for name, _, _ in parts]
+        self.parts = [src for _, src, _ in parts]
+        self.weights = [float(w) for _, _, w in parts]
+        for name, src in zip(self.names, self.parts):
+            if len(src) == 0:
+                raise DataError(f"source {name!r} has no samples; check its split list or remove it from data.sources")
+        self.reindex()
+
+    def reindex(self) -> None:
+        """Recount where each source starts (after a part was replaced, e.g. by its good samples)."""
+        self.starts = [0]
+        for src in self.parts:
+            self.starts.append(self.starts[-1] + len(src))
+
+    def __len__(self) -> int:
+        return self.starts[-1]
+
+    def _locate(self, index: int) -> tuple[int, int]:
+        if not 0 <= index < len(self):
+            raise IndexError(f"mixture of {len(self)} samples, asked for {index}")
+        k = bisect.bisect_right(self.starts, index) - 1
+        return k, index - self.starts[k]
+
+    def __getitem__(self, index: int) -> tuple:
+        k, i = self._locate(index)
+        item = self.parts[k][i]
+        image, mask, sid = item if len(item) == 3 else (*item, str(i))
+        return image, mask, f"{self.names[k]}/{sid}"
+
+    def load_mask(self, index: int) -> Any:
+        k, i = self._locate(index)
+        return load_mask(self.parts[k], i)
+
+    def mask_size(self, index: int) -> tuple[int, int] | None:
+        k, i = self._locate(index)
+        probe = getattr(self.parts[k], "mask_size", None)
+        return probe(i) if probe is not None else None
+
+    def sample_weights(self) -> list[float]:
+        """Per sample, the probability of drawing it: its source's weight share, spread evenly over its samples."""
+        total = sum(self.weights)
+        return [w / total / len(src) for w, src in zip(self.weights, self.parts) for _ in range(len(src))]
