@@ -6,7 +6,8 @@
   (c) all 100 % with leaf labels.
 ``--suite pascal`` (real Pascal-Part, CPU-scale: images resized to a longest side of 256, 160² crops):
   (i) 20 % of the training images with parts;
-  (ii) the same 20 % plus the other 80 % relabelled as ``body`` only (their person masks, through a label map).
+  (ii) the same 20 % plus the other 80 % relabelled as ``body`` only (their person masks, through a label map);
+  (iii) the control: all 100 % with parts, sampled as in (ii).
 Every arm of a suite takes the same number of optimizer steps and is scored on the same leaf-labelled val split.
 Results (per-level mIoU, steps, wall time, the machine, the command) go to benchmarks/results/partial-<suite>.{json,md}.
 
@@ -42,16 +43,24 @@ TO_L1 = {0: "background", 1: "upper_body", 2: "upper_body", 4: "upper_body", 6: 
          5: "lower_body"}
 
 
-def _synthetic_arms(base: dict) -> dict[str, tuple[dict, int]]:
-    """(config, epochs) per arm; A = 150 leaf-labelled images, B1/B2 = 675 each (seeds 10 and 20)."""
-    def src(name: str, n: int, seed: int, labels: dict | None, evaluate: bool) -> dict:
-        return {"name": name, "labels": labels, "evaluate": evaluate, "weight": float(n),
+def _synthetic_arms(base: dict, leaf_share: float | None) -> dict[str, tuple[dict, int]]:
+    """(config, epochs) per arm; A = 150 leaf-labelled images, B1/B2 = 675 each (seeds 10 and 20).
+
+    In (b) the leaf-labelled source fills ``leaf_share`` of the batches and the two coarse ones the rest, half
+    each (``None``: every source in proportion to its size, so A fills 10 %); in (c), where every source has leaf
+    labels, sources are sampled in proportion to their size.
+    """
+    def src(name: str, n: int, seed: int, labels: dict | None, evaluate: bool, weight: float | None = None) -> dict:
+        return {"name": name, "labels": labels, "evaluate": evaluate, "weight": float(weight or n),
                 "synthetic": {"num_train": n, "seed": seed, "num_val": 150}}
 
     a = src("leaf10", 150, 0, None, True)
+    coarse = None if leaf_share is None else (1 - leaf_share) / 2
+    b = [src("leaf10", 150, 0, None, True, leaf_share), src("to_L0", 675, 10, TO_L0, False, coarse),
+         src("to_L1", 675, 20, TO_L1, False, coarse)]
     arms = {
         "a_leaf10": ([a], 31),  # 150 images / batch 8 = 18 steps per epoch: 31 epochs = 558 steps
-        "b_leaf10_coarse90": ([a, src("to_L0", 675, 10, TO_L0, False), src("to_L1", 675, 20, TO_L1, False)], 3),
+        "b_leaf10_coarse90": (b, 3),
         "c_leaf100": ([a, src("leaf_b1", 675, 10, None, False), src("leaf_b2", 675, 20, None, False)], 3),
     }
     return {name: (_with(base, sources, epochs), epochs) for name, (sources, epochs) in arms.items()}
@@ -86,8 +95,10 @@ def _pascal_arms(base: dict, data: Path, out: Path) -> dict[str, tuple[dict, int
     n20 = len(parts.read_text().split())
     steps = 352  # arm (ii): 2826 images / batch 8 = 353 steps, one epoch
     epochs_i = max(round(steps / (n20 // 8)), 1)
+    a80 = {**b80, "name": "parts80", "labels": None}
     return {"i_parts20": (_with(base, [p20], epochs_i), epochs_i),
-            "ii_parts20_body80": (_with(base, [p20, b80], 1), 1)}
+            "ii_parts20_body80": (_with(base, [p20, b80], 1), 1),
+            "iii_parts100": (_with(base, [p20, a80], 1), 1)}
 
 
 def _machine() -> str:
@@ -131,15 +142,35 @@ def _verdict(rows: list[dict], suite: str) -> list[str]:
                 f"(L0 {b[0] - c[0]:+.4f}, L1 {b[1] - c[1]:+.4f})",
                 f"(b) closes at least half of the (a)->(c) gap at L2: {gap[2] >= 0.5} ({100 * gap[2]:.0f} % closed)"]
     i, ii = by["i"], by["ii"]
-    return [f"(ii) - (i): " + ", ".join(f"L{l} {y - x:+.4f}" for l, (x, y) in enumerate(zip(i, ii)))]
+    out = [f"(ii) - (i): " + ", ".join(f"L{l} {y - x:+.4f}" for l, (x, y) in enumerate(zip(i, ii)))]
+    if "iii" in by:
+        out.append(f"(iii) - (i): " + ", ".join(f"L{l} {y - x:+.4f}" for l, (x, y) in enumerate(zip(i, by["iii"]))))
+    return out
 
 
-def _write(suite: str, rows: list[dict], command: str, extra: str) -> Path:
+def _merged(path: Path, rows: list[dict], command: str) -> tuple[list[dict], list[str]]:
+    """With ``--arms``: the arms already in the results file, those run now replacing their namesakes."""
+    if not path.is_file():
+        return rows, [command]
+    old = json.loads(path.read_text())
+    fresh = {r["arm"] for r in rows}
+    kept = [r for r in old["arms"] if r["arm"] not in fresh]
+    commands = old.get("commands", [old.get("command", "")])
+    return kept + rows, [*commands, command]
+
+
+def _write(suite: str, rows: list[dict], command: str, extra: str, merge: bool) -> Path:
     out = ROOT / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
+    commands = [command]
+    if merge:
+        rows, commands = _merged(out / f"partial-{suite}.json", rows, command)
+    order = {"a": 0, "b": 1, "c": 2, "i": 0, "ii": 1, "iii": 2}
+    rows = sorted(rows, key=lambda r: order.get(r["arm"].split("_")[0], 9))
+    command = " && ".join(commands)
     info = {"suite": suite, "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "commit": _commit(), "machine": _machine(), "command": command, "setup": extra, "arms": rows,
-            "verdict": _verdict(rows, suite)}
+            "commit": _commit(), "machine": _machine(), "command": command, "commands": commands, "setup": extra,
+            "arms": rows, "verdict": _verdict(rows, suite)}
     (out / f"partial-{suite}.json").write_text(json.dumps(info, indent=2))
     lines = [f"# Coarse and partial labels: {suite}", "", f"{info['date']}, commit {info['commit']}, {info['machine']}.",
              "", f"Command: `{command}`", "", extra, "",
@@ -153,21 +184,35 @@ def _write(suite: str, rows: list[dict], command: str, extra: str) -> Path:
     return path
 
 
+def _share(text: str) -> float | None:
+    if text == "size":
+        return None
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"--leaf-share must be in (0, 1) or 'size', got {text}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", choices=("synthetic", "pascal"), required=True)
     parser.add_argument("--data", default="../shared/datasets/pascal-part", help="Pascal-Part folder (--suite pascal)")
     parser.add_argument("--out", default="runs/partial", help="run folders")
     parser.add_argument("--arms", nargs="*", help="run only these arms (names as in the results)")
+    parser.add_argument("--leaf-share", type=_share, default=0.5,
+                        help="synthetic (b): share of the batches from the leaf-labelled source (0.5 tuned on val: "
+                             "0.1 by size, 0.5, 0.7 tried); 'size' samples every source by its size")
     parser.add_argument("overrides", nargs="*", help="config overrides applied to every arm")
     args = parser.parse_args(argv)
     setup_logging(-1)
     out = Path(args.out) / args.suite
     if args.suite == "synthetic":
         base = load_config(ROOT / "configs/demo.yaml", args.overrides)
-        arms = _synthetic_arms(base)
+        arms = _synthetic_arms(base, args.leaf_share)
         extra = ("configs/demo.yaml; A = 150 leaf-labelled images (seed 0), B = 2 x 675 images (seeds 10, 20) labelled "
-                 "at L0 / L1 in (b) and at the leaves in (c); sources weighted by size; val = 150 leaf-labelled images "
+                 f"at L0 / L1 in (b) and at the leaves in (c); in (b) A fills "
+                 f"{'10 % (by size)' if args.leaf_share is None else format(args.leaf_share, '.0%')} of the batches, "
+                 "the coarse sources the rest; in (c) sources are sampled by size; val = 150 leaf-labelled images "
                  "(seed 1).")
     else:
         base = load_config(ROOT / "configs/pascal_part_cpu.yaml",
@@ -176,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
         arms = _pascal_arms(base, Path(args.data), out)
         extra = ("configs/pascal_part_cpu.yaml with data.longest=256 (train and val resized), data.crop=160, warmup 50; "
                  "(i) 565 train images with parts; (ii) those plus the other 2261 train images labelled body only "
-                 "(label map 1..6 -> body), sampled 1:1; val = the 410 val images with parts, resized.")
+                 "(label map 1..6 -> body), sampled 1:1; (iii) the same with the parts labels of those 2261 kept; val = the 410 "
+                 "val images with parts, resized.")
     rows = []
     for name, (cfg, _) in arms.items():
         if args.arms and name not in args.arms:
@@ -184,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(_run_arm(name, cfg, out))
         print(json.dumps(rows[-1]), flush=True)
     command = " ".join(["python benchmarks/partial_labels.py"] + [shlex.quote(a) for a in (argv or sys.argv[1:])])
-    print(f"wrote {_write(args.suite, rows, command, extra)}")
+    print(f"wrote {_write(args.suite, rows, command, extra, merge=bool(args.arms))}")
     return 0
 
 

@@ -9,7 +9,7 @@ from hiertree.taxonomy import Taxonomy, TaxonomyError
 
 __version__ = "0.1.0"
 
-__all__ = ["Taxonomy", "TaxonomyError", "HierSegModel", "HierarchicalLoss", "HierarchicalMetrics", "__version__"]
+__all__ = ["Taxonomy", "TaxonomyError", "HierSegModel", "HierarchicalLoss", "HierarchicalMetrics", "LabelMap", "__version__"]
 
 
 def __getattr__(name: str):
@@ -26,4 +26,8 @@ def __getattr__(name: str):
         from hiertree.metrics import HierarchicalMetrics
 
         return HierarchicalMetrics
+    if name == "LabelMap":
+        from hiertree.labels import LabelMap
+
+        return LabelMap
     raise AttributeError(f"module 'hiertree' has no attribute {name!r}")

