@@ -278,3 +278,23 @@ def model_card(cfg: dict, taxonomy: Taxonomy, metrics: dict | None, command: str
             lines.append(f"| L{lv['level']} | {lv['mIoU']:.4f} | {lv['mIoU_with_background']:.4f} | {lv['pixel_accuracy']:.4f} |")
     lines += ["", "Load it with `hiertree.checkpoint.load_model(<this folder>)` or `python eval.py --checkpoint <this folder>`.", ""]
     return "\n".join(lines)
+
+
+BACKOFF_FILE = "backoff.json"
+
+
+def save_backoff(ck_dir: str | Path, calibration: dict[str, Any]) -> Path:
+    """Store a calibrated back-off threshold with a checkpoint (``<ck>/backoff.json``); OSError if read-only."""
+    path = Path(ck_dir) / BACKOFF_FILE
+    try:
+        path.write_text(json.dumps(calibration, indent=2))
+    except OSError as err:
+        raise OSError(f"{path}: cannot store the back-off calibration ({err.strerror}); copy the checkpoint folder "
+                      "somewhere writable and calibrate that copy") from None
+    return path
+
+
+def load_backoff(ck_dir: str | Path) -> dict[str, Any] | None:
+    """The calibration stored with a checkpoint, or None."""
+    path = Path(ck_dir) / BACKOFF_FILE
+    return json.loads(path.read_text()) if path.is_file() else None

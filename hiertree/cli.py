@@ -116,6 +116,12 @@ def _eval_parser() -> argparse.ArgumentParser:
                         "report-<split>-<name> next to the JSON; needs matplotlib: hiertree[report])")
     parser.add_argument("--no-report", action="store_true", help="write the JSON only")
     parser.add_argument("--report-samples", type=int, default=4, help="worst and best images shown in the report (0: none)")
+    back = parser.add_mutually_exclusive_group()
+    back.add_argument("--backoff", type=float, metavar="THETA",
+                      help="also score back-off predictions at this threshold in [0, 1] (accuracy, specificity)")
+    back.add_argument("--calibrate-backoff", type=float, metavar="P",
+                      help="pick the smallest threshold whose back-off predictions are right on a share P of the "
+                           "pixels (e.g. 0.95) and store it with the checkpoint (backoff.json), for --backoff auto")
     _add_verbosity(parser)
     parser.add_argument("overrides", nargs="*", help="data.*=value overrides for the dataset")
     return parser
@@ -137,6 +143,44 @@ def _eval_config(args: argparse.Namespace, ck: dict) -> dict:
         cfg["data"]["val_split"] = args.split
     cfg["data"]["train_split"] = cfg["data"]["val_split"]  # only the scored split has to exist
     return cfg
+
+
+def _backoff_thresholds(args: argparse.Namespace) -> tuple[float, ...]:
+    """The thresholds to score: the calibration grid, the one asked for, or none; bad values as ConfigError."""
+    from hiertree.config import ConfigError
+    from hiertree.evaluate import BACKOFF_GRID
+    from hiertree.inference import check_threshold
+
+    if args.calibrate_backoff is not None:
+        if not 0.0 < args.calibrate_backoff <= 1.0:
+            raise ConfigError(f"--calibrate-backoff must be a share of pixels in (0, 1], got {args.calibrate_backoff} "
+                              "(e.g. 0.95: back-off predictions right on 95 % of the pixels)")
+        return BACKOFF_GRID
+    if args.backoff is None:
+        return ()
+    try:
+        return (check_threshold(args.backoff, "--backoff"),)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
+def _print_backoff(args: argparse.Namespace, result: dict, ck: dict) -> None:
+    """The back-off line; with --calibrate-backoff the chosen threshold, stored in the checkpoint folder."""
+    from hiertree.checkpoint import save_backoff
+    from hiertree.evaluate import calibrate_backoff
+
+    if "backoff" not in result:
+        return
+    point = result["backoff"][0]
+    if args.calibrate_backoff is not None:
+        point = calibrate_backoff(result["backoff"], args.calibrate_backoff)
+        where = save_backoff(ck["dir"], {"threshold": point["threshold"], "target": args.calibrate_backoff,
+                                         "split": result["split"], **{k: point[k] for k in ("accuracy", "specificity",
+                                                                                           "leaf_coverage")}})
+        result["backoff_calibrated"] = point
+        print(f"calibrated back-off threshold {point['threshold']} for accuracy >= {args.calibrate_backoff}: wrote {where}")
+    print(f"back-off at {point['threshold']}: accuracy {point['accuracy']:.4f}, specificity {point['specificity']:.4f}, "
+          f"still at a leaf {point['leaf_coverage']:.4f}")
 
 
 def _eval_run(args: argparse.Namespace) -> tuple[dict, dict, Any, Any, Any, list]:
@@ -166,9 +210,10 @@ def _eval_run(args: argparse.Namespace) -> tuple[dict, dict, Any, Any, Any, list
                         collate_fn=lambda b: pad_collate(b, taxonomy.ignore_index))
     amp = "bf16" if device.type == "cuda" else "none"
     ecfg = cfg["eval"]
+    thresholds = _backoff_thresholds(args)
     result = evaluate(model, loader, taxonomy, device, amp, args.hflip or ecfg["hflip"], args.scales or ecfg["scales"],
                       args.max_batches, flat=model.flat, max_side=ecfg["max_side"], window=ecfg["window"],
-                      overlap=ecfg["overlap"])
+                      overlap=ecfg["overlap"], backoff=thresholds)
     result.update({"checkpoint": str(ck["dir"]), "split": cfg["data"]["val_split"], "hflip": args.hflip or ecfg["hflip"],
                    "scales": list(args.scales or ecfg["scales"]), "images": len(val_ds), "device": str(device),
                    "skipped": skipped})
@@ -193,6 +238,14 @@ def eval_main(argv: list[str] | None = None) -> int:
           f"{', hflip' if result['hflip'] else ''}{', scales ' + str(scales) if list(scales) != [1.0] else ''}")
     print(format_table(result["tree"]))
     print(f"raw per-head argmax: tree-consistent pixels {result['raw']['consistency']:.4f}")
+    hier = result["tree"].get("hierarchy", {})
+    if hier:
+        print(f"hierarchy: mistake severity {hier['mistake_severity']:.3f} levels, hP {hier['hP']:.4f}, "
+              f"hR {hier['hR']:.4f}, hF1 {hier['hF1']:.4f}")
+    try:
+        _print_backoff(args, result, ck)
+    except (ValueError, OSError) as err:
+        return _fail(err)
     if skipped:
         print(f"skipped {len(skipped)} bad sample(s) (data.skip_bad): {', '.join(s['id'] for s in skipped)}")
     default_json, default_report = eval_outputs(args.checkpoint, ck, split)

@@ -9,11 +9,27 @@ import torch
 import torch.nn.functional as F
 
 from hiertree.metrics import HierarchicalMetrics
-from hiertree.inference import decode
+from hiertree.inference import backoff_chain, backoff_stop, decode
 from hiertree.sliding import logits_any_size
 from hiertree.taxonomy import Taxonomy
 
-__all__ = ["evaluate", "tta_log_probs", "autocast_for"]
+__all__ = ["evaluate", "tta_log_probs", "autocast_for", "calibrate_backoff", "BACKOFF_GRID"]
+
+#: Thresholds scanned by ``eval.py --calibrate-backoff``: 0, 0.01, ..., 1.
+BACKOFF_GRID: tuple[float, ...] = tuple(round(i / 100, 2) for i in range(101))
+
+
+def calibrate_backoff(curve: Sequence[dict], target: float) -> dict:
+    """The smallest threshold of ``curve`` (from ``evaluate(..., backoff=...)``) whose back-off predictions are
+    right on at least a share ``target`` of the scored pixels; raises ValueError when none reaches it."""
+    if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0.0 < float(target) <= 1.0:
+        raise ValueError(f"the calibration target must be a share of pixels in (0, 1], got {target!r} (e.g. 0.95)")
+    for point in sorted(curve, key=lambda p: p["threshold"]):
+        if point["accuracy"] >= target:
+            return point
+    best = max(curve, key=lambda p: p["accuracy"])
+    raise ValueError(f"no threshold reaches accuracy {target}: the highest is {best['accuracy']:.4f} at threshold "
+                     f"{best['threshold']} (at threshold 1 every pixel stops at its depth-1 node); ask for a lower target")
 
 
 def autocast_for(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
@@ -82,8 +98,10 @@ def _unpadded(batch: dict) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
 def _accumulate(model: torch.nn.Module, loader: Iterable[dict], taxonomy: Taxonomy, device: torch.device, amp: str,
                 hflip: bool, scales: Sequence[float], max_batches: int | None, flat: bool, channels_last: bool,
                 max_side: int | None, window: int, overlap: float,
-                labelled: Sequence[int] | None = None) -> tuple[HierarchicalMetrics, HierarchicalMetrics]:
-    """The tree-decoded and raw per-head metrics of one loader (``labelled``: the node ids its labels use)."""
+                labelled: Sequence[int] | None = None,
+                curve: dict[float, HierarchicalMetrics] | None = None) -> tuple[HierarchicalMetrics, HierarchicalMetrics]:
+    """The tree-decoded and raw per-head metrics of one loader (``labelled``: the node ids its labels use);
+    ``curve`` (threshold -> metrics) also scores the back-off predictions of every threshold."""
     tree = HierarchicalMetrics(taxonomy, labelled=labelled)
     raw = HierarchicalMetrics(taxonomy, labelled=labelled)
     for i, batch in enumerate(loader):
@@ -98,6 +116,10 @@ def _accumulate(model: torch.nn.Module, loader: Iterable[dict], taxonomy: Taxono
             out = decode(logp, taxonomy, flat=flat)
             tree.update(out["leaf"], target)
             raw.update(out["raw"], target)
+            if curve:
+                chain, probs = backoff_chain(logp, taxonomy, flat)
+                for threshold, scored in curve.items():
+                    scored.update_backoff(backoff_stop(chain, probs, threshold), target)
     return tree, raw
 
 
@@ -116,6 +138,7 @@ def evaluate(
     window: int = 512,
     overlap: float = 0.25,
     labelled: Mapping[str, Sequence[int]] | None = None,
+    backoff: Sequence[float] = (),
 ) -> dict:
     """Scores of tree-consistent predictions and of each head's raw argmax, per level.
 
@@ -124,15 +147,21 @@ def evaluate(
     ``loader`` may be a mapping of source name to loader (``data.sources``): each source is scored on its
     own, at the levels its labels reach, under ``"sources"``, and ``tree``/``raw`` are the combined table
     (every pixel of every source; ``max_batches`` applies per source). ``labelled`` maps a source to the
-    node ids its label map yields, so its table leaves out the classes it never labels.
+    node ids its label map yields, so its table leaves out the classes it never labels. ``backoff`` thresholds
+    add ``"backoff": [{"threshold", "accuracy", "specificity", "leaf_coverage", ...}]`` (one loader only), the
+    accuracy-specificity curve that :func:`calibrate_backoff` reads.
     """
     was_training = model.training
     model.eval()
     args = (taxonomy, device, amp, hflip, scales, max_batches, flat, channels_last, max_side, window, overlap)
     try:
         if not isinstance(loader, Mapping):
-            tree, raw = _accumulate(model, loader, *args)
-            return {"tree": tree.compute(), "raw": raw.compute()}
+            curve = {float(t): HierarchicalMetrics(taxonomy) for t in backoff}
+            tree, raw = _accumulate(model, loader, *args, curve=curve)
+            result = {"tree": tree.compute(), "raw": raw.compute()}
+            if curve:
+                result["backoff"] = [{"threshold": t, **m.compute()["hierarchy"]["backoff"]} for t, m in curve.items()]
+            return result
         tree, raw = HierarchicalMetrics(taxonomy), HierarchicalMetrics(taxonomy)
         sources = {}
         for name, part in loader.items():

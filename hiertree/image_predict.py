@@ -58,26 +58,32 @@ def _rows_upsampled(z: torch.Tensor, out_h: int, out_w: int, y0: int, y1: int) -
     return rows
 
 
-def _decode_image(logits: list[torch.Tensor], size: tuple[int, int], taxonomy: Any, flat: bool, probabilities: bool) -> dict[str, Any]:
-    """Per-level labels (and probabilities) of one image's logits [C_l, h, w], at ``size``, strip by strip."""
+def _decode_image(logits: list[torch.Tensor], size: tuple[int, int], taxonomy: Any, flat: bool, probabilities: bool,
+                  backoff: float | None = None) -> dict[str, Any]:
+    """Per-level labels (probabilities, back-off nodes) of one image's logits [C_l, h, w], at ``size``, strip by strip."""
     H, W = size
     levels = [np.empty((H, W), _label_dtype(z.shape[0])) for z in logits]
     leaf = np.empty((H, W), _label_dtype(taxonomy.num_leaves))
+    nodes = np.empty((H, W), _label_dtype(taxonomy.num_nodes)) if backoff is not None else None
     probs = [np.empty((z.shape[0], H, W), np.float16) for z in logits] if probabilities else None
     step = max(1, _STRIP_PIXELS // max(W, 1))
     for y0 in range(0, H, step):
         y1 = min(H, y0 + step)
         strip = [_rows_upsampled(z.float(), H, W, y0, y1)[None] for z in logits]
-        out = decode(strip, taxonomy, flat=flat, probabilities=probabilities)
+        out = decode(strip, taxonomy, flat=flat, probabilities=probabilities, backoff=backoff)
         for l, lab in enumerate(out["levels"]):
             levels[l][y0:y1] = lab[0].cpu().numpy()
         leaf[y0:y1] = out["leaf"][0].cpu().numpy()
+        if nodes is not None:
+            nodes[y0:y1] = out["nodes"][0].cpu().numpy()
         if probs is not None:
             for l, p in enumerate(out["probs"]):
                 probs[l][:, y0:y1] = p[0].cpu().numpy().astype(np.float16)
     result: dict[str, Any] = {"levels": levels, "leaf": leaf, "size": (H, W)}
     if probs is not None:
         result["probs"] = probs
+    if nodes is not None:
+        result["nodes"] = nodes
     return result
 
 
@@ -89,6 +95,7 @@ def predict_images(
     batch_size: int = 4,
     probabilities: bool = False,
     max_side: int | None = None,
+    backoff: float | None = None,
 ) -> list[dict[str, Any]]:
     """Tree-consistent label maps for each image, at its original size.
 
@@ -97,7 +104,8 @@ def predict_images(
     ``probabilities=True``, ``"probs"`` (per-level float16 ``[C_l, H, W]``). Images are sorted by
     size and padded with the encoder's mean colour (what the model's own padding amounts to), so a
     batch mate changes results only within the receptive field of the padded border. ``max_side``
-    shrinks larger images for the network (see the module docstring).
+    shrinks larger images for the network (see the module docstring). ``backoff`` (a threshold in [0, 1]) adds
+    ``"nodes"``: the node-id map of :func:`hiertree.inference.backoff_nodes`.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"predict_images: batch_size must be a positive integer, got {batch_size!r}")
@@ -130,7 +138,7 @@ def predict_images(
             for k, i in enumerate(idx):
                 h, w = net_sizes[i]
                 per_image = [z[k, :, :h, :w] for z in logits]
-                results[i] = _decode_image(per_image, rgb[i].shape[:2], taxonomy, flat, probabilities)
+                results[i] = _decode_image(per_image, rgb[i].shape[:2], taxonomy, flat, probabilities, backoff)
     finally:
         model.train(was_training)
     return results  # type: ignore[return-value]

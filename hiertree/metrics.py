@@ -75,8 +75,33 @@ class HierarchicalMetrics:
         self._confusion: list[torch.Tensor] | None = None
         self._consistent: torch.Tensor | None = None
         self._pixels: torch.Tensor | None = None
+        self._leaf_node: torch.Tensor | None = None  # true leaf x predicted node (the tree's leaf predictions)
+        self._backoff: torch.Tensor | None = None  # true leaf x predicted node (back-off predictions)
 
     # ------------------------------------------------------------------ accumulation
+    def _pairs(self, target: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
+        """int64 [num_leaves, num_nodes] counts of (true leaf, predicted node) over the leaf-labelled pixels."""
+        t = self.taxonomy
+        keep = (target >= 0) & (target < t.num_leaves)
+        idx = target[keep] * t.num_nodes + nodes[keep]
+        return torch.bincount(idx, minlength=t.num_leaves * t.num_nodes).reshape(t.num_leaves, t.num_nodes)
+
+    def _add_pairs(self, attr: str, pairs: torch.Tensor) -> None:
+        current = getattr(self, attr)
+        setattr(self, attr, pairs if current is None else current.to(pairs.device) + pairs)
+
+    @torch.no_grad()
+    def update_backoff(self, nodes: torch.Tensor, target: torch.Tensor) -> None:
+        """Add back-off predictions (node ids, ``hiertree.inference.backoff_nodes``) against a target map;
+        scored under ``compute()["hierarchy"]["backoff"]`` on the leaf-labelled pixels."""
+        target, nodes = torch.as_tensor(target).long(), torch.as_tensor(nodes).long()
+        if nodes.shape != target.shape:
+            raise ValueError(f"back-off nodes have shape {tuple(nodes.shape)} but target has {tuple(target.shape)}")
+        n = self.taxonomy.num_nodes
+        if nodes.numel() and (int(nodes.min()) < 0 or int(nodes.max()) >= n):
+            raise ValueError(f"back-off nodes must be node ids 0..{n - 1} of taxonomy {self.taxonomy.name!r}")
+        self._add_pairs("_backoff", self._pairs(target, nodes))
+
     def _state_on(self, device: torch.device) -> None:
         if self._confusion is None:
             self._confusion = [torch.zeros(c, c, dtype=torch.int64, device=device) for c in self.sizes]
@@ -118,6 +143,8 @@ class HierarchicalMetrics:
             scored = t != self.taxonomy.ignore_index  # a partial label is not scored below its node
             idx = t[scored] * c + p[scored]
             self._confusion[l] += torch.bincount(idx, minlength=c * c).reshape(c, c)
+        # the deepest level's prediction is a leaf (per-level input: the finest head's own argmax)
+        self._add_pairs("_leaf_node", self._pairs(target, level_preds[-1]))
         if per_level:
             agree = torch.ones_like(valid)
             for l, parents in enumerate(self._parent_index):
@@ -161,6 +188,9 @@ class HierarchicalMetrics:
             mine += theirs
         self._consistent += other._consistent
         self._pixels += other._pixels
+        for attr in ("_leaf_node", "_backoff"):
+            if getattr(other, attr) is not None:
+                self._add_pairs(attr, getattr(other, attr))
 
     # ------------------------------------------------------------------ results
     def confusion(self, level: int) -> torch.Tensor:
@@ -211,11 +241,77 @@ class HierarchicalMetrics:
             )
         pixels = int(self._pixels) if self._pixels is not None else 0
         consistent = int(self._consistent) if self._consistent is not None else 0
-        return {
+        out = {
             "levels": levels,
             "consistency": consistent / pixels if pixels > 0 else math.nan,
             "pixels": pixels,
         }
+        if self._leaf_node is not None or self._backoff is not None:
+            out["hierarchy"] = hierarchy_scores(self.taxonomy, self._leaf_node, self._backoff)
+        return out
+
+
+def _tables(taxonomy: Taxonomy) -> dict[str, torch.Tensor]:
+    """Per (true leaf, predicted node): levels wrong, shared ancestors, right-or-ancestor, depth ratio; node set sizes."""
+    L, N, D = taxonomy.num_leaves, taxonomy.num_nodes, taxonomy.num_levels
+    names = taxonomy.node_names
+    anc = [set([n, *taxonomy.ancestors(n)]) for n in names]
+    wrong = torch.zeros(L, N)
+    shared = torch.zeros(L, N)
+    right = torch.zeros(L, N)
+    ratio = torch.zeros(L, N)
+    luts = [taxonomy.node_lut(l) for l in range(D)]
+    for t in range(L):
+        for n in range(N):
+            shared[t, n] = len(anc[t] & anc[n])
+            right[t, n] = float(names[n] in anc[t])
+            ratio[t, n] = taxonomy.node_depth(names[n]) / taxonomy.node_depth(names[t])
+            if n < L:
+                wrong[t, n] = sum(int(luts[l][t] != luts[l][n]) for l in range(D))
+    size = torch.tensor([float(len(a)) for a in anc])
+    return {"wrong": wrong, "shared": shared, "right": right, "ratio": ratio, "size": size}
+
+
+def hierarchy_scores(taxonomy: Taxonomy, leaf_node: torch.Tensor | None, backoff: torch.Tensor | None) -> dict[str, Any]:
+    """Mistake severity and hierarchical precision / recall / F1 of leaf predictions, and the accuracy and
+    specificity of back-off predictions, from (true leaf x predicted node) counts.
+
+    * ``mistake_severity``: over pixels whose predicted leaf is wrong, the mean number of levels at which the
+      prediction is wrong (Bertinetto et al. 2020); ``severity_histogram[k]`` counts pixels wrong at k levels.
+    * ``hP``/``hR``/``hF1``: micro-averaged over pixels, on the sets {node} + ancestors of truth and prediction.
+    * ``backoff``: ``accuracy`` (the node is the true leaf or one of its ancestors), ``specificity`` (mean depth
+      of the node over the true leaf's depth), ``leaf_coverage`` (share still predicted at a leaf).
+    """
+    tab = _tables(taxonomy)
+    out: dict[str, Any] = {}
+    for name, counts in (("leaf", leaf_node), ("backoff", backoff)):
+        if counts is None:
+            continue
+        c = counts.double().cpu()
+        total = float(c.sum())
+        shared = float((c * tab["shared"]).sum())
+        pred_size = float((c * tab["size"].double()).sum())
+        true_size = float((c.sum(1) * tab["size"][: taxonomy.num_leaves].double()).sum())
+        hp = shared / pred_size if pred_size else math.nan
+        hr = shared / true_size if true_size else math.nan
+        scores = {"pixels": int(total), "hP": hp, "hR": hr,
+                  "hF1": 2 * hp * hr / (hp + hr) if hp + hr > 0 else math.nan,
+                  "accuracy": float((c * tab["right"]).sum()) / total if total else math.nan,
+                  "specificity": float((c * tab["ratio"]).sum()) / total if total else math.nan,
+                  "leaf_coverage": float(c[:, : taxonomy.num_leaves].sum()) / total if total else math.nan}
+        if name == "leaf":
+            leaves = c[:, : taxonomy.num_leaves]
+            mistakes = leaves * (tab["wrong"][:, : taxonomy.num_leaves] > 0)
+            hist = [int((leaves * (tab["wrong"][:, : taxonomy.num_leaves] == k)).sum())
+                    for k in range(1, taxonomy.num_levels + 1)]
+            n_wrong = float(mistakes.sum())
+            scores["mistake_severity"] = float((leaves * tab["wrong"][:, : taxonomy.num_leaves]).sum()) / n_wrong \
+                if n_wrong else math.nan
+            scores["severity_histogram"] = {str(k): v for k, v in enumerate(hist, start=1)}
+            out.update(scores)
+        else:
+            out["backoff"] = scores
+    return out
 
 
 def _mean(values: list[float]) -> float:

@@ -59,12 +59,43 @@ def write_outputs(out_dir: Path, stem: str, image: np.ndarray, pred: dict[str, A
             written.append(_imwrite(out_dir / name, np.ascontiguousarray(data[..., ::-1])))
         raw = lab.astype(np.uint8 if lab.dtype == np.uint8 else np.uint16)
         written.append(_imwrite(out_dir / f"{stem}_labels_L{l}.png", raw))
+    if "nodes" in pred:
+        color = colorize(pred["nodes"], taxonomy.node_colors())
+        for name, data in ((f"{stem}_nodes.png", color), (f"{stem}_nodes_overlay.jpg", overlay(image, color))):
+            written.append(_imwrite(out_dir / name, np.ascontiguousarray(data[..., ::-1])))
+        written.append(_imwrite(out_dir / f"{stem}_labels_nodes.png", pred["nodes"].astype(np.uint8 if
+                                                                                                   taxonomy.num_nodes <= 256 else np.uint16)))
     if "probs" in pred:
         arrays = {f"L{l}": p for l, p in enumerate(pred["probs"])}
         arrays.update({f"classes_L{l}": np.array(taxonomy.classes(l)) for l in range(len(pred["probs"]))})
         np.savez_compressed(out_dir / f"{stem}_probs.npz", **arrays)
         written.append(out_dir / f"{stem}_probs.npz")
     return written
+
+
+def write_node_legend(out_dir: Path, taxonomy: Any) -> Path:
+    """``legend_nodes.png``: each node's colour and name (inner nodes: where the model backed off to them)."""
+    import cv2
+
+    colors, names = taxonomy.node_colors(), taxonomy.node_names
+    row = 22
+    canvas = np.full((row * len(names) + 8, 220, 3), 255, np.uint8)
+    for i, (name, c) in enumerate(zip(names, colors)):
+        y = 4 + i * row
+        canvas[y + 3 : y + row - 3, 6:36] = c
+        depth = "  " * (taxonomy.node_depth(name) - 1)
+        cv2.putText(canvas, f"{i} {depth}{name}", (44, y + row - 7), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1,
+                    cv2.LINE_AA)
+    return _imwrite(out_dir / "legend_nodes.png", np.ascontiguousarray(canvas[..., ::-1]))
+
+
+def _backoff_arg(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--backoff takes 'auto' or a threshold in [0, 1], got {text!r}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-side", type=int, default=2048,
                         help="shrink larger images for the network to this longest side, at least 8 (outputs keep the original size); 0 = never")
     parser.add_argument("--probabilities", action="store_true", help="also write <stem>_probs.npz (per-level float16 [C,H,W])")
+    parser.add_argument("--backoff", type=_backoff_arg, metavar="auto|THETA",
+                        help="also write node maps (<stem>_nodes.png, legend_nodes.png): each pixel's leaf, or its first "
+                             "ancestor at least THETA sure; auto: the threshold eval.py --calibrate-backoff stored")
     args = parser.parse_args(argv)
     from hiertree.checkpoint import CheckpointError
     from hiertree.models import load_model
@@ -94,8 +128,14 @@ def main(argv: list[str] | None = None) -> int:
         paths = find_images(args.inputs)
         device = _resolve_device(args.device)
         model, ck = load_model(args.checkpoint, map_location=device, channels_last=True)
+        try:
+            threshold = model.resolve_backoff(args.backoff)
+        except ValueError as err:
+            raise PredictError(str(err).replace("`eval.py --checkpoint CKPT", f"`eval.py --checkpoint {args.checkpoint}"))
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
+        if threshold is not None:
+            write_node_legend(out, ck["taxonomy"])
         stems = _unique_stems(paths)
         skipped = 0
         for start in range(0, len(paths), args.batch_size):
@@ -109,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
                     skipped += 1
             if not images:
                 continue
-            preds = predict_images(model, images, device, args.batch_size, args.probabilities, args.max_side or None)
+            preds = predict_images(model, images, device, args.batch_size, args.probabilities, args.max_side or None,
+                                   backoff=threshold)
             for i, image, pred in zip(chunk, images, preds):
                 write_outputs(out, stems[i], image, pred, ck["taxonomy"])
         if skipped:

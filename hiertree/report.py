@@ -99,6 +99,7 @@ def _markdown(
             f"| L{lv['level']} | {len(lv['classes'])} | {_fmt(lv['mIoU'])} | {_fmt(lv['mIoU_with_background'])} "
             f"| {_fmt(lv['pixel_accuracy'])} | {raw_miou} |"
         )
+    lines += _hierarchy_lines(tree.get("hierarchy"), result.get("backoff"))
     lines += ["", "## Per-class IoU", "", "`n/a`: the class is in neither the truth nor the prediction.", ""]
     for lv in tree["levels"]:
         lines += [f"### L{lv['level']}", "", "| class | IoU |", "| --- | --- |"]
@@ -109,6 +110,37 @@ def _markdown(
         lines += [f"![{Path(f).stem}]({f})" for f in figures]
         lines.append("")
     return "\n".join(lines)
+
+
+def _hierarchy_lines(hier: dict[str, Any] | None, curve: list[dict[str, Any]] | None) -> list[str]:
+    """How bad the mistakes are (mistake severity, hierarchical P/R/F1) and, when scored, the back-off curve."""
+    if not hier:
+        return []
+    hist = ", ".join(f"{k} level(s): {v}" for k, v in hier.get("severity_histogram", {}).items())
+    lines = ["", "## How bad the mistakes are", "",
+             f"- mistake severity: {hier['mistake_severity']:.3f} levels wrong per wrong leaf ({hist})",
+             f"- hierarchical precision / recall / F1 over ancestor sets: {_fmt(hier['hP'])} / {_fmt(hier['hR'])} / "
+             f"{_fmt(hier['hF1'])}"]
+    if curve:
+        lines += ["", "Back-off predictions (climb to the first ancestor at least *threshold* sure): see "
+                  "`backoff_curve.png`.", "", "| threshold | accuracy | specificity | still at a leaf |",
+                  "| --- | --- | --- | --- |"]
+        shown = curve if len(curve) <= 11 else curve[::10]
+        lines += [f"| {p['threshold']:.2f} | {_fmt(p['accuracy'])} | {_fmt(p['specificity'])} | {_fmt(p['leaf_coverage'])} |"
+                  for p in shown]
+    return lines
+
+
+def _backoff_curve(curve: list[dict[str, Any]], path: Path) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.5, 3.5))
+    ax.plot([p["specificity"] for p in curve], [p["accuracy"] for p in curve], marker=".", color="#4c72b0")
+    ax.set_xlabel("specificity (depth of the prediction / depth of the truth)")
+    ax.set_ylabel("accuracy (truth or an ancestor)")
+    ax.set_title("back-off: accuracy vs specificity")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def _iou_bars(tree: dict[str, Any], taxonomy: Taxonomy, path: Path) -> None:
@@ -252,6 +284,9 @@ def write_report(
     if samples:
         _worst_best(samples, taxonomy, out / "worst_best.png", k)
         figures.append("worst_best.png")
+    if result.get("backoff") and len(result["backoff"]) > 1:
+        _backoff_curve(result["backoff"], out / "backoff_curve.png")
+        figures.append("backoff_curve.png")
     path = out / "report.md"
     path.write_text(_markdown(result, tree, raw, figures, taxonomy.exclude_from_miou))
     return path

@@ -383,6 +383,21 @@ class Taxonomy:
         i = self.node_id(name)
         return max(l for l in range(self.depth) if int(self._label_sets[l][i].sum()) == 1)
 
+    def ancestors(self, name: str) -> list[str]:
+        """``name``'s ancestors from its parent up to the depth-1 node (the root is no node); ``[]`` at depth 1."""
+        path = nx.shortest_path(self.graph, _ROOT, self._node(name))
+        return list(reversed(path[1:-1]))
+
+    def leaf_chains(self) -> torch.Tensor:
+        """LongTensor [depth, num_leaves]: row k holds each leaf's k-th node id going up (row 0 the leaf itself);
+        past its depth-1 node a chain repeats that node, so every row is defined."""
+        table = torch.empty(self.depth, self.num_leaves, dtype=torch.long)
+        for leaf in range(self.num_leaves):
+            name = self._leaf_by_id[leaf]
+            chain = [leaf] + [self.node_id(a) for a in self.ancestors(name)]
+            table[:, leaf] = torch.tensor(chain + [chain[-1]] * (self.depth - len(chain)))
+        return table
+
     def leaves_under(self, name: str) -> list[int]:
         """Sorted leaf ids of the leaves at or below ``name``."""
         node = self._node(name)
@@ -460,6 +475,10 @@ class Taxonomy:
     def colors(self, level: int) -> np.ndarray:
         """uint8 [num_classes(level), 3] palette for ``level`` (YAML colours, else a fixed palette)."""
         return np.array([self._node_colors[n] for n in self.classes(level)], dtype=np.uint8)
+
+    def node_colors(self) -> np.ndarray:
+        """uint8 [num_nodes, 3] palette in node-id order: inner nodes have colours too (back-off maps)."""
+        return np.array([self._node_colors[n] for n in self._node_names], dtype=np.uint8)
 
     def to_dict(self) -> dict[str, Any]:
         """A plain mapping that :meth:`from_dict` turns back into an equal taxonomy."""

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hiertree.checkpoint import CheckpointError, load_checkpoint
+from hiertree.checkpoint import CheckpointError, load_backoff, load_checkpoint
 from hiertree.inference import coarse_logits_from_leaves, decode
 from hiertree.models.decoder import DeepLabDecoder
 from hiertree.models.encoder import Encoder
@@ -82,24 +82,49 @@ class HierSegModel(nn.Module):
             logits = [z[..., : -(-h // r), : -(-w // r)] for z in logits]
         return logits
 
+    #: The back-off threshold calibrated on a split (``eval.py --calibrate-backoff``), set by :func:`load_model`.
+    backoff_threshold: float | None = None
+
+    def resolve_backoff(self, backoff: float | str | None) -> float | None:
+        """A threshold from ``backoff``: a number in [0, 1], ``"auto"`` (the calibrated one) or None."""
+        if backoff == "auto":
+            if self.backoff_threshold is None:
+                raise ValueError("this model has no calibrated back-off threshold; calibrate one with "
+                                 "`eval.py --checkpoint CKPT --calibrate-backoff 0.95`, or give a threshold in [0, 1]")
+            return self.backoff_threshold
+        if backoff is None:
+            return None
+        from hiertree.inference import check_threshold
+
+        if self.taxonomy.num_levels == 1:
+            import logging
+
+            logging.getLogger(__name__).warning("taxonomy %r has one level: back-off predictions are the leaves",
+                                                self.taxonomy.name)
+        return check_threshold(backoff)
+
     @torch.no_grad()
-    def predict(self, images: "torch.Tensor | np.ndarray | list[np.ndarray]", probabilities: bool = False) -> Any:
+    def predict(self, images: "torch.Tensor | np.ndarray | list[np.ndarray]", probabilities: bool = False,
+                backoff: float | str | None = None) -> Any:
         """Tree-consistent label maps per level, each head's raw argmax, optionally per-level probabilities.
 
         A tensor batch (NCHW, 0..255) gives ``{"levels", "leaf", "raw"[, "probs"]}`` as tensors. A numpy
         image (HxW, HxWx1, HxWx3 or HxWx4, uint8) or a list of them, of any sizes, goes through
         :func:`hiertree.predict.predict_images` and gives numpy maps at each image's own size (one dict
-        per image; a single dict for a single image).
+        per image; a single dict for a single image). ``backoff`` (a threshold in [0, 1], or ``"auto"`` for the
+        calibrated one) adds ``"nodes"``: per pixel the leaf or its first ancestor that is that sure.
         """
+        threshold = self.resolve_backoff(backoff)
         if isinstance(images, (np.ndarray, list, tuple)):
             from hiertree.image_predict import predict_images
 
             device = next(self.parameters()).device
             single = isinstance(images, np.ndarray)
-            out = predict_images(self, [images] if single else list(images), device=device, probabilities=probabilities)
+            out = predict_images(self, [images] if single else list(images), device=device, probabilities=probabilities,
+                                 backoff=threshold)
             return out[0] if single else out
         logits = self(images)
-        return decode(logits, self.taxonomy, flat=self.flat, probabilities=probabilities)
+        return decode(logits, self.taxonomy, flat=self.flat, probabilities=probabilities, backoff=threshold)
 
 
 def load_model(path: str | Path, prefer: str = "best", map_location: str | torch.device = "cpu",
@@ -139,6 +164,8 @@ def load_model(path: str | Path, prefer: str = "best", map_location: str | torch
             f"(missing {missing[:5]}, unexpected {unexpected[:5]}); was it written by another hiertree version?"
         )
     model.config["encoder_weights"] = ck["config"]["model"].get("encoder_weights")
+    calibration = load_backoff(ck["dir"])
+    model.backoff_threshold = None if calibration is None else float(calibration["threshold"])
     if channels_last:  # inference-only models (eval/predict CLIs): oneDNN convolutions ~1.3x faster on CPU, same
         # outputs up to float rounding; off by default since safetensors refuses to save such (non-contiguous) tensors
         model = model.to(memory_format=torch.channels_last)

@@ -1,0 +1,222 @@
+"""Back-off decoding (climb to the first confident ancestor) and the hierarchical metrics, with known answers."""
+
+import json
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hiertree.inference import backoff_nodes, node_log_probs, tree_consistent_levels
+from hiertree.metrics import HierarchicalMetrics
+from hiertree.taxonomy import Taxonomy
+
+TAX = Taxonomy.builtin("pascal_part")
+# leaves 0 background, 1 low_hand, 2 torso, 3 low_leg, 4 head, 5 up_leg, 6 up_hand; 7 body, 8 upper_body, 9 lower_body
+UNEVEN = Taxonomy.from_yaml_text("tree: {a: 0, g: {b: 1, h: {c: 2, d: 3}}}")  # leaves at depths 1, 2 and 3
+
+
+def _leaf_pixel(probs):
+    """A flat model's one-pixel output whose leaf distribution is ``probs``."""
+    return [torch.tensor(probs).log().view(1, -1, 1, 1)]
+
+
+# ---------------------------------------------------------------------- back-off decoding
+def test_backoff_climbs_to_the_first_node_that_is_sure_enough():
+    # torso .40, head .30, up_hand .10, low_hand .05: upper_body .85; body .95
+    logits = _leaf_pixel([0.05, 0.05, 0.40, 0.05, 0.30, 0.05, 0.10])
+    got = {t: int(backoff_nodes(logits, TAX, t, flat=True)) for t in (0.0, 0.3, 0.5, 0.9, 0.99)}
+    assert got == {0.0: 2, 0.3: 2, 0.5: 8, 0.9: 7, 0.99: 7}  # a depth-1 node is the last stop
+    lp = node_log_probs(logits, TAX, flat=True).exp().flatten()
+    assert lp[8].item() == pytest.approx(0.85) and lp[7].item() == pytest.approx(0.95)
+
+
+def test_backoff_on_leaves_at_several_depths():
+    # uneven tree, leaf probabilities a .2, b .3, c .35, d .15: h .5, g .8
+    logits = _leaf_pixel([0.2, 0.3, 0.35, 0.15])
+    names = {t: UNEVEN.node_name(int(backoff_nodes(logits, UNEVEN, t, flat=True))) for t in (0.3, 0.4, 0.6, 0.9)}
+    assert names == {0.3: "c", 0.4: "h", 0.6: "g", 0.9: "g"}
+    assert UNEVEN.leaf_chains()[:, 0].tolist() == [0, 0, 0]  # a depth-1 leaf is its own last stop
+
+
+def test_backoff_threshold_must_be_a_probability():
+    for bad in (-0.1, 1.5, float("nan"), "0.5", True):
+        with pytest.raises(ValueError, match=r"back-off threshold must be a probability in \[0, 1\]"):
+            backoff_nodes(_leaf_pixel([1 / 7] * 7), TAX, bad, flat=True)
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1))
+def test_backoff_zero_is_the_tree_leaf_and_deeper_never_with_a_larger_threshold(seed):
+    g = torch.Generator().manual_seed(seed)
+    logits = [torch.randn(2, c, 3, 4, generator=g) * 3 for c in TAX.level_sizes]
+    leaf, _ = tree_consistent_levels(logits, TAX)
+    assert torch.equal(backoff_nodes(logits, TAX, 0.0), leaf)
+    depth = torch.tensor([TAX.node_depth(n) for n in TAX.node_names])
+    last = None
+    for t in (0.0, 0.2, 0.5, 0.7, 0.9, 1.0):
+        d = depth[backoff_nodes(logits, TAX, t)]
+        if last is not None:
+            assert bool((d <= last).all())
+        last = d
+
+
+# ---------------------------------------------------------------------- hierarchical metrics
+def test_mistake_severity_and_hierarchical_f1_by_hand():
+    m = HierarchicalMetrics(TAX)
+    target = torch.tensor([[2, 2, 2, 2, 255]])
+    m.update(torch.tensor([[4, 3, 0, 2, 0]]), target)  # torso -> head, low_leg, background, torso; ignore
+    h = m.compute()["hierarchy"]
+    assert h["mistake_severity"] == pytest.approx(2.0)  # (1 + 2 + 3) / 3
+    assert h["severity_histogram"] == {"1": 1, "2": 1, "3": 1}
+    # ancestor sets: truth {torso, upper_body, body}; shared 2, 1, 0, 3 of predicted sizes 3, 3, 1, 3
+    assert h["hP"] == pytest.approx(6 / 10) and h["hR"] == pytest.approx(6 / 12)
+    assert h["hF1"] == pytest.approx(2 * 0.6 * 0.5 / 1.1)
+    assert h["pixels"] == 4 and h["accuracy"] == pytest.approx(0.25) and h["leaf_coverage"] == 1.0
+
+
+def test_severity_on_an_uneven_tree():
+    m = HierarchicalMetrics(UNEVEN)
+    # c -> d (1 level: L2), c -> b (L1, L2), c -> a (all 3), b -> a (3), b -> c (L1, L2)
+    m.update(torch.tensor([3, 1, 0, 0, 2]), torch.tensor([2, 2, 2, 1, 1]))
+    h = m.compute()["hierarchy"]
+    assert h["severity_histogram"] == {"1": 1, "2": 2, "3": 2}
+    assert h["mistake_severity"] == pytest.approx((1 + 2 + 3 + 3 + 2) / 5)
+
+
+def test_backoff_accuracy_and_specificity_by_hand():
+    m = HierarchicalMetrics(TAX)
+    target = torch.tensor([2, 2, 2, 4, 8])  # the last pixel is labelled upper_body only: not scored here
+    m.update_backoff(torch.tensor([8, 7, 9, 4, 8]), target)  # upper_body, body, lower_body, head
+    b = m.compute()["hierarchy"]["backoff"]
+    assert b["pixels"] == 4
+    assert b["accuracy"] == pytest.approx(3 / 4)
+    assert b["specificity"] == pytest.approx((2 / 3 + 1 / 3 + 2 / 3 + 1) / 4)
+    assert b["leaf_coverage"] == pytest.approx(1 / 4)
+    with pytest.raises(ValueError, match=r"node ids 0..9"):
+        m.update_backoff(torch.tensor([10]), torch.tensor([2]))
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), cut=st.integers(1, 59))
+def test_hierarchy_scores_ignore_pixel_order_and_batch_split(seed, cut):
+    g = torch.Generator().manual_seed(seed)
+    target = torch.randint(0, 7, (60,), generator=g)
+    pred = torch.randint(0, 7, (60,), generator=g)
+    nodes = torch.randint(0, 10, (60,), generator=g)
+    whole, parts = HierarchicalMetrics(TAX), HierarchicalMetrics(TAX)
+    whole.update(pred, target)
+    whole.update_backoff(nodes, target)
+    perm = torch.randperm(60, generator=g)
+    t, p, n = target[perm], pred[perm], nodes[perm]
+    for sl in (slice(0, cut), slice(cut, 60)):
+        parts.update(p[sl], t[sl])
+        parts.update_backoff(n[sl], t[sl])
+    a, b = whole.compute()["hierarchy"], parts.compute()["hierarchy"]
+    for key in ("hP", "hR", "accuracy", "pixels"):
+        assert a[key] == pytest.approx(b[key]) or (math.isnan(a[key]) and math.isnan(b[key]))
+    assert a["backoff"] == pytest.approx(b["backoff"])
+
+
+# ---------------------------------------------------------------------- the CLI paths, end to end on CPU
+@pytest.fixture(scope="module")
+def backoff_run(tmp_path_factory):
+    import numpy as np
+    from PIL import Image
+
+    from hiertree.checkpoint import save_checkpoint
+    from hiertree.models import HierSegModel
+
+    torch.manual_seed(0)
+    model = HierSegModel(TAX, decoder_channels=16, skip_channels=8).eval()
+    with torch.no_grad():
+        for head in model.heads:
+            head.weight.mul_(30.0)
+    root = tmp_path_factory.mktemp("backoff")
+    run = root / "run"
+    save_checkpoint(run, "ckpt-0000001", model, {"taxonomy": "pascal_part", "model": dict(model.config)}, TAX,
+                    links=("last", "best"))
+    data = root / "data"
+    (data / "JPEGImages").mkdir(parents=True)
+    (data / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(data / "JPEGImages" / f"v{i}.jpg")
+        Image.fromarray(rng.integers(0, 7, (40, 48), dtype=np.uint8), mode="L").save(data / "masks" / f"v{i}.png")
+    (data / "val_id.txt").write_text("v0\nv1\nv2\n")
+    return run, data
+
+
+def test_calibrate_then_predict_with_auto(backoff_run, tmp_path, capsys):
+    from hiertree.cli import eval_main
+    from hiertree.predict import main as predict_main
+
+    run, data = backoff_run
+    out = tmp_path / "eval.json"
+    assert eval_main(["--checkpoint", str(run), "--data", str(data), "--split", "val", "--out", str(out),
+                      "--no-report", "--calibrate-backoff", "0.3", "--device", "cpu"]) == 0
+    result = json.loads(out.read_text())
+    curve = result["backoff"]
+    assert [p["threshold"] for p in curve][:3] == [0.0, 0.01, 0.02] and len(curve) == 101
+    want = min(p["threshold"] for p in curve if p["accuracy"] >= 0.3)
+    stored = json.loads((run / "best" / "backoff.json").read_text())
+    assert stored["threshold"] == want == result["backoff_calibrated"]["threshold"] and stored["target"] == 0.3
+    assert all(a["leaf_coverage"] >= b["leaf_coverage"] for a, b in zip(curve, curve[1:]))  # climbs more and more
+    assert "mistake severity" in capsys.readouterr().out
+    pred = tmp_path / "pred"
+    assert predict_main(["--checkpoint", str(run), "--out", str(pred), str(data / "JPEGImages"), "--backoff", "auto",
+                         "--device", "cpu"]) == 0
+    import numpy as np
+    from PIL import Image
+
+    nodes = np.asarray(Image.open(pred / "v0_labels_nodes.png"))
+    assert nodes.shape == (40, 48) and nodes.max() < TAX.num_nodes
+    assert (pred / "legend_nodes.png").is_file() and (pred / "v0_nodes_overlay.jpg").is_file()
+
+
+def test_backoff_bad_inputs_on_the_command_line(backoff_run, tmp_path, capsys):
+    from hiertree.cli import eval_main
+    from hiertree.predict import main as predict_main
+
+    run, data = backoff_run
+    common = ["--checkpoint", str(run), "--data", str(data), "--split", "val", "--no-report", "--device", "cpu",
+              "--out", str(tmp_path / "e.json")]
+    assert eval_main(common + ["--calibrate-backoff", "1.5"]) == 2
+    assert "--calibrate-backoff must be a share of pixels in (0, 1]" in capsys.readouterr().err
+    assert eval_main(common + ["--backoff", "-1"]) == 2
+    assert "--backoff must be a probability in [0, 1]" in capsys.readouterr().err
+    bare = tmp_path / "bare"
+    import shutil
+
+    shutil.copytree(run / "best", bare / "ck")
+    (bare / "ck" / "backoff.json").unlink(missing_ok=True)
+    assert predict_main(["--checkpoint", str(bare / "ck"), "--out", str(tmp_path / "p"), str(data / "JPEGImages"),
+                         "--backoff", "auto"]) == 2
+    assert "no calibrated back-off threshold; calibrate one with `eval.py --checkpoint" in capsys.readouterr().err
+
+
+def test_model_predict_backoff_zero_is_the_leaf():
+    import numpy as np
+
+    from hiertree.models import HierSegModel
+
+    torch.manual_seed(1)
+    model = HierSegModel(TAX, decoder_channels=16, skip_channels=8).eval()
+    out = model.predict(np.random.default_rng(0).integers(0, 255, (33, 45, 3), dtype=np.uint8), backoff=0.0)
+    assert np.array_equal(out["nodes"], out["leaf"])
+    with pytest.raises(ValueError, match="no calibrated back-off threshold"):
+        model.predict(np.zeros((8, 8, 3), np.uint8), backoff="auto")
+
+
+def test_report_shows_severity_and_the_backoff_curve(backoff_run, tmp_path):
+    pytest.importorskip("matplotlib")
+    from hiertree.cli import eval_main
+
+    run, data = backoff_run
+    assert eval_main(["--checkpoint", str(run), "--data", str(data), "--split", "val", "--out", str(tmp_path / "e.json"),
+                      "--report", str(tmp_path / "rep"), "--report-samples", "0", "--calibrate-backoff", "0.3",
+                      "--device", "cpu"]) == 0
+    text = (tmp_path / "rep" / "report.md").read_text()
+    assert "## How bad the mistakes are" in text and "mistake severity:" in text and "| 0.50 |" in text
+    assert (tmp_path / "rep" / "backoff_curve.png").stat().st_size > 1000
