@@ -64,6 +64,7 @@ def _card(name: str, report: dict) -> str:
         f"- trained on: Pascal-Part people, train split ({report['data']}), {report['training']['epochs']} epochs, "
         f"{report['training']['steps']} steps, {report['training']['train_seconds']:.0f} s on {report['machine']}",
         f"- command: `{report['command']}`",
+        *([f"- how it was trained: {report['note']}"] if report.get("note") else []),
         f"- date: {report['date']}, commit {report['commit']}",
         "- weights: float16 safetensors (loaded into a float32 model)", "",
         "## Validation (410 images, native resolution, mIoU without background)", "",
@@ -76,7 +77,7 @@ def _card(name: str, report: dict) -> str:
         "## Licence of the data", "", LICENCE, ""])
 
 
-def ship(run: Path, data: str, name: str, pretrained: Path, results: Path, command: str) -> dict:
+def ship(run: Path, data: str, name: str, pretrained: Path, results: Path, command: str, note: str = "") -> dict:
     work = results / f".ship-{name}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -86,7 +87,7 @@ def ship(run: Path, data: str, name: str, pretrained: Path, results: Path, comma
     prov = provenance()
     report = {"name": name, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "machine": device_name(), "commit": (prov.get("git") or {}).get("commit") or prov["source_sha256"][:12],
-              "command": command, "data": data, "training": _training(run),
+              "command": command, "note": note, "data": data, "training": _training(run),
               "val": {"single_scale": _levels(single), "hflip": _levels(flip),
                       "raw_consistency": round(single["raw"]["consistency"], 4), "images": single["images"]},
               **prov}
@@ -114,9 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pretrained", default=str(ROOT / "pretrained"), help="where shipped models live")
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))
     parser.add_argument("--command", default="", help="the training command, for the card and results")
+    parser.add_argument("--note", default="", help="what the card should say about the recipe and the run")
     args = parser.parse_args(argv)
     torch.set_grad_enabled(False)
-    report = ship(Path(args.run), args.data, args.name, Path(args.pretrained), Path(args.results), args.command)
+    report = ship(Path(args.run), args.data, args.name, Path(args.pretrained), Path(args.results), args.command,
+                  args.note)
     print(json.dumps(report["val"], indent=2))
     return 0
 

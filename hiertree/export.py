@@ -22,21 +22,37 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hiertree.inference import tree_consistent_levels
+from hiertree.inference import backoff_nodes, check_threshold, node_log_probs, tree_consistent_levels
 from hiertree.padding import pad_amount
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-__all__ = ["ExportWrapper", "export_onnx", "main"]
+__all__ = ["ExportWrapper", "export_onnx", "OUTPUTS", "main"]
+
+
+#: What an exported graph returns: per-level logits, tree-consistent labels, the leaf probabilities tree-consistent
+#: and back-off decoding are made from, or the back-off node map at a fixed threshold.
+OUTPUTS = ("logits", "labels", "leaf_probs", "nodes")
 
 
 class ExportWrapper(nn.Module):
-    """uint8/float images 0..255 NCHW → per-level logits, or tree-consistent int64 labels (``labels=True``)."""
+    """uint8/float images 0..255 NCHW → per-level logits, tree-consistent int64 labels (``labels=True`` or
+    ``output="labels"``), the leaf probabilities [N, num_leaves, H, W] (``"leaf_probs"``) or the back-off node-id
+    map at ``threshold`` (``"nodes"``)."""
 
-    def __init__(self, model: nn.Module, labels: bool = False) -> None:
+    def __init__(self, model: nn.Module, labels: bool = False, output: str | None = None,
+                 threshold: float | None = None) -> None:
         super().__init__()
         self.model = model
-        self.labels = labels
+        self.output = output or ("labels" if labels else "logits")
+        if self.output not in OUTPUTS:
+            raise ValueError(f"unknown export output {self.output!r}; choose one of {', '.join(OUTPUTS)}")
+        if self.output == "nodes":
+            if threshold is None:
+                raise ValueError("output 'nodes' needs a back-off threshold in [0, 1] (or the calibrated one)")
+            threshold = check_threshold(threshold)
+        self.threshold = threshold
+        self.labels = self.output == "labels"
         self.flat = bool(getattr(model, "flat", False))
         self.taxonomy = model.taxonomy
         self.multiple = int(model.encoder.input_multiple)
@@ -48,25 +64,34 @@ class ExportWrapper(nn.Module):
         ph, pw = pad_amount(h, self.multiple), pad_amount(w, self.multiple)
         x = F.pad(images.float() - self.mean, (0, pw, 0, ph)) + self.mean
         logits = [z[:, :, :h, :w] for z in self.model(x)]
-        if not self.labels:
+        if self.output == "logits":
             return tuple(logits)
+        if self.output == "leaf_probs":
+            return (node_log_probs(logits, self.taxonomy, flat=self.flat)[:, : self.taxonomy.num_leaves].exp(),)
+        if self.output == "nodes":
+            return (backoff_nodes(logits, self.taxonomy, self.threshold, flat=self.flat),)
         # the taxonomy's look-up tables enter the traced graph as constants
         _, levels = tree_consistent_levels(logits, self.taxonomy, flat=self.flat)
         return tuple(levels)
 
 
-def export_onnx(model: nn.Module, path: str | Path, labels: bool = False, opset: int = 17, example_size: tuple[int, int] = (64, 64)) -> Path:
-    """Write ``model`` as ONNX with dynamic batch/height/width; outputs ``logits_L{l}`` or ``labels_L{l}`` (int64).
+def export_onnx(model: nn.Module, path: str | Path, labels: bool = False, opset: int = 17,
+                example_size: tuple[int, int] = (64, 64), output: str | None = None, threshold: float | None = None) -> Path:
+    """Write ``model`` as ONNX with dynamic batch/height/width; outputs ``logits_L{l}``, ``labels_L{l}`` (int64),
+    ``leaf_probs`` (float32 [N, num_leaves, H, W]) or ``nodes`` (int64 node ids, back-off at ``threshold``).
 
     Input ``images``: float32 [N, 3, H, W] with values 0..255 (no normalisation needed).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    wrapper = ExportWrapper(model, labels).eval()
+    wrapper = ExportWrapper(model, labels, output, threshold).eval()
     n = model.taxonomy.num_levels
-    names = [f"{'labels' if labels else 'logits'}_L{l}" for l in range(n)]
+    kind = wrapper.output
+    names = [f"{kind}_L{l}" for l in range(n)] if kind in ("logits", "labels") else [kind]
+    dense = kind in ("logits", "leaf_probs")  # [N, C, H, W]; labels and nodes are [N, H, W]
     dummy = torch.zeros(1, 3, *example_size)
-    axes = {"images": {0: "batch", 2: "height", 3: "width"}, **{k: {0: "batch", 2 if not labels else 1: "height", 3 if not labels else 2: "width"} for k in names}}
+    axes = {"images": {0: "batch", 2: "height", 3: "width"},
+            **{k: {0: "batch", 2 if dense else 1: "height", 3 if dense else 2: "width"} for k in names}}
     was_training = model.training
     model.eval()
     try:
@@ -81,12 +106,24 @@ def export_onnx(model: nn.Module, path: str | Path, labels: bool = False, opset:
     return path
 
 
+def _number(text: str | None) -> float | None:
+    if text is None:
+        raise ValueError("--output nodes needs --backoff auto or a threshold in [0, 1]")
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"--backoff takes 'auto' or a threshold in [0, 1], got {text!r}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Export a trained checkpoint to ONNX (dynamic batch, height and width)."""
     parser = argparse.ArgumentParser(prog="hiertree-export", description=main.__doc__)
     parser.add_argument("--checkpoint", required=True, help="checkpoint folder, or a run folder (uses its best)")
     parser.add_argument("--onnx", required=True, help="output .onnx file")
     parser.add_argument("--labels", action="store_true", help="output tree-consistent label maps labels_L{l} (int64) instead of logits")
+    parser.add_argument("--output", choices=OUTPUTS, help="what the graph returns (default logits; --labels = labels): "
+                        "leaf_probs, the leaf probabilities decoding starts from; nodes, the back-off node map")
+    parser.add_argument("--backoff", metavar="auto|THETA", help="the threshold of --output nodes (auto: the calibrated one)")
     parser.add_argument("--opset", type=int, default=17)
     args = parser.parse_args(argv)
     from hiertree.checkpoint import CheckpointError
@@ -94,12 +131,17 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         model, ck = load_model(args.checkpoint, map_location="cpu")
-        out = export_onnx(model, args.onnx, labels=args.labels, opset=args.opset)
-    except (CheckpointError, OSError) as err:
+        threshold = None
+        if args.output == "nodes":
+            threshold = model.resolve_backoff(args.backoff if args.backoff == "auto" else _number(args.backoff))
+        out = export_onnx(model, args.onnx, labels=args.labels, opset=args.opset, output=args.output,
+                          threshold=threshold)
+    except (CheckpointError, OSError, ValueError) as err:
         print(f"hiertree-export: error: {err}", file=sys.stderr)
         return 2
-    kind = "labels" if args.labels else "logits"
-    print(f"hiertree-export: wrote {out} (input 'images' float32 Nx3xHxW 0..255; outputs {kind}_L0..L{ck['taxonomy'].num_levels - 1})")
+    kind = args.output or ("labels" if args.labels else "logits")
+    shown = f"{kind}_L0..L{ck['taxonomy'].num_levels - 1}" if kind in ("logits", "labels") else kind
+    print(f"hiertree-export: wrote {out} (input 'images' float32 Nx3xHxW 0..255; outputs {shown})")
     return 0
 
 

@@ -220,3 +220,31 @@ def test_report_shows_severity_and_the_backoff_curve(backoff_run, tmp_path):
     text = (tmp_path / "rep" / "report.md").read_text()
     assert "## How bad the mistakes are" in text and "mistake severity:" in text and "| 0.50 |" in text
     assert (tmp_path / "rep" / "backoff_curve.png").stat().st_size > 1000
+
+
+def test_onnx_exports_the_node_map_and_the_leaf_probabilities(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    import numpy as np
+
+    from hiertree.export import export_onnx
+    from hiertree.models import HierSegModel
+
+    torch.manual_seed(2)
+    model = HierSegModel(TAX, decoder_channels=16, skip_channels=8).eval()
+    with torch.no_grad():
+        for head in model.heads:
+            head.weight.mul_(20.0)
+    images = torch.from_numpy(np.random.default_rng(1).integers(0, 255, (1, 3, 40, 52)).astype(np.float32))
+    with torch.no_grad():
+        logits = model(images)
+    for output, want in (("nodes", backoff_nodes(logits, TAX, 0.6)),
+                         ("leaf_probs", node_log_probs(logits, TAX)[:, : TAX.num_leaves].exp())):
+        path = export_onnx(model, tmp_path / f"{output}.onnx", output=output, threshold=0.6)
+        got = ort.InferenceSession(str(path)).run(None, {"images": images.numpy()})[0]
+        if output == "nodes":
+            assert (got == want.numpy()).mean() > 0.999
+        else:
+            assert np.abs(got - want.numpy()).max() < 1e-4
+    with pytest.raises(ValueError, match="output 'nodes' needs a back-off threshold"):
+        export_onnx(model, tmp_path / "x.onnx", output="nodes")
