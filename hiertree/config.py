@@ -62,7 +62,8 @@ def merge(base: dict, update: dict, schema: dict, where: str = "", source: str =
                                   f"got {describe_value(value)}")
             out[key] = merge(out.get(key) or {}, value, default, f"{path}.", source)
             continue
-        items = options.item_section(options.field_of(path)) if options.field_of(path) else None
+        field = options.field_of(path)
+        items = options.item_section(field) if field is not None else None
         out[key] = _merge_items(path, value, items, source) if items is not None and value is not None else \
             _checked(path, value, source)
     return out

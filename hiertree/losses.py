@@ -286,9 +286,8 @@ class HierarchicalLoss(nn.Module):
         count = weight[torch.where(exact, target, 0)].mul(exact).sum() if weight is not None else exact.sum()
         if partial and level in self.partial_levels:
             nodes = self._nodes_at(mask, tuple(x.shape[2:]), cache)
-            rows = self._table_index(nodes)
-            is_partial = getattr(self, f"_partial_{level}")[rows]
-            open_classes = getattr(self, f"_sets_{level}")[rows].movedim(-1, 1)
+            is_partial = getattr(self, f"_partial_{level}")[self._table_index(nodes)]
+            open_classes = self._allowed(nodes, level)
             logp = F.log_softmax(x.float(), dim=1)
             # exact and ignored pixels take the all-True row: logsumexp 0, a finite gradient, weight 0
             nll = -logp.masked_fill(~open_classes, float("-inf")).logsumexp(1)
