@@ -6,8 +6,7 @@ and the datasets' per-level targets.
 """
 
 from hiertree.taxonomy import Taxonomy, TaxonomyError
-
-__version__ = "0.1.0"
+from hiertree.version import __version__
 
 __all__ = ["Taxonomy", "TaxonomyError", "HierSegModel", "HierarchicalLoss", "HierarchicalMetrics", "LabelMap", "__version__"]
 

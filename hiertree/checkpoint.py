@@ -34,7 +34,7 @@ from safetensors.torch import load_file, save_file
 from hiertree.taxonomy import Taxonomy
 
 __all__ = [
-    "save_checkpoint", "resolve_checkpoint", "load_checkpoint", "CheckpointError", "unwrap", "state_digest", "model_card",
+    "save_checkpoint", "resolve_checkpoint", "load_checkpoint", "read_checkpoint", "CheckpointError", "unwrap", "state_digest", "model_card",
     "shipped_models", "shipped_model",
 ]
 
@@ -230,8 +230,9 @@ def resolve_checkpoint(path: str | Path, prefer: str = "best") -> Path:
     return _resolve(path, prefer)[0]
 
 
-def load_checkpoint(path: str | Path, prefer: str = "best") -> dict[str, Any]:
-    """``{"dir", "name", "config", "taxonomy", "state_dict", "metrics"}`` of a checkpoint folder.
+def read_checkpoint(path: str | Path, prefer: str = "best", weights: bool = False) -> dict[str, Any]:
+    """``{"dir", "name", "config", "taxonomy", "metrics"}`` of a checkpoint folder, plus ``"state_dict"`` with
+    ``weights=True`` (what :func:`load_checkpoint` does). Without the weights nothing heavy is read.
 
     ``name`` is how the folder was chosen: ``best``/``last`` when ``path`` is a run folder, else the
     folder's own name. A config that is not a mapping or an unreadable file is a CheckpointError.
@@ -243,7 +244,7 @@ def load_checkpoint(path: str | Path, prefer: str = "best") -> dict[str, Any]:
     try:
         cfg = yaml.safe_load((ckpt / "config.yaml").read_text())
         taxonomy = Taxonomy.from_yaml(ckpt / "taxonomy.yaml")
-        state = load_file(str(ckpt / "model.safetensors"))
+        state = load_file(str(ckpt / "model.safetensors")) if weights else None
         metrics = json.loads((ckpt / "metrics.json").read_text()) if (ckpt / "metrics.json").is_file() else None
     except Exception as err:
         raise CheckpointError(f"{ckpt}: cannot read checkpoint ({type(err).__name__}: {err})") from None
@@ -252,7 +253,16 @@ def load_checkpoint(path: str | Path, prefer: str = "best") -> dict[str, Any]:
             f"{ckpt / 'config.yaml'}: expected a mapping, found a {type(cfg).__name__}; "
             "use a checkpoint folder written by hiertree-train (its config.yaml describes the model)"
         )
-    return {"dir": ckpt, "name": chosen, "config": cfg, "taxonomy": taxonomy, "state_dict": state, "metrics": metrics}
+    out = {"dir": ckpt, "name": chosen, "config": cfg, "taxonomy": taxonomy, "metrics": metrics}
+    if weights:
+        out["state_dict"] = state
+    return out
+
+
+def load_checkpoint(path: str | Path, prefer: str = "best") -> dict[str, Any]:
+    """``{"dir", "name", "config", "taxonomy", "state_dict", "metrics"}`` of a checkpoint folder (see
+    :func:`read_checkpoint`)."""
+    return read_checkpoint(path, prefer, weights=True)
 
 
 def model_card(cfg: dict, taxonomy: Taxonomy, metrics: dict | None, command: str) -> str:

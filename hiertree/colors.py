@@ -20,6 +20,10 @@ def colorize(labels: np.ndarray, palette: np.ndarray, ignore_color: Sequence[int
     if palette.ndim != 2 or palette.shape[1] != 3:
         raise ValueError(f"colorize: palette must be [C, 3] uint8, got shape {palette.shape}")
     table = np.concatenate([palette, np.asarray(ignore_color, np.uint8).reshape(1, 3)])
+    if labels.dtype == np.uint8:  # one look-up in a 256-row table: no range test, no int64 copy
+        full = np.repeat(table[-1:], 256, axis=0)
+        full[: min(len(palette), 256)] = palette[:256]
+        return full[labels]
     safe = np.where((labels >= 0) & (labels < len(palette)), labels, len(palette)).astype(np.int64)
     return table[safe]
 
@@ -32,6 +36,10 @@ def overlay(image: np.ndarray, color: np.ndarray, alpha: float = 0.5) -> np.ndar
     color = np.asarray(color)
     if color.shape != image.shape:
         raise ValueError(f"overlay: colour mask has shape {color.shape} but the image has {image.shape}; they must match")
+    if color.dtype == np.uint8:
+        import cv2  # the same blend rounded to nearest, in one SIMD pass
+
+        return cv2.addWeighted(image, 1.0 - alpha, np.ascontiguousarray(color), alpha, 0.0)
     out = (1.0 - alpha) * image.astype(np.float32) + alpha * color.astype(np.float32)
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 

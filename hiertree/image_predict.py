@@ -1,8 +1,8 @@
 """Tree-consistent label maps for plain images (numpy arrays) of any size, at each image's own size.
 
-:func:`predict_images` takes RGB (or grayscale / RGBA) uint8 arrays of any size, batches them by
-padding, and returns tree-consistent per-level label maps at each image's original size. Images
-whose longest side exceeds ``max_side`` are shrunk for the network only; their logits are upsampled
+:func:`predict_images` takes RGB (or grayscale / RGBA) uint8 arrays of any size, batches images of one
+size together (never padding one to another's size), and returns tree-consistent per-level label maps
+at each image's original size. Images whose longest side exceeds ``max_side`` are shrunk for the network only; their logits are upsampled
 back to the original size (bilinear, a strip of rows at a time so a 4000×3000 photo does not need
 gigabytes) before decoding, so labels always match the input pixel grid.
 """
@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from hiertree.images import to_rgb
 from hiertree.inference import decode
-from hiertree.padding import padded_size
+from hiertree.runners import TorchRunner
 
 __all__ = ["predict_images"]
 
@@ -70,7 +70,7 @@ def _decode_image(logits: list[torch.Tensor], size: tuple[int, int], taxonomy: A
     for y0 in range(0, H, step):
         y1 = min(H, y0 + step)
         strip = [_rows_upsampled(z.float(), H, W, y0, y1)[None] for z in logits]
-        out = decode(strip, taxonomy, flat=flat, probabilities=probabilities, backoff=backoff)
+        out = decode(strip, taxonomy, flat=flat, probabilities=probabilities, backoff=backoff, raw=False)
         for l, lab in enumerate(out["levels"]):
             levels[l][y0:y1] = lab[0].cpu().numpy()
         leaf[y0:y1] = out["leaf"][0].cpu().numpy()
@@ -87,9 +87,26 @@ def _decode_image(logits: list[torch.Tensor], size: tuple[int, int], taxonomy: A
     return result
 
 
+def _groups(net_sizes: Sequence[tuple[int, int]], batch_size: int) -> list[list[int]]:
+    """Indices of images with one network size, at most ``batch_size`` at a time: nothing is ever padded."""
+    by_size: dict[tuple[int, int], list[int]] = {}
+    for i, size in enumerate(net_sizes):
+        by_size.setdefault(size, []).append(i)
+    return [idx[k : k + batch_size] for idx in by_size.values() for k in range(0, len(idx), batch_size)]
+
+
+def _as_runner(model: Any, device: torch.device) -> Any:
+    """A runner as it is, a model wrapped as a :class:`~hiertree.runners.TorchRunner`."""
+    if isinstance(model, torch.nn.Module):
+        return TorchRunner(model, device)
+    if not (callable(model) and hasattr(model, "taxonomy")):
+        raise TypeError(f"predict_images: expected a HierSegModel or a runner, got {type(model).__name__}")
+    return model
+
+
 @torch.no_grad()
 def predict_images(
-    model: torch.nn.Module,
+    model: Any,
     images: Sequence[np.ndarray],
     device: str | torch.device = "cpu",
     batch_size: int = 4,
@@ -99,11 +116,11 @@ def predict_images(
 ) -> list[dict[str, Any]]:
     """Tree-consistent label maps for each image, at its original size.
 
+    ``model``: a :class:`~hiertree.models.HierSegModel` or a runner of :mod:`hiertree.runners` (ONNX Runtime).
     Returns one dict per image, in input order: ``"levels"`` (per-level class-index maps, numpy HxW,
     uint8 up to 256 classes), ``"leaf"`` (leaf-id map), ``"size"`` ``(H, W)`` and, with
-    ``probabilities=True``, ``"probs"`` (per-level float16 ``[C_l, H, W]``). Images are sorted by
-    size and padded with the encoder's mean colour (what the model's own padding amounts to), so a
-    batch mate changes results only within the receptive field of the padded border. ``max_side``
+    ``probabilities=True``, ``"probs"`` (per-level float16 ``[C_l, H, W]``). Only images of one size share a
+    forward pass, so no image is padded to another's size and a batch mate never changes a result. ``max_side``
     shrinks larger images for the network (see the module docstring). ``backoff`` (a threshold in [0, 1]) adds
     ``"nodes"``: the node-id map of :func:`hiertree.inference.backoff_nodes`.
     """
@@ -113,33 +130,22 @@ def predict_images(
         raise ValueError(f"predict_images: max_side must be None or an integer >= 8, got {max_side!r}")
     device = torch.device(device)
     rgb = [to_rgb(im, where=f"images[{i}]") for i, im in enumerate(images)]
-    taxonomy, flat = model.taxonomy, bool(getattr(model, "flat", False))
-    encoder = getattr(model, "encoder", None)
-    multiple = int(getattr(encoder, "input_multiple", 32))
-    mean = encoder.mean.detach().float().view(3).cpu() if encoder is not None else torch.zeros(3)
-    was_training = model.training
-    model.eval()
+    runner = _as_runner(model, device)
+    taxonomy, flat = runner.taxonomy, bool(runner.flat)
     net_sizes = [_net_size(a.shape[0], a.shape[1], max_side) for a in rgb]
-    order = sorted(range(len(rgb)), key=lambda i: (net_sizes[i][0] * net_sizes[i][1], net_sizes[i]))
     results: list[dict[str, Any] | None] = [None] * len(rgb)
-    try:
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            bh, bw = padded_size(max(net_sizes[i][0] for i in idx), max(net_sizes[i][1] for i in idx), multiple)
-            batch = mean.view(1, 3, 1, 1).repeat(len(idx), 1, bh, bw)
-            for k, i in enumerate(idx):
-                a, (h, w) = rgb[i], net_sizes[i]
-                if (h, w) != a.shape[:2]:
-                    import cv2
-
-                    a = cv2.resize(a, (w, h), interpolation=cv2.INTER_AREA)
-                batch[k, :, :h, :w] = torch.from_numpy(a).permute(2, 0, 1).float()
-            logits = model(batch.to(device))
-            for k, i in enumerate(idx):
-                h, w = net_sizes[i]
-                per_image = [z[k, :, :h, :w] for z in logits]
-                results[i] = _decode_image(per_image, rgb[i].shape[:2], taxonomy, flat, probabilities, backoff)
-    finally:
-        model.train(was_training)
+    for idx in _groups(net_sizes, batch_size):
+        h, w = net_sizes[idx[0]]
+        arrays = [rgb[i] if rgb[i].shape[:2] == (h, w) else _shrunk(rgb[i], h, w) for i in idx]
+        batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float()
+        logits = runner(batch)
+        for k, i in enumerate(idx):
+            per_image = [z[k] for z in logits]
+            results[i] = _decode_image(per_image, rgb[i].shape[:2], taxonomy, flat, probabilities, backoff)
     return results  # type: ignore[return-value]
 
+
+def _shrunk(a: np.ndarray, h: int, w: int) -> np.ndarray:
+    import cv2
+
+    return cv2.resize(a, (w, h), interpolation=cv2.INTER_AREA)

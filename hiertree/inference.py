@@ -2,14 +2,32 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
 
 from hiertree.taxonomy import Taxonomy
 
-__all__ = ["leaf_path_scores", "tree_consistent_levels", "coarse_logits_from_leaves", "decode", "node_log_probs",
+__all__ = ["channel_argmax", "resolve_backoff", "leaf_path_scores", "tree_consistent_levels", "coarse_logits_from_leaves", "decode", "node_log_probs",
            "backoff_nodes", "backoff_chain", "backoff_stop", "check_threshold"]
+
+
+def channel_argmax(x: torch.Tensor) -> torch.Tensor:
+    """``x.argmax(1)`` (ties: the first index). On a CPU, with few channels, as a running maximum over channels:
+    torch's argmax along the channel dim of an NCHW map strides through memory and is several times slower than
+    C vectorised compares (22 ms vs 5 ms for 7 x 500 x 375 on 2 cores). Channels-last maps (channels adjacent in
+    memory), GPUs and traced graphs (ONNX export) keep the argmax."""
+    tracing = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+    if x.device.type != "cpu" or x.dim() < 3 or not 1 < x.shape[1] <= 64 or x.stride(1) == 1 or tracing:
+        return x.argmax(1)
+    best = x[:, 0]
+    index = torch.zeros(best.shape, dtype=torch.long)
+    for c in range(1, x.shape[1]):
+        better = x[:, c] > best
+        best = torch.maximum(best, x[:, c])
+        index.masked_fill_(better, c)
+    return index
 
 
 def leaf_path_scores(logits: list[torch.Tensor], taxonomy: Taxonomy) -> torch.Tensor:
@@ -30,11 +48,18 @@ def tree_consistent_levels(
     logits: list[torch.Tensor], taxonomy: Taxonomy, flat: bool = False
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Argmax over leaves of the path score, then coarser levels through the taxonomy's LUTs."""
-    if flat:
-        leaf = logits[-1].argmax(1)
-    else:
-        leaf = leaf_path_scores(logits, taxonomy).argmax(1)
+    leaf = channel_argmax(logits[-1] if flat else _path_logit_sums(logits, taxonomy))
     return leaf, taxonomy.levels_from_leaves(leaf)
+
+
+def _path_logit_sums(logits: list[torch.Tensor], taxonomy: Taxonomy) -> torch.Tensor:
+    """:func:`leaf_path_scores` plus a per-pixel constant: log_softmax(z)_c = z_c - logsumexp(z), and the logsumexp
+    terms are the same for every leaf, so summing raw logits along each path has the same argmax, for less work."""
+    score = None
+    for level, z in enumerate(logits):
+        term = z.float().index_select(1, taxonomy.leaf_to_class(level).to(z.device))
+        score = term if score is None else score + term
+    return score
 
 
 def coarse_logits_from_leaves(leaf_logits: torch.Tensor, taxonomy: Taxonomy) -> list[torch.Tensor]:
@@ -53,11 +78,14 @@ def coarse_logits_from_leaves(leaf_logits: torch.Tensor, taxonomy: Taxonomy) -> 
 
 
 def decode(logits: list[torch.Tensor], taxonomy: Taxonomy, flat: bool = False, probabilities: bool = False,
-           backoff: float | None = None) -> dict[str, Any]:
-    """Turn per-level logits into ``{"levels", "leaf", "raw"[, "probs"][, "nodes"]}`` (see
-    :func:`tree_consistent_levels`); ``backoff`` (a threshold) adds the node map of :func:`backoff_nodes`."""
+           backoff: float | None = None, raw: bool = True) -> dict[str, Any]:
+    """Turn per-level logits into ``{"levels", "leaf"[, "raw"][, "probs"][, "nodes"]}`` (see
+    :func:`tree_consistent_levels`); ``raw``: each head's own argmax; ``backoff`` (a threshold) adds the node map of
+    :func:`backoff_nodes`."""
     leaf, levels = tree_consistent_levels(logits, taxonomy, flat=flat)
-    out: dict[str, Any] = {"levels": levels, "leaf": leaf, "raw": [z.argmax(1) for z in logits]}
+    out: dict[str, Any] = {"levels": levels, "leaf": leaf}
+    if raw:
+        out["raw"] = [channel_argmax(z) for z in logits]
     if probabilities:
         out["probs"] = [z.float().softmax(1) for z in logits]
     if backoff is not None:
@@ -89,6 +117,25 @@ def check_threshold(threshold: float, what: str = "back-off threshold") -> float
         raise ValueError(f"{what} must be a probability in [0, 1], got {threshold!r}; 0 keeps every leaf, "
                          "larger values climb to an ancestor more often")
     return float(threshold)
+
+
+_WARNED_ONE_LEVEL: set[str] = set()
+
+
+def resolve_backoff(backoff: float | str | None, calibrated: float | None, taxonomy: Taxonomy) -> float | None:
+    """A threshold from ``backoff``: a number in [0, 1], ``"auto"`` (the ``calibrated`` one) or None (no back-off)."""
+    if backoff == "auto":
+        if calibrated is None:
+            raise ValueError("this model has no calibrated back-off threshold; calibrate one with "
+                             "`eval.py --checkpoint CKPT --calibrate-backoff 0.95`, or give a threshold in [0, 1]")
+        return calibrated
+    if backoff is None:
+        return None
+    if taxonomy.num_levels == 1 and taxonomy.name not in _WARNED_ONE_LEVEL:
+        _WARNED_ONE_LEVEL.add(taxonomy.name)  # said once per tree, not once per image
+        logging.getLogger(__name__).warning("taxonomy %r has one level: back-off predictions are the leaves",
+                                            taxonomy.name)
+    return check_threshold(backoff)
 
 
 def backoff_chain(logits: list[torch.Tensor], taxonomy: Taxonomy, flat: bool) -> tuple[torch.Tensor, torch.Tensor]:

@@ -145,7 +145,7 @@ def test_cli_writes_masks_overlays_labels_and_probabilities(checkpoint, taxonomy
     images = _write_inputs(tmp_path / "in")
     out = tmp_path / "out"
     assert main(["--checkpoint", str(checkpoint), str(tmp_path / "in"), "--out", str(out), "--device", "cpu",
-                 "--batch-size", "2", "--probabilities"]) == 0
+                 "--batch-size", "2", "--probabilities", "--outputs", "labels,color,overlay"]) == 0
     sizes = {"odd": images["odd_rgb"].shape[:2], "gray": images["gray_2d"].shape, "alpha": images["rgba"].shape[:2]}
     expected = set()
     for stem in sizes:
@@ -201,7 +201,7 @@ def test_cli_skips_an_undecodable_image_names_it_and_exits_2(checkpoint, tmp_pat
     assert err[0].startswith("hiertree-predict: warning: cannot read image") and "bad.jpg" in err[0] and "skipped" in err[0]
     assert err[1].startswith("hiertree-predict: error: 1 of 4 image(s) could not be read") and str(out) in err[1]
     for stem in ("alpha", "gray", "odd"):  # the images sorted after the bad one are written too
-        assert {f"{stem}_L{l}.png" for l in range(3)} <= {p.name for p in out.iterdir()}
+        assert {f"{stem}_labels_L{l}.png" for l in range(3)} <= {p.name for p in out.iterdir()}
     assert not list(out.glob("bad*"))
 
 
@@ -213,4 +213,4 @@ def test_cli_reports_a_failed_write(checkpoint, tmp_path, capsys, monkeypatch):
     assert predict.main(["--checkpoint", str(checkpoint), str(tmp_path / "in" / "odd.png"), "--out", str(tmp_path / "o"),
                          "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("hiertree-predict: error: cannot write") and "odd_L0.png" in err and "\n" not in err, err
+    assert err.startswith("hiertree-predict: error: cannot write") and "odd_labels_L0.png" in err and "\n" not in err, err

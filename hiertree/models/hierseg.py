@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -10,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hiertree.checkpoint import CheckpointError, load_backoff, load_checkpoint
-from hiertree.inference import coarse_logits_from_leaves, decode
+from hiertree.inference import coarse_logits_from_leaves, decode, resolve_backoff
 from hiertree.models.decoder import DeepLabDecoder
 from hiertree.models.encoder import Encoder
 from hiertree.options import ModelOptions, defaults, validate_options
@@ -87,25 +88,41 @@ class HierSegModel(nn.Module):
 
     def resolve_backoff(self, backoff: float | str | None) -> float | None:
         """A threshold from ``backoff``: a number in [0, 1], ``"auto"`` (the calibrated one) or None."""
-        if backoff == "auto":
-            if self.backoff_threshold is None:
-                raise ValueError("this model has no calibrated back-off threshold; calibrate one with "
-                                 "`eval.py --checkpoint CKPT --calibrate-backoff 0.95`, or give a threshold in [0, 1]")
-            return self.backoff_threshold
-        if backoff is None:
-            return None
-        from hiertree.inference import check_threshold
+        return resolve_backoff(backoff, self.backoff_threshold, self.taxonomy)
 
-        if self.taxonomy.num_levels == 1:
-            import logging
+    #: The checkpoint folder :func:`load_model` read this model from (None for a model built in code).
+    checkpoint_dir: Path | None = None
+    _loaded_as: tuple | None = None
 
-            logging.getLogger(__name__).warning("taxonomy %r has one level: back-off predictions are the leaves",
-                                                self.taxonomy.name)
-        return check_threshold(backoff)
+    def _fingerprint(self) -> tuple:
+        """Storage and in-place version of every tensor: changes when weights are trained, loaded or moved."""
+        return tuple((t.data_ptr(), t._version) for t in (*self.parameters(), *self.buffers()))
+
+    def _runner(self, backend: str, device: torch.device) -> Any:
+        """The network as a runner: ONNX Runtime (graph cached with the checkpoint) or this model in PyTorch."""
+        from hiertree.backends import cached_onnx_runner, choose_backend
+        from hiertree.runners import TorchRunner
+
+        unchanged = self.checkpoint_dir is not None and self._loaded_as == self._fingerprint()
+        chosen = choose_backend(backend, device)
+        if chosen == "onnx" and not unchanged:
+            if backend == "onnx":
+                raise ValueError("backend='onnx' needs a model loaded by load_model and unchanged since (its ONNX graph "
+                                 "is cached with the checkpoint); use backend='torch', or export it with hiertree-export")
+            chosen = "torch"
+        if chosen == "torch":
+            return TorchRunner(self, device)
+        cached = getattr(self, "_onnx", None)
+        if cached is None or cached[0] != self._loaded_as:
+            import copy
+
+            build = lambda: copy.deepcopy(self).cpu()  # noqa: E731 - exported once per checkpoint
+            self._onnx = (self._loaded_as, cached_onnx_runner(self.checkpoint_dir, self.taxonomy, self.flat, build))
+        return self._onnx[1]
 
     @torch.no_grad()
     def predict(self, images: "torch.Tensor | np.ndarray | list[np.ndarray]", probabilities: bool = False,
-                backoff: float | str | None = None) -> Any:
+                backoff: float | str | None = None, backend: str = "auto") -> Any:
         """Tree-consistent label maps per level, each head's raw argmax, optionally per-level probabilities.
 
         A tensor batch (NCHW, 0..255) gives ``{"levels", "leaf", "raw"[, "probs"]}`` as tensors. A numpy
@@ -113,6 +130,9 @@ class HierSegModel(nn.Module):
         :func:`hiertree.predict.predict_images` and gives numpy maps at each image's own size (one dict
         per image; a single dict for a single image). ``backoff`` (a threshold in [0, 1], or ``"auto"`` for the
         calibrated one) adds ``"nodes"``: per pixel the leaf or its first ancestor that is that sure.
+        ``backend`` (numpy images): ``auto`` runs ONNX Runtime on a CPU when it is installed and the model is a
+        checkpoint's, unchanged since :func:`load_model` (the graph is exported once and cached with the checkpoint);
+        ``torch`` always runs this model; ``onnx`` insists.
         """
         threshold = self.resolve_backoff(backoff)
         if isinstance(images, (np.ndarray, list, tuple)):
@@ -120,8 +140,8 @@ class HierSegModel(nn.Module):
 
             device = next(self.parameters()).device
             single = isinstance(images, np.ndarray)
-            out = predict_images(self, [images] if single else list(images), device=device, probabilities=probabilities,
-                                 backoff=threshold)
+            out = predict_images(self._runner(backend, device), [images] if single else list(images), device=device,
+                                 probabilities=probabilities, backoff=threshold)
             return out[0] if single else out
         logits = self(images)
         return decode(logits, self.taxonomy, flat=self.flat, probabilities=probabilities, backoff=threshold)
@@ -169,4 +189,6 @@ def load_model(path: str | Path, prefer: str = "best", map_location: str | torch
     if channels_last:  # inference-only models (eval/predict CLIs): oneDNN convolutions ~1.3x faster on CPU, same
         # outputs up to float rounding; off by default since safetensors refuses to save such (non-contiguous) tensors
         model = model.to(memory_format=torch.channels_last)
-    return model.to(map_location).eval(), ck
+    model = model.to(map_location).eval()
+    model.checkpoint_dir, model._loaded_as = Path(ck["dir"]), model._fingerprint()
+    return model, ck

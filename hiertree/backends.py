@@ -1,0 +1,148 @@
+"""Which network runs a checkpoint's predictions, and the ONNX graph cached beside the checkpoint.
+
+``auto`` picks ONNX Runtime on a CPU when it is installed (the same network, about 1.5-2x faster on a small CPU)
+and eager PyTorch otherwise or on a GPU; ``torch`` and ``onnx`` force one. The ONNX graph is exported once per
+checkpoint and cached under ``<checkpoint>/.hiertree-cache/``, named by a key of everything it depends on (the
+weights' SHA-256, the hiertree and torch versions, the input layout, the opset). The key is also written into the
+file and checked when it is opened, so a file from another checkpoint or version is rebuilt, never used. When
+the checkpoint folder is read-only the cache goes to ``$HIERTREE_CACHE`` (default ``~/.cache/hiertree``),
+and the log says so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from hiertree import version
+from hiertree.onnx_graph import export_onnx
+from hiertree.runners import ONNX_MISSING, OnnxRunner, TorchRunner, onnxruntime_installed
+
+__all__ = ["BACKENDS", "BackendError", "choose_backend", "onnx_cache_meta", "onnx_cache_path", "cached_onnx_runner",
+           "make_runner", "user_cache_dir"]
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "torch", "onnx")
+#: What the cached graph takes and returns; part of the cache key, so a change of layout never reuses a file.
+INPUT_LAYOUT = "images float32 Nx3xHxW 0..255 -> logits_L* float32 NxCxHxW"
+OPSET = 17
+_CACHE_FOLDER = ".hiertree-cache"
+
+
+class BackendError(RuntimeError):
+    """A backend that cannot be had (unknown name, ONNX Runtime missing, ONNX on a GPU)."""
+
+
+def choose_backend(backend: str, device: torch.device) -> str:
+    """``torch`` or ``onnx`` for ``backend`` (``auto``/``torch``/``onnx``) on ``device``."""
+    if backend not in BACKENDS:
+        raise BackendError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "auto":
+        return "onnx" if device.type == "cpu" and onnxruntime_installed() else "torch"
+    if backend == "onnx":
+        if not onnxruntime_installed():
+            raise BackendError(ONNX_MISSING)
+        if device.type != "cpu":
+            raise BackendError(f"the onnx backend runs on the CPU; use --device cpu or --backend torch (got {device})")
+    return backend
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def onnx_cache_meta(ck_dir: str | Path) -> dict[str, str]:
+    """Everything the cached graph of checkpoint ``ck_dir`` depends on; ``key`` hashes the rest."""
+    meta = {"hiertree_version": version.__version__, "torch_version": torch.__version__, "opset": str(OPSET),
+            "layout": INPUT_LAYOUT, "weights_sha256": _sha256(Path(ck_dir) / "model.safetensors")}
+    meta["hiertree_cache_key"] = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:20]
+    return meta
+
+
+def user_cache_dir() -> Path:
+    """``$HIERTREE_CACHE``, else ``$XDG_CACHE_HOME/hiertree``, else ``~/.cache/hiertree``."""
+    if os.environ.get("HIERTREE_CACHE"):
+        return Path(os.environ["HIERTREE_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "hiertree"
+
+
+def _writable(folder: Path) -> bool:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".probe-"):
+            return True
+    except OSError:
+        return False
+
+
+def onnx_cache_path(ck_dir: str | Path, meta: dict[str, str]) -> Path:
+    """Where the graph of ``ck_dir`` is cached: beside it, or in the user cache when the folder is read-only."""
+    ck_dir = Path(ck_dir)
+    name = f"logits-{meta['hiertree_cache_key']}.onnx"
+    here = ck_dir / _CACHE_FOLDER
+    if _writable(here):
+        return here / name
+    elsewhere = user_cache_dir() / "onnx"
+    log.warning("checkpoint folder %s is read-only; caching its ONNX graph in %s instead", ck_dir, elsewhere)
+    if not _writable(elsewhere):
+        raise BackendError(f"cannot cache the ONNX graph: neither {here} nor {elsewhere} is writable; "
+                           "set HIERTREE_CACHE to a writable folder or use --backend torch")
+    return elsewhere / name
+
+
+def _export(build_model: Callable[[], nn.Module], path: Path, meta: dict[str, str]) -> None:
+    """Export to a temporary file beside ``path`` and move it in place (a killed export leaves no half file)."""
+    log.info("exporting the ONNX graph once for this checkpoint: %s", path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".export-", suffix=".onnx")
+    os.close(fd)
+    try:
+        model = build_model().float().to(memory_format=torch.contiguous_format)
+        export_onnx(model, tmp, opset=OPSET, metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def cached_onnx_runner(ck_dir: str | Path, taxonomy: Any, flat: bool, build_model: Callable[[], nn.Module],
+                       threads: int | None = None) -> OnnxRunner:
+    """An :class:`OnnxRunner` for checkpoint ``ck_dir``, exporting (``build_model()`` -> a CPU model) on a cache miss.
+
+    A cached file whose embedded key differs from this checkpoint's (another checkpoint, another hiertree or
+    torch version, or a file that is not readable as ONNX) is rebuilt.
+    """
+    meta = onnx_cache_meta(ck_dir)
+    path = onnx_cache_path(ck_dir, meta)
+    if path.is_file():
+        try:
+            runner = OnnxRunner(path, taxonomy, flat, threads)
+            if runner.metadata.get("hiertree_cache_key") == meta["hiertree_cache_key"]:
+                return runner
+            log.warning("cached ONNX graph %s belongs to another checkpoint or version; rebuilding it", path)
+        except Exception as err:  # a truncated or foreign file: ONNX Runtime's errors have no common base class
+            log.warning("cached ONNX graph %s cannot be opened (%s); rebuilding it", path, str(err).splitlines()[0][:200])
+    _export(build_model, path, meta)
+    return OnnxRunner(path, taxonomy, flat, threads)
+
+
+def make_runner(backend: str, device: torch.device, ck_dir: str | Path, taxonomy: Any, flat: bool,
+                build_model: Callable[[], nn.Module]) -> TorchRunner | OnnxRunner:
+    """The runner ``backend`` names on ``device`` for checkpoint ``ck_dir``; ``build_model()`` is called only when
+    the network is needed in PyTorch (the torch backend, or an ONNX cache miss)."""
+    if choose_backend(backend, device) == "onnx":
+        return cached_onnx_runner(ck_dir, taxonomy, flat, build_model)
+    return TorchRunner(build_model(), device)

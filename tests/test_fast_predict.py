@@ -1,0 +1,279 @@
+"""The fast CPU predict path: ONNX Runtime vs PyTorch on real images, the ONNX cache's rules, the import guard,
+no padding between images of different sizes, --outputs and --backend and their bad inputs."""
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import hiertree.version
+import hiertree.backends as backends
+from hiertree.backends import BackendError, cached_onnx_runner, choose_backend, onnx_cache_meta
+from hiertree.checkpoint import save_checkpoint, shipped_model
+from hiertree.image_predict import predict_images
+from hiertree.models import HierSegModel, load_model
+from hiertree.predict import main
+from hiertree.runners import TorchRunner
+from hiertree.taxonomy import Taxonomy
+
+ort = pytest.importorskip("onnxruntime", reason="the ONNX backend needs onnxruntime (pip install hiertree[export])")
+pytest.importorskip("onnx", reason="exporting the graph needs the onnx package (pip install hiertree[export])")
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO.parent / "shared" / "datasets" / "pascal-part-sample" / "JPEGImages"
+
+
+@pytest.fixture(scope="module")
+def taxonomy():
+    return Taxonomy.builtin("pascal_part")
+
+
+def _tiny_checkpoint(folder: Path, taxonomy, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    model = HierSegModel(taxonomy, decoder_channels=16, skip_channels=8).eval()
+    with torch.no_grad():
+        for head in model.heads:
+            head.weight.mul_(30.0)  # labels that vary from pixel to pixel
+    save_checkpoint(folder, "ckpt-0000001", model, {"taxonomy": "pascal_part", "model": dict(model.config)}, taxonomy,
+                    links=("last", "best"))
+    return folder / "ckpt-0000001"
+
+
+@pytest.fixture(scope="module")
+def tiny(taxonomy, tmp_path_factory):
+    return _tiny_checkpoint(tmp_path_factory.mktemp("tiny"), taxonomy)
+
+
+def _copy(src: Path, dst: Path) -> None:
+    """A checkpoint folder without the ONNX cache other tests left in it."""
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".hiertree-cache"))
+
+
+class _Logged(logging.Handler):
+    """The messages of hiertree.backends, however the CLIs have routed the hiertree logger."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.messages)
+
+    def __enter__(self) -> "_Logged":
+        logger = logging.getLogger("hiertree.backends")
+        self.level_before = logger.level
+        logger.setLevel(logging.INFO)
+        logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        logger = logging.getLogger("hiertree.backends")
+        logger.removeHandler(self)
+        logger.setLevel(self.level_before)
+
+
+def _exports(monkeypatch) -> list:
+    calls = []
+    real = backends.export_onnx
+    monkeypatch.setattr(backends, "export_onnx", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    return calls
+
+
+# ---------------------------------------------------------------------- same answers as PyTorch
+@pytest.mark.skipif(not SAMPLE.is_dir(), reason="needs ../shared/datasets/pascal-part-sample (real photos)")
+def test_onnx_matches_torch_on_real_photos_with_the_shipped_model(tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(shipped_model("pascal_part_lite0_cpu"), folder)
+    model, ck = load_model(folder, channels_last=True)
+    onnx = cached_onnx_runner(folder, ck["taxonomy"], False, lambda: load_model(folder)[0])
+    images = [cv2.imread(str(p))[..., ::-1].copy() for p in sorted(SAMPLE.glob("*.jpg"))[:3]]
+    torch_runner = TorchRunner(model)
+    agree, total, worst = 0, 0, 0.0
+    for image in images:
+        x = torch.from_numpy(image).permute(2, 0, 1)[None].float()
+        worst = max(worst, max((a - b).abs().max().item() for a, b in zip(onnx(x), torch_runner(x))))
+        a, b = (predict_images(r, [image])[0]["levels"] for r in (onnx, torch_runner))
+        agree += sum(int((p == q).sum()) for p, q in zip(a, b))
+        total += sum(p.size for p in a)
+    assert worst < 1e-2, worst  # logits of magnitude ~10: float32 reassociation in fused kernels only
+    assert agree / total >= 0.999, agree / total
+
+
+def test_onnx_and_torch_labels_match_on_the_tiny_model(tiny, taxonomy):
+    model = load_model(tiny)[0]
+    onnx = cached_onnx_runner(tiny, taxonomy, False, lambda: load_model(tiny)[0])
+    image = np.random.default_rng(0).integers(0, 256, (45, 71, 3), dtype=np.uint8)
+    a, b = (predict_images(r, [image])[0] for r in (onnx, TorchRunner(model)))
+    for p, q in zip(a["levels"], b["levels"]):
+        assert (p == q).mean() >= 0.999
+
+
+def test_images_of_different_sizes_are_not_padded_together(tiny):
+    model = load_model(tiny)[0]
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in ((40, 64, 3), (33, 50, 3), (40, 64, 3))]
+    together = predict_images(model, images, batch_size=3)
+    for image, got in zip(images, together):  # a batch mate of another size changes nothing
+        alone = predict_images(model, [image])[0]
+        for p, q in zip(got["levels"], alone["levels"]):
+            np.testing.assert_array_equal(p, q)
+
+
+# ---------------------------------------------------------------------- the cache
+def test_cache_is_built_once_and_reused(tiny, taxonomy, tmp_path, monkeypatch):
+    folder = tmp_path / "ck"
+    _copy(tiny, folder)
+    calls = _exports(monkeypatch)
+    first = cached_onnx_runner(folder, taxonomy, False, lambda: load_model(folder)[0])
+    assert first.path.parent == folder / ".hiertree-cache" and len(calls) == 1
+    second = cached_onnx_runner(folder, taxonomy, False, lambda: pytest.fail("a cache hit builds no model"))
+    assert second.path == first.path and len(calls) == 1
+    assert second.metadata["weights_sha256"] == onnx_cache_meta(folder)["weights_sha256"]
+
+
+def test_a_file_from_another_checkpoint_or_version_is_rebuilt_never_used(tiny, taxonomy, tmp_path, monkeypatch):
+    mine, other = tmp_path / "mine", _tiny_checkpoint(tmp_path / "other", taxonomy, seed=1)
+    _copy(tiny, mine)
+    theirs = cached_onnx_runner(other, taxonomy, False, lambda: load_model(other)[0])
+    path = backends.onnx_cache_path(mine, onnx_cache_meta(mine))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(theirs.path, path)  # another checkpoint's graph under this checkpoint's name
+    calls = _exports(monkeypatch)
+    with _Logged() as logged:
+        runner = cached_onnx_runner(mine, taxonomy, False, lambda: load_model(mine)[0])
+    assert len(calls) == 1 and "belongs to another checkpoint or version" in logged.text
+    assert runner.metadata["hiertree_cache_key"] == onnx_cache_meta(mine)["hiertree_cache_key"]
+    path.write_bytes(b"not onnx at all")  # a truncated or foreign file
+    cached_onnx_runner(mine, taxonomy, False, lambda: load_model(mine)[0])
+    assert len(calls) == 2
+    monkeypatch.setattr(hiertree.version, "__version__", "9.9.9")  # another hiertree version: another key, another file
+    upgraded = cached_onnx_runner(mine, taxonomy, False, lambda: load_model(mine)[0])
+    assert len(calls) == 3 and upgraded.path != path
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_checkpoint_caches_elsewhere_and_says_where(tiny, taxonomy, tmp_path, monkeypatch):
+    folder = tmp_path / "ro"
+    _copy(tiny, folder)
+    folder.chmod(0o555)
+    monkeypatch.setenv("HIERTREE_CACHE", str(tmp_path / "cache"))
+    try:
+        with _Logged() as logged:
+            runner = cached_onnx_runner(folder, taxonomy, False, lambda: load_model(folder)[0])
+    finally:
+        folder.chmod(0o755)
+    assert runner.path.parent == tmp_path / "cache" / "onnx"
+    assert "read-only" in logged.text and str(tmp_path / "cache" / "onnx") in logged.text
+
+
+def test_unwritable_checkpoint_folder_is_detected(tiny, tmp_path, monkeypatch):
+    """The same rule where the tests run as root: the folder probe fails, the user cache is used."""
+    real = backends._writable
+    monkeypatch.setattr(backends, "_writable", lambda folder: ".hiertree-cache" not in str(folder) and real(folder))
+    monkeypatch.setenv("HIERTREE_CACHE", str(tmp_path / "cache"))
+    with _Logged() as logged:
+        path = backends.onnx_cache_path(tiny, onnx_cache_meta(tiny))
+    assert path.parent == tmp_path / "cache" / "onnx" and "read-only" in logged.text
+
+
+# ---------------------------------------------------------------------- choosing a backend
+def test_backend_choice_and_its_errors(monkeypatch):
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert choose_backend("auto", cpu) == "onnx" and choose_backend("auto", gpu) == "torch"
+    assert choose_backend("torch", cpu) == "torch"
+    with pytest.raises(BackendError, match="runs on the CPU"):
+        choose_backend("onnx", gpu)
+    with pytest.raises(BackendError, match="unknown backend 'tensorrt'; choose one of auto, torch, onnx"):
+        choose_backend("tensorrt", cpu)
+    monkeypatch.setattr(backends, "onnxruntime_installed", lambda: False)
+    assert choose_backend("auto", cpu) == "torch"
+    with pytest.raises(BackendError, match=r"pip install hiertree\[export\]"):
+        choose_backend("onnx", cpu)
+
+
+def test_model_predict_uses_onnx_only_for_an_unchanged_checkpoint_model(tiny, tmp_path):
+    folder = tmp_path / "ck"
+    _copy(tiny, folder)
+    model = load_model(folder)[0]
+    image = np.random.default_rng(2).integers(0, 256, (37, 41, 3), dtype=np.uint8)
+    assert model._runner("auto", torch.device("cpu")).name == "onnx"
+    fast, slow = model.predict(image), model.predict(image, backend="torch")
+    assert all((p == q).mean() >= 0.999 for p, q in zip(fast["levels"], slow["levels"]))
+    with torch.no_grad():
+        model.heads[0].bias.add_(1.0)  # trained further: the cached graph no longer describes it
+    assert model._runner("auto", torch.device("cpu")).name == "torch"
+    with pytest.raises(ValueError, match="unchanged since"):
+        model.predict(image, backend="onnx")
+
+
+# ---------------------------------------------------------------------- the command
+def _inputs(folder: Path) -> Path:
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    for name, shape in (("a", (40, 52, 3)), ("b", (31, 44, 3))):
+        cv2.imwrite(str(folder / f"{name}.png"), rng.integers(0, 256, shape, dtype=np.uint8))
+    return folder
+
+
+def test_outputs_choose_the_files_and_backends_agree(tiny, tmp_path):
+    inputs = _inputs(tmp_path / "in")
+    for backend in ("onnx", "torch"):
+        out = tmp_path / backend
+        assert main(["--checkpoint", str(tiny), str(inputs), "--out", str(out), "--device", "cpu",
+                     "--backend", backend]) == 0
+        assert {p.name for p in out.iterdir()} == {f"{s}_{k}" for s in "ab" for l in range(3)
+                                                   for k in (f"labels_L{l}.png", f"L{l}_overlay.jpg")}
+    for name in ("a_labels_L2.png", "b_labels_L1.png"):
+        a, b = (cv2.imread(str(tmp_path / k / name), cv2.IMREAD_UNCHANGED) for k in ("onnx", "torch"))
+        assert (a == b).mean() >= 0.999
+    out = tmp_path / "probs"
+    assert main(["--checkpoint", str(tiny), str(inputs / "a.png"), "--out", str(out), "--outputs", "color,probs"]) == 0
+    assert {p.name for p in out.iterdir()} == {f"a_L{l}.png" for l in range(3)} | {"a_probs.npz"}
+
+
+def test_bad_outputs_and_missing_onnxruntime_are_one_line(tiny, tmp_path, capsys, monkeypatch):
+    inputs = _inputs(tmp_path / "in")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--checkpoint", str(tiny), str(inputs), "--out", str(tmp_path / "o"), "--outputs", "labels,mask"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "unknown item(s) 'mask'; choose from labels, color, overlay, probs" in err
+    monkeypatch.setattr(backends, "onnxruntime_installed", lambda: False)
+    assert main(["--checkpoint", str(tiny), str(inputs), "--out", str(tmp_path / "o"), "--backend", "onnx"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("hiertree-predict: error: ONNX Runtime is not installed") and "pip install" in err
+    assert "\n" not in err
+
+
+HEAVY = ("hiertree.engine", "torch._dynamo", "torchvision", "albumentations", "matplotlib", "timm")
+
+
+def test_the_predict_path_imports_nothing_heavy(tiny, tmp_path):
+    """A fresh interpreter: importing the entry point, then predicting from a warm ONNX cache, loads none of
+    the training machinery (engine, dynamo, torchvision, albumentations, matplotlib, not even timm)."""
+    inputs = _inputs(tmp_path / "in")
+    folder = tmp_path / "ck"
+    _copy(tiny, folder)
+    assert main(["--checkpoint", str(folder), str(inputs), "--out", str(tmp_path / "warm")]) == 0  # fills the cache
+    code = ("import sys, json\nimport hiertree.predict as p\nafter_import = sorted(m for m in {h} if m in sys.modules)\n"
+            "rc = p.main(['--checkpoint', {ck!r}, {inp!r}, '--out', {out!r}])\n"
+            "print(json.dumps([after_import, sorted(m for m in {h} if m in sys.modules), rc]))"
+            ).format(h=HEAVY, ck=str(folder), inp=str(inputs), out=str(tmp_path / "o"))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    after_import, after_predict, rc = json.loads(run.stdout.strip().splitlines()[-1])
+    assert rc == 0 and after_import == [] and after_predict == [], (after_import, after_predict, run.stderr[-2000:])
