@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "torch", "onnx")
 #: What the cached graph takes and returns; part of the cache key, so a change of layout never reuses a file.
-INPUT_LAYOUT = "images float32 Nx3xHxW 0..255 -> logits_L* float32 NxCxHxW"
+INPUT_LAYOUT = "images float32 Nx3xHxW 0..255 -> logits_L* float32 NxCxHxW, leaf int64 NxHxW"
 OPSET = 17
 _CACHE_FOLDER = ".hiertree-cache"
 
@@ -92,7 +92,7 @@ def _writable(folder: Path) -> bool:
 def onnx_cache_path(ck_dir: str | Path, meta: dict[str, str]) -> Path:
     """Where the graph of ``ck_dir`` is cached: beside it, or in the user cache when the folder is read-only."""
     ck_dir = Path(ck_dir)
-    name = f"logits-{meta['hiertree_cache_key']}.onnx"
+    name = f"predict-{meta['hiertree_cache_key']}.onnx"
     here = ck_dir / _CACHE_FOLDER
     if _writable(here):
         return here / name
@@ -111,7 +111,7 @@ def _export(build_model: Callable[[], nn.Module], path: Path, meta: dict[str, st
     os.close(fd)
     try:
         model = build_model().float().to(memory_format=torch.contiguous_format)
-        export_onnx(model, tmp, opset=OPSET, metadata=meta)
+        export_onnx(model, tmp, opset=OPSET, output="predict", metadata=meta)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--onnx", required=True, help="output .onnx file")
     parser.add_argument("--labels", action="store_true", help="output tree-consistent label maps labels_L{l} (int64) instead of logits")
     parser.add_argument("--output", choices=OUTPUTS, help="what the graph returns (default logits; --labels = labels): "
-                        "leaf_probs, the leaf probabilities decoding starts from; nodes, the back-off node map")
+                        "leaf_probs, the leaf probabilities decoding starts from; nodes, the back-off node map; predict, the "
+                        "logits plus the tree-consistent leaf map (what hiertree-predict caches)")
     parser.add_argument("--backoff", metavar="auto|THETA", help="the threshold of --output nodes (auto: the calibrated one)")
     parser.add_argument("--opset", type=int, default=17)
     args = parser.parse_args(argv)
@@ -50,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hiertree-export: error: {err}", file=sys.stderr)
         return 2
     kind = args.output or ("labels" if args.labels else "logits")
-    shown = f"{kind}_L0..L{ck['taxonomy'].num_levels - 1}" if kind in ("logits", "labels") else kind
+    last = ck["taxonomy"].num_levels - 1
+    shown = {"logits": f"logits_L0..L{last}", "labels": f"labels_L0..L{last}", "predict": f"logits_L0..L{last}, leaf"}.get(kind, kind)
     print(f"hiertree-export: wrote {out} (input 'images' float32 Nx3xHxW 0..255; outputs {shown})")
     return 0
 

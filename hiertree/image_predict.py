@@ -87,6 +87,13 @@ def _decode_image(logits: list[torch.Tensor], size: tuple[int, int], taxonomy: A
     return result
 
 
+def _from_leaf(leaf: torch.Tensor, taxonomy: Any) -> dict[str, Any]:
+    """The result of one image from its tree-consistent leaf map: every level through the taxonomy's LUTs."""
+    levels = [lab.numpy().astype(_label_dtype(taxonomy.num_classes(l)))
+              for l, lab in enumerate(taxonomy.levels_from_leaves(leaf.long()))]
+    return {"levels": levels, "leaf": leaf.numpy().astype(_label_dtype(taxonomy.num_leaves)), "size": tuple(leaf.shape)}
+
+
 def _groups(net_sizes: Sequence[tuple[int, int]], batch_size: int) -> list[list[int]]:
     """Indices of images with one network size, at most ``batch_size`` at a time: nothing is ever padded."""
     by_size: dict[tuple[int, int], list[int]] = {}
@@ -138,6 +145,11 @@ def predict_images(
         h, w = net_sizes[idx[0]]
         arrays = [rgb[i] if rgb[i].shape[:2] == (h, w) else _shrunk(rgb[i], h, w) for i in idx]
         batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float()
+        if getattr(runner, "has_leaf", False) and not probabilities and backoff is None and \
+                all(rgb[i].shape[:2] == (h, w) for i in idx):  # labels only, at the network's size: decoded in the graph
+            for k, leaf in zip(idx, runner.leaf(batch)):
+                results[k] = _from_leaf(leaf, taxonomy)
+            continue
         logits = runner(batch)
         for k, i in enumerate(idx):
             per_image = [z[k] for z in logits]

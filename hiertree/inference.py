@@ -9,7 +9,7 @@ import torch
 
 from hiertree.taxonomy import Taxonomy
 
-__all__ = ["channel_argmax", "resolve_backoff", "leaf_path_scores", "tree_consistent_levels", "coarse_logits_from_leaves", "decode", "node_log_probs",
+__all__ = ["channel_argmax", "path_logit_sums", "resolve_backoff", "leaf_path_scores", "tree_consistent_levels", "coarse_logits_from_leaves", "decode", "node_log_probs",
            "backoff_nodes", "backoff_chain", "backoff_stop", "check_threshold"]
 
 
@@ -48,12 +48,13 @@ def tree_consistent_levels(
     logits: list[torch.Tensor], taxonomy: Taxonomy, flat: bool = False
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Argmax over leaves of the path score, then coarser levels through the taxonomy's LUTs."""
-    leaf = channel_argmax(logits[-1] if flat else _path_logit_sums(logits, taxonomy))
+    leaf = channel_argmax(logits[-1] if flat else path_logit_sums(logits, taxonomy))
     return leaf, taxonomy.levels_from_leaves(leaf)
 
 
-def _path_logit_sums(logits: list[torch.Tensor], taxonomy: Taxonomy) -> torch.Tensor:
-    """:func:`leaf_path_scores` plus a per-pixel constant: log_softmax(z)_c = z_c - logsumexp(z), and the logsumexp
+def path_logit_sums(logits: list[torch.Tensor], taxonomy: Taxonomy) -> torch.Tensor:
+    """[B, num_leaves, H, W]: :func:`leaf_path_scores` plus a per-pixel constant (linear in the logits, so it may be
+    taken before upsampling): log_softmax(z)_c = z_c - logsumexp(z), and the logsumexp
     terms are the same for every leaf, so summing raw logits along each path has the same argmax, for less work."""
     score = None
     for level, z in enumerate(logits):

@@ -19,15 +19,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hiertree.inference import backoff_nodes, check_threshold, node_log_probs, tree_consistent_levels
+from hiertree.inference import backoff_nodes, check_threshold, node_log_probs, path_logit_sums, tree_consistent_levels
 from hiertree.padding import pad_amount
 
 __all__ = ["ExportWrapper", "export_onnx", "OUTPUTS"]
 
 
 #: What an exported graph returns: per-level logits, tree-consistent labels, the leaf probabilities tree-consistent
-#: and back-off decoding are made from, or the back-off node map at a fixed threshold.
-OUTPUTS = ("logits", "labels", "leaf_probs", "nodes")
+#: and back-off decoding are made from, the back-off node map at a fixed threshold, or (``predict``, what
+#: hiertree-predict caches) the per-level logits plus the tree-consistent ``leaf`` map decoded inside the graph.
+OUTPUTS = ("logits", "labels", "leaf_probs", "nodes", "predict")
 
 
 class ExportWrapper(nn.Module):
@@ -58,6 +59,8 @@ class ExportWrapper(nn.Module):
         h, w = images.shape[-2], images.shape[-1]
         ph, pw = pad_amount(h, self.multiple), pad_amount(w, self.multiple)
         x = F.pad(images.float() - self.mean, (0, pw, 0, ph)) + self.mean
+        if self.output == "predict":
+            return self._logits_and_leaf(x, h, w)
         logits = [z[:, :, :h, :w] for z in self.model(x)]
         if self.output == "logits":
             return tuple(logits)
@@ -68,6 +71,16 @@ class ExportWrapper(nn.Module):
         # the taxonomy's look-up tables enter the traced graph as constants
         _, levels = tree_consistent_levels(logits, self.taxonomy, flat=self.flat)
         return tuple(levels)
+
+    def _logits_and_leaf(self, x: torch.Tensor, h: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Per-level logits and the leaf map; the path sums are linear in the logits, so they are taken at the
+        decoder's stride and upsampled once (num_leaves channels, not every level's), exactly the argmax
+        tree-consistent decoding takes of the upsampled logits, up to float rounding."""
+        low = self.model(x, upsample=False)
+        up = [F.interpolate(z, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, :, :h, :w] for z in low]
+        scores = low[-1] if self.flat else path_logit_sums(low, self.taxonomy)
+        leaf = F.interpolate(scores, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, :, :h, :w].argmax(1)
+        return (*up, leaf)
 
 
 def export_onnx(model: nn.Module, path: str | Path, labels: bool = False, opset: int = 17,
@@ -85,10 +98,12 @@ def export_onnx(model: nn.Module, path: str | Path, labels: bool = False, opset:
     n = model.taxonomy.num_levels
     kind = wrapper.output
     names = [f"{kind}_L{l}" for l in range(n)] if kind in ("logits", "labels") else [kind]
-    dense = kind in ("logits", "leaf_probs")  # [N, C, H, W]; labels and nodes are [N, H, W]
+    if kind == "predict":
+        names = [f"logits_L{l}" for l in range(n)] + ["leaf"]
+    dense = {k for k in names if k.startswith("logits") or k == "leaf_probs"}  # [N, C, H, W]; the rest [N, H, W]
     dummy = torch.zeros(1, 3, *example_size)
     axes = {"images": {0: "batch", 2: "height", 3: "width"},
-            **{k: {0: "batch", 2 if dense else 1: "height", 3 if dense else 2: "width"} for k in names}}
+            **{k: {0: "batch", 2 if k in dense else 1: "height", 3 if k in dense else 2: "width"} for k in names}}
     was_training = model.training
     model.eval()
     try:

@@ -76,11 +76,20 @@ class OnnxRunner:
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.taxonomy = taxonomy
         self.flat = flat
-        expected = [f"logits_L{l}" for l in range(taxonomy.num_levels)]
-        if self.outputs != expected:
-            raise ValueError(f"{self.path}: the graph outputs {self.outputs}, expected {expected} "
-                             "(export it with hiertree-export --output logits)")
+        self.logit_names = [f"logits_L{l}" for l in range(taxonomy.num_levels)]
+        if self.outputs not in (self.logit_names, self.logit_names + ["leaf"]):
+            raise ValueError(f"{self.path}: the graph outputs {self.outputs}, expected {self.logit_names} (and 'leaf'); "
+                             "export it with hiertree-export --output logits or --output predict")
+        #: Whether :meth:`leaf` can decode inside the graph (a graph exported with ``output="predict"``).
+        self.has_leaf = self.outputs[-1] == "leaf"
+
+    @staticmethod
+    def _feed(images: torch.Tensor) -> dict:
+        return {"images": images.detach().to("cpu", torch.float32).contiguous().numpy()}
 
     def __call__(self, images: torch.Tensor) -> list[torch.Tensor]:
-        x = images.detach().to("cpu", torch.float32).contiguous().numpy()
-        return [torch.from_numpy(z) for z in self.session.run(self.outputs, {"images": x})]
+        return [torch.from_numpy(z) for z in self.session.run(self.logit_names, self._feed(images))]
+
+    def leaf(self, images: torch.Tensor) -> torch.Tensor:
+        """The tree-consistent leaf map [N, H, W] decoded in the graph (only the ops that lead to it run)."""
+        return torch.from_numpy(self.session.run(["leaf"], self._feed(images))[0])
