@@ -21,7 +21,6 @@ import argparse
 import copy
 import datetime as dt
 import json
-import platform
 import random
 import shlex
 import subprocess
@@ -34,6 +33,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.provenance import cpu_model  # noqa: E402
 from hiertree.config import load_config  # noqa: E402
 from hiertree.engine import train  # noqa: E402
 from hiertree.logs import setup_logging  # noqa: E402
@@ -43,25 +43,29 @@ TO_L1 = {0: "background", 1: "upper_body", 2: "upper_body", 4: "upper_body", 6: 
          5: "lower_body"}
 
 
-def _synthetic_arms(base: dict, leaf_share: float | None) -> dict[str, tuple[dict, int]]:
-    """(config, epochs) per arm; A = 150 leaf-labelled images, B1/B2 = 675 each (seeds 10 and 20).
+def _synthetic_arms(base: dict, leaf_share: float | None, n_leaf: int = 150) -> dict[str, tuple[dict, int]]:
+    """(config, epochs) per arm; A = ``n_leaf`` leaf-labelled images, B1/B2 = 4.5 x ``n_leaf`` each (seeds 10, 20).
 
     In (b) the leaf-labelled source fills ``leaf_share`` of the batches and the two coarse ones the rest, half
     each (``None``: every source in proportion to its size, so A fills 10 %); in (c), where every source has leaf
-    labels, sources are sampled in proportion to their size.
+    labels, sources are sampled in proportion to their size. Every arm takes about 561 steps of batch 8.
     """
     def src(name: str, n: int, seed: int, labels: dict | None, evaluate: bool, weight: float | None = None) -> dict:
         return {"name": name, "labels": labels, "evaluate": evaluate, "weight": float(weight or n),
                 "synthetic": {"num_train": n, "seed": seed, "num_val": 150}}
 
-    a = src("leaf10", 150, 0, None, True)
+    n_b = n_leaf * 9 // 2
+    batch = int(base["train"]["batch_size"])
+    epochs_a = max(1, round(561 / max(1, n_leaf // batch)))  # 150 images: 18 steps per epoch, 31 epochs
+    epochs_bc = max(1, round(561 / max(1, (n_leaf + 2 * n_b) // batch)))
+    a = src("leaf10", n_leaf, 0, None, True)
     coarse = None if leaf_share is None else (1 - leaf_share) / 2
-    b = [src("leaf10", 150, 0, None, True, leaf_share), src("to_L0", 675, 10, TO_L0, False, coarse),
-         src("to_L1", 675, 20, TO_L1, False, coarse)]
+    b = [src("leaf10", n_leaf, 0, None, True, leaf_share), src("to_L0", n_b, 10, TO_L0, False, coarse),
+         src("to_L1", n_b, 20, TO_L1, False, coarse)]
     arms = {
-        "a_leaf10": ([a], 31),  # 150 images / batch 8 = 18 steps per epoch: 31 epochs = 558 steps
-        "b_leaf10_coarse90": (b, 3),
-        "c_leaf100": ([a, src("leaf_b1", 675, 10, None, False), src("leaf_b2", 675, 20, None, False)], 3),
+        "a_leaf10": ([a], epochs_a),
+        "b_leaf10_coarse90": (b, epochs_bc),
+        "c_leaf100": ([a, src("leaf_b1", n_b, 10, None, False), src("leaf_b2", n_b, 20, None, False)], epochs_bc),
     }
     return {name: (_with(base, sources, epochs), epochs) for name, (sources, epochs) in arms.items()}
 
@@ -102,12 +106,7 @@ def _pascal_arms(base: dict, data: Path, out: Path) -> dict[str, tuple[dict, int
 
 
 def _machine() -> str:
-    try:
-        cpu = next(l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                   if l.startswith("model name"))
-    except (OSError, StopIteration):
-        cpu = platform.processor() or "unknown CPU"
-    return f"{cpu}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    return f"{cpu_model()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
 
 
 def _commit() -> str:
@@ -153,25 +152,28 @@ def _merged(path: Path, rows: list[dict], command: str) -> tuple[list[dict], lis
     if not path.is_file():
         return rows, [command]
     old = json.loads(path.read_text())
+    if "arms" not in old:
+        raise SystemExit(f"{path} holds no 'arms' list to merge into (a summary written by hand); give --tag")
     fresh = {r["arm"] for r in rows}
     kept = [r for r in old["arms"] if r["arm"] not in fresh]
     commands = old.get("commands", [old.get("command", "")])
     return kept + rows, [*commands, command]
 
 
-def _write(suite: str, rows: list[dict], command: str, extra: str, merge: bool) -> Path:
+def _write(suite: str, rows: list[dict], command: str, extra: str, merge: bool, tag: str = "") -> Path:
     out = ROOT / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
+    stem = f"partial-{suite}{'-' + tag if tag else ''}"
     commands = [command]
     if merge:
-        rows, commands = _merged(out / f"partial-{suite}.json", rows, command)
+        rows, commands = _merged(out / f"{stem}.json", rows, command)
     order = {"a": 0, "b": 1, "c": 2, "i": 0, "ii": 1, "iii": 2}
     rows = sorted(rows, key=lambda r: order.get(r["arm"].split("_")[0], 9))
     command = " && ".join(commands)
     info = {"suite": suite, "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "commit": _commit(), "machine": _machine(), "command": command, "commands": commands, "setup": extra,
             "arms": rows, "verdict": _verdict(rows, suite)}
-    (out / f"partial-{suite}.json").write_text(json.dumps(info, indent=2))
+    (out / f"{stem}.json").write_text(json.dumps(info, indent=2))
     lines = [f"# Coarse and partial labels: {suite}", "", f"{info['date']}, commit {info['commit']}, {info['machine']}.",
              "", f"Command: `{command}`", "", extra, "",
              "| arm | steps | L0 mIoU | L1 mIoU | L2 mIoU | raw consistency | wall s |", "| --- | --- | --- | --- | --- | --- | --- |"]
@@ -179,7 +181,7 @@ def _write(suite: str, rows: list[dict], command: str, extra: str, merge: bool) 
         lines.append(f"| {r['arm']} | {r['steps']} | {r['mIoU'][0]:.4f} | {r['mIoU'][1]:.4f} | {r['mIoU'][2]:.4f} | "
                      f"{r['consistency_raw']:.4f} | {r['seconds']:.0f} |")
     lines += ["", *[f"- {v}" for v in info["verdict"]], ""]
-    path = out / f"partial-{suite}.md"
+    path = out / f"{stem}.md"
     path.write_text("\n".join(lines))
     return path
 
@@ -202,14 +204,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--leaf-share", type=_share, default=0.5,
                         help="synthetic (b): share of the batches from the leaf-labelled source (0.5 tuned on val: "
                              "0.1 by size, 0.5, 0.7 tried); 'size' samples every source by its size")
+    parser.add_argument("--leaf-images", type=int, default=150,
+                        help="synthetic: size of A, the leaf-labelled 10 %% (B = 9 x as many); steps stay about 561")
+    parser.add_argument("--tag", default="", help="results go to partial-<suite>-<tag>.{json,md}")
     parser.add_argument("overrides", nargs="*", help="config overrides applied to every arm")
     args = parser.parse_args(argv)
     setup_logging(-1)
     out = Path(args.out) / args.suite
     if args.suite == "synthetic":
         base = load_config(ROOT / "configs/demo.yaml", args.overrides)
-        arms = _synthetic_arms(base, args.leaf_share)
-        extra = ("configs/demo.yaml; A = 150 leaf-labelled images (seed 0), B = 2 x 675 images (seeds 10, 20) labelled "
+        arms = _synthetic_arms(base, args.leaf_share, args.leaf_images)
+        extra = (f"configs/demo.yaml; A = {args.leaf_images} leaf-labelled images (seed 0), B = 2 x {args.leaf_images * 9 // 2} images (seeds 10, 20) labelled "
                  f"at L0 / L1 in (b) and at the leaves in (c); in (b) A fills "
                  f"{'10 % (by size)' if args.leaf_share is None else format(args.leaf_share, '.0%')} of the batches, "
                  "the coarse sources the rest; in (c) sources are sampled by size; val = 150 leaf-labelled images "
@@ -230,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(_run_arm(name, cfg, out))
         print(json.dumps(rows[-1]), flush=True)
     command = " ".join(["python benchmarks/partial_labels.py"] + [shlex.quote(a) for a in (argv or sys.argv[1:])])
-    print(f"wrote {_write(args.suite, rows, command, extra, merge=bool(args.arms))}")
+    print(f"wrote {_write(args.suite, rows, command, extra, merge=bool(args.arms), tag=args.tag)}")
     return 0
 
 
