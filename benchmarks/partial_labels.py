@@ -132,6 +132,8 @@ def _run_arm(name: str, cfg: dict, out: Path) -> dict:
 
 def _verdict(rows: list[dict], suite: str) -> list[str]:
     by = {r["arm"][0] if suite == "synthetic" else r["arm"].split("_")[0]: r["mIoU"] for r in rows}
+    if not ({"a", "b", "c"} <= set(by) or {"i", "ii"} <= set(by)):
+        return [f"no verdict: it compares arms a, b, c (synthetic) or i, ii (pascal); this file holds {sorted(by)}"]
     if suite == "synthetic":
         a, b, c = by["a"], by["b"], by["c"]
         gap = [(bv - av) / (cv - av) if cv != av else float("nan") for av, bv, cv in zip(a, b, c)]
