@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from hiertree.metrics import HierarchicalMetrics
-from hiertree.inference import backoff_chain, backoff_stop, decode
+from hiertree.inference import backoff_chain, decode
 from hiertree.sliding import logits_any_size
 from hiertree.taxonomy import Taxonomy
 
@@ -118,8 +118,7 @@ def _accumulate(model: torch.nn.Module, loader: Iterable[dict], taxonomy: Taxono
             raw.update(out["raw"], target)
             if curve:
                 chain, probs = backoff_chain(logp, taxonomy, flat)
-                for threshold, scored in curve.items():
-                    scored.update_backoff(backoff_stop(chain, probs, threshold), target)
+                HierarchicalMetrics.update_backoff_curve(list(curve.values()), list(curve), chain, probs, target)
     return tree, raw
 
 

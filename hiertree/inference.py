@@ -143,7 +143,7 @@ def backoff_chain(logits: list[torch.Tensor], taxonomy: Taxonomy, flat: bool) ->
     """Node ids [depth, B, H, W] up the argmax leaf's chain and their probabilities [depth, B, H, W]: computed once,
     they give the back-off map of any threshold through :func:`backoff_stop` (calibration scans many)."""
     nodes_lp = node_log_probs(logits, taxonomy, flat)
-    leaf = nodes_lp[:, : taxonomy.num_leaves].argmax(1)
+    leaf, _ = tree_consistent_levels(logits, taxonomy, flat)  # the very leaf decoding picks, ties included
     chain = taxonomy.leaf_chains().to(leaf.device)[:, leaf]  # [depth, B, H, W]
     probs = torch.stack([nodes_lp.gather(1, c.unsqueeze(1)).squeeze(1) for c in chain]).exp()
     return chain, probs

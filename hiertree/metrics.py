@@ -102,6 +102,35 @@ class HierarchicalMetrics:
             raise ValueError(f"back-off nodes must be node ids 0..{n - 1} of taxonomy {self.taxonomy.name!r}")
         self._add_pairs("_backoff", self._pairs(target, nodes))
 
+    @staticmethod
+    @torch.no_grad()
+    def update_backoff_curve(curve: Sequence["HierarchicalMetrics"], thresholds: Sequence[float],
+                             chain: torch.Tensor, probs: torch.Tensor, target: torch.Tensor) -> None:
+        """Add the back-off predictions of every threshold to its metrics in ``curve`` in one pass over the pixels
+        (``chain``, ``probs``: :func:`hiertree.inference.backoff_chain`). Chain position k is what back-off
+        predicts exactly for the thresholds in (max of the probabilities before k, probability of k] (the last
+        position: every threshold above that maximum), so per position two bincounts over (true leaf, node,
+        threshold index) and a cumulative sum give every threshold's counts at once; equal to calling
+        :meth:`update_backoff` with ``backoff_stop(chain, probs, threshold)`` for each."""
+        t = curve[0].taxonomy
+        grid, order = torch.sort(torch.tensor([float(x) for x in thresholds], dtype=probs.dtype, device=probs.device))
+        g = len(thresholds)
+        keep = (target >= 0) & (target < t.num_leaves)
+        leaf, chain, probs = target[keep].long(), chain[:, keep], probs[:, keep]
+        diff = torch.zeros(t.num_leaves * t.num_nodes * (g + 1), dtype=torch.int64, device=probs.device)
+        before = torch.full_like(probs[0], float("-inf"))
+        for k in range(chain.shape[0]):
+            start = torch.searchsorted(grid, before.contiguous(), right=True)
+            end = (torch.searchsorted(grid, probs[k].contiguous(), right=True) if k < chain.shape[0] - 1
+                   else torch.full_like(start, g))
+            key = (leaf * t.num_nodes + chain[k]) * (g + 1)
+            diff += torch.bincount(key + start, minlength=diff.numel()) - torch.bincount(key + torch.maximum(start, end),
+                                                                                      minlength=diff.numel())
+            before = torch.maximum(before, probs[k])
+        pairs = diff.view(t.num_leaves, t.num_nodes, g + 1)[..., :g].cumsum(-1)
+        for i, j in enumerate(order.tolist()):
+            curve[j]._add_pairs("_backoff", pairs[..., i].contiguous())
+
     def _state_on(self, device: torch.device) -> None:
         if self._confusion is None:
             self._confusion = [torch.zeros(c, c, dtype=torch.int64, device=device) for c in self.sizes]

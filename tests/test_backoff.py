@@ -46,6 +46,26 @@ def test_backoff_threshold_must_be_a_probability():
             backoff_nodes(_leaf_pixel([1 / 7] * 7), TAX, bad, flat=True)
 
 
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1))
+def test_one_pass_curve_equals_one_update_per_threshold(seed):
+    from hiertree.inference import backoff_chain, backoff_stop
+
+    g = torch.Generator().manual_seed(seed)
+    thresholds = [0.5, 0.0, 0.9, 0.3, 1.0, 0.31]  # unsorted on purpose
+    for tax in (TAX, UNEVEN):
+        logits = [torch.randn(2, c, 5, 3, generator=g) * 2 for c in tax.level_sizes]
+        target = torch.randint(0, tax.num_leaves, (2, 5, 3), generator=g)
+        target[0, 0, 0] = tax.ignore_index
+        chain, probs = backoff_chain(logits, tax, False)
+        fast = [HierarchicalMetrics(tax) for _ in thresholds]
+        HierarchicalMetrics.update_backoff_curve(fast, thresholds, chain, probs, target)
+        for t, m in zip(thresholds, fast):
+            slow = HierarchicalMetrics(tax)
+            slow.update_backoff(backoff_stop(chain, probs, t), target)
+            assert torch.equal(m._backoff, slow._backoff), (tax.name, t)
+
+
 @settings(max_examples=20, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1))
 def test_backoff_zero_is_the_tree_leaf_and_deeper_never_with_a_larger_threshold(seed):
