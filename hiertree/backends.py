@@ -17,8 +17,9 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -26,12 +27,15 @@ from hiertree import version
 from hiertree.onnx_graph import export_onnx
 from hiertree.runners import ONNX_MISSING, OnnxRunner, TorchRunner, onnxruntime_installed
 
-__all__ = ["BACKENDS", "BackendError", "choose_backend", "onnx_cache_meta", "onnx_cache_path", "cached_onnx_runner",
+__all__ = ["BACKENDS", "QUANTIZE", "BackendError", "choose_backend", "onnx_cache_meta", "onnx_cache_path", "cached_onnx_runner",
            "make_runner", "user_cache_dir"]
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "torch", "onnx")
+#: ``--quantize``: none (float32, the default) or int8 (ONNX Runtime static quantization; see docs/outputs.md for
+#: what it costs in mIoU before choosing it).
+QUANTIZE = (None, "none", "int8")
 #: What the cached graph takes and returns; part of the cache key, so a change of layout never reuses a file.
 INPUT_LAYOUT = "images float32 Nx3xHxW 0..255 -> logits_L* float32 NxCxHxW, leaf int64 NxHxW"
 OPSET = 17
@@ -118,31 +122,95 @@ def _export(build_model: Callable[[], nn.Module], path: Path, meta: dict[str, st
             os.unlink(tmp)
 
 
+def _quantize(src: Path, path: Path, meta: dict[str, str], calibration: Callable[[], Sequence[np.ndarray]]) -> None:
+    """ONNX Runtime static int8 quantization of the graph ``src`` (QDQ, per-channel int8 weights, uint8
+    activations), its activation ranges calibrated on ``calibration()`` (RGB uint8 images)."""
+    try:
+        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+    except ImportError as err:
+        raise BackendError(f"int8 quantization needs onnxruntime's quantization tools ({err}); "
+                           "install hiertree[export]") from None
+    images = [np.ascontiguousarray(a.transpose(2, 0, 1)[None], dtype=np.float32) for a in calibration()]
+    if not images:
+        raise BackendError("int8 quantization needs calibration images; give at least one readable image")
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.feeds = iter({"images": x} for x in images)
+
+        def get_next(self) -> dict | None:
+            return next(self.feeds, None)
+
+    log.info("quantizing the ONNX graph to int8, calibrated on %d image(s): %s", len(images), path)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".quantize-") as tmp:
+        pre, out = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        import onnx
+
+        graph = onnx.load(str(out))
+        del graph.metadata_props[:]
+        for key, value in meta.items():
+            graph.metadata_props.add(key=key, value=value)
+        onnx.save(graph, str(out))
+        os.replace(out, path)
+
+
+def _open_cached(path: Path, meta: dict[str, str], taxonomy: Any, flat: bool, threads: int | None) -> OnnxRunner | None:
+    """The runner of a cached file whose embedded key is ``meta``'s, else None (the file is then rebuilt)."""
+    if not path.is_file():
+        return None
+    try:
+        runner = OnnxRunner(path, taxonomy, flat, threads)
+        if runner.metadata.get("hiertree_cache_key") == meta["hiertree_cache_key"]:
+            return runner
+        log.warning("cached ONNX graph %s belongs to another checkpoint or version; rebuilding it", path)
+    except Exception as err:  # a truncated or foreign file: ONNX Runtime's errors have no common base class
+        log.warning("cached ONNX graph %s cannot be opened (%s); rebuilding it", path, str(err).splitlines()[0][:200])
+    return None
+
+
 def cached_onnx_runner(ck_dir: str | Path, taxonomy: Any, flat: bool, build_model: Callable[[], nn.Module],
-                       threads: int | None = None) -> OnnxRunner:
+                       threads: int | None = None, quantize: str | None = None,
+                       calibration: Callable[[], Sequence[np.ndarray]] | None = None) -> OnnxRunner:
     """An :class:`OnnxRunner` for checkpoint ``ck_dir``, exporting (``build_model()`` -> a CPU model) on a cache miss.
 
     A cached file whose embedded key differs from this checkpoint's (another checkpoint, another hiertree or
-    torch version, or a file that is not readable as ONNX) is rebuilt.
+    torch version, or a file that is not readable as ONNX) is rebuilt. ``quantize="int8"`` runs a statically
+    quantized copy, calibrated once on ``calibration()`` (RGB uint8 images) and cached beside the float graph.
     """
+    if quantize not in QUANTIZE:
+        raise BackendError(f"unknown quantization {quantize!r}; choose one of {', '.join(map(str, QUANTIZE))}")
     meta = onnx_cache_meta(ck_dir)
     path = onnx_cache_path(ck_dir, meta)
-    if path.is_file():
-        try:
-            runner = OnnxRunner(path, taxonomy, flat, threads)
-            if runner.metadata.get("hiertree_cache_key") == meta["hiertree_cache_key"]:
-                return runner
-            log.warning("cached ONNX graph %s belongs to another checkpoint or version; rebuilding it", path)
-        except Exception as err:  # a truncated or foreign file: ONNX Runtime's errors have no common base class
-            log.warning("cached ONNX graph %s cannot be opened (%s); rebuilding it", path, str(err).splitlines()[0][:200])
-    _export(build_model, path, meta)
-    return OnnxRunner(path, taxonomy, flat, threads)
+    runner = _open_cached(path, meta, taxonomy, flat, threads)
+    if runner is None:
+        _export(build_model, path, meta)
+        runner = OnnxRunner(path, taxonomy, flat, threads)
+    if quantize in (None, "none"):
+        return runner
+    qmeta = {**meta, "quantize": quantize}
+    qmeta["hiertree_cache_key"] = hashlib.sha256(json.dumps(qmeta, sort_keys=True).encode()).hexdigest()[:20]
+    qpath = path.with_name(f"predict-{quantize}-{qmeta['hiertree_cache_key']}.onnx")
+    quantized = _open_cached(qpath, qmeta, taxonomy, flat, threads)
+    if quantized is None:
+        if calibration is None:
+            raise BackendError("int8 quantization needs calibration images the first time (they are cached after)")
+        _quantize(path, qpath, qmeta, calibration)
+        quantized = OnnxRunner(qpath, taxonomy, flat, threads)
+    return quantized
 
 
 def make_runner(backend: str, device: torch.device, ck_dir: str | Path, taxonomy: Any, flat: bool,
-                build_model: Callable[[], nn.Module]) -> TorchRunner | OnnxRunner:
+                build_model: Callable[[], nn.Module], quantize: str | None = None,
+                calibration: Callable[[], Sequence[np.ndarray]] | None = None) -> TorchRunner | OnnxRunner:
     """The runner ``backend`` names on ``device`` for checkpoint ``ck_dir``; ``build_model()`` is called only when
-    the network is needed in PyTorch (the torch backend, or an ONNX cache miss)."""
-    if choose_backend(backend, device) == "onnx":
-        return cached_onnx_runner(ck_dir, taxonomy, flat, build_model)
+    the network is needed in PyTorch (the torch backend, or an ONNX cache miss). ``quantize="int8"`` needs ONNX."""
+    chosen = choose_backend(backend, device)
+    if quantize == "int8" and chosen != "onnx":
+        raise BackendError("--quantize int8 runs in ONNX Runtime on a CPU; use --backend onnx (or auto) on --device cpu")
+    if chosen == "onnx":
+        return cached_onnx_runner(ck_dir, taxonomy, flat, build_model, quantize=quantize, calibration=calibration)
     return TorchRunner(build_model(), device)

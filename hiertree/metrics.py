@@ -294,7 +294,8 @@ def _tables(taxonomy: Taxonomy) -> dict[str, torch.Tensor]:
         for n in range(N):
             shared[t, n] = len(anc[t] & anc[n])
             right[t, n] = float(names[n] in anc[t])
-            ratio[t, n] = taxonomy.node_depth(names[n]) / taxonomy.node_depth(names[t])
+            # capped at 1: a node deeper than the truth (background called a hand) is a mistake, not extra detail
+            ratio[t, n] = min(1.0, taxonomy.node_depth(names[n]) / taxonomy.node_depth(names[t]))
             if n < L:
                 wrong[t, n] = sum(int(luts[l][t] != luts[l][n]) for l in range(D))
     size = torch.tensor([float(len(a)) for a in anc])
@@ -309,7 +310,7 @@ def hierarchy_scores(taxonomy: Taxonomy, leaf_node: torch.Tensor | None, backoff
       prediction is wrong (Bertinetto et al. 2020); ``severity_histogram[k]`` counts pixels wrong at k levels.
     * ``hP``/``hR``/``hF1``: micro-averaged over pixels, on the sets {node} + ancestors of truth and prediction.
     * ``backoff``: ``accuracy`` (the node is the true leaf or one of its ancestors), ``specificity`` (mean depth
-      of the node over the true leaf's depth), ``leaf_coverage`` (share still predicted at a leaf).
+      of the node over the true leaf's depth, capped at 1 per pixel so that 1 means as specific as the truth), ``leaf_coverage`` (share still predicted at a leaf).
     """
     tab = _tables(taxonomy)
     out: dict[str, Any] = {}

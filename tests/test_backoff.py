@@ -116,6 +116,9 @@ def test_backoff_accuracy_and_specificity_by_hand():
     assert b["leaf_coverage"] == pytest.approx(1 / 4)
     with pytest.raises(ValueError, match=r"node ids 0..9"):
         m.update_backoff(torch.tensor([10]), torch.tensor([2]))
+    deeper = HierarchicalMetrics(TAX)  # background (depth 1) called torso (depth 3): a mistake, specificity 1 not 3
+    deeper.update_backoff(torch.tensor([2, 0]), torch.tensor([0, 0]))
+    assert deeper.compute()["hierarchy"]["backoff"]["specificity"] == pytest.approx(1.0)
 
 
 @settings(max_examples=15, deadline=None)

@@ -277,3 +277,43 @@ def test_the_predict_path_imports_nothing_heavy(tiny, tmp_path):
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     after_import, after_predict, rc = json.loads(run.stdout.strip().splitlines()[-1])
     assert rc == 0 and after_import == [] and after_predict == [], (after_import, after_predict, run.stderr[-2000:])
+
+
+# ---------------------------------------------------------------------- int8
+def test_int8_is_quantized_once_cached_and_checked(tiny, taxonomy, tmp_path, monkeypatch):
+    import onnx
+
+    folder = tmp_path / "ck"
+    _copy(tiny, folder)
+    rng = np.random.default_rng(4)
+    images = [rng.integers(0, 256, (40, 52, 3), dtype=np.uint8) for _ in range(2)]
+    calls = []
+    real = backends._quantize
+    monkeypatch.setattr(backends, "_quantize", lambda *a: calls.append(a[1]) or real(*a))
+    build = lambda: load_model(folder)[0]  # noqa: E731
+    int8 = cached_onnx_runner(folder, taxonomy, False, build, quantize="int8", calibration=lambda: images)
+    fp32 = cached_onnx_runner(folder, taxonomy, False, build)
+    assert int8.path != fp32.path and int8.path.name.startswith("predict-int8-") and len(calls) == 1
+    assert int8.metadata["quantize"] == "int8" and int8.metadata["hiertree_cache_key"] != fp32.metadata["hiertree_cache_key"]
+    ops = {node.op_type for node in onnx.load(str(int8.path)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    again = cached_onnx_runner(folder, taxonomy, False, build, quantize="int8", calibration=lambda: pytest.fail("cached"))
+    assert again.path == int8.path and len(calls) == 1
+    got = predict_images(int8, images[:1])[0]
+    assert [lab.shape for lab in got["levels"]] == [(40, 52)] * 3
+    with pytest.raises(BackendError, match="needs calibration images"):
+        cached_onnx_runner(_fresh(tiny, tmp_path / "fresh"), taxonomy, False, build, quantize="int8",
+                           calibration=lambda: [])
+
+
+def _fresh(src: Path, dst: Path) -> Path:
+    _copy(src, dst)
+    return dst
+
+
+def test_int8_needs_the_onnx_backend(tiny, tmp_path, capsys):
+    inputs = _inputs(tmp_path / "in")
+    assert main(["--checkpoint", str(tiny), str(inputs), "--out", str(tmp_path / "o"), "--backend", "torch",
+                 "--quantize", "int8"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("hiertree-predict: error: --quantize int8 runs in ONNX Runtime") and "\n" not in err
