@@ -271,3 +271,24 @@ def test_onnx_exports_the_node_map_and_the_leaf_probabilities(tmp_path):
             assert np.abs(got - want.numpy()).max() < 1e-4
     with pytest.raises(ValueError, match="output 'nodes' needs a back-off threshold"):
         export_onnx(model, tmp_path / "x.onnx", output="nodes")
+
+
+def test_a_one_level_tree_says_once_that_backoff_is_the_identity():
+    import logging
+
+    from hiertree.inference import resolve_backoff
+
+    flat_tree = Taxonomy.from_yaml_text("name: one_level_once\ntree: {a: 0, b: 1, c: 2}")
+    seen = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: seen.append(record.getMessage())
+    logger = logging.getLogger("hiertree.inference")
+    logger.addHandler(handler)
+    try:
+        logits = [torch.tensor([0.1, 0.5, 0.4]).log().view(1, 3, 1, 1)]
+        for _ in range(3):
+            assert resolve_backoff(0.9, None, flat_tree) == 0.9
+            assert int(backoff_nodes(logits, flat_tree, 0.9)) == 1  # no ancestor to climb to: the leaf
+    finally:
+        logger.removeHandler(handler)
+    assert seen == ["taxonomy 'one_level_once' has one level: back-off predictions are the leaves"]
