@@ -16,6 +16,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from hiertree.backends import BACKENDS, BackendError, choose_backend, make_runner  # noqa: E402
 from hiertree.device import DeviceError, resolve_device  # noqa: E402
+from hiertree.folding import fold_batchnorm  # noqa: E402
 from hiertree.inference import resolve_backoff  # noqa: E402
 from hiertree.colors import IGNORE_COLOR, colorize, overlay  # noqa: E402
 from hiertree.image_predict import predict_images  # noqa: E402
@@ -192,7 +193,10 @@ def _open(args: argparse.Namespace, paths: Sequence[Path] = ()) -> tuple[Any, An
         def build() -> torch.nn.Module:  # the PyTorch model is only built to run it or to fill the ONNX cache
             from hiertree.models import load_model
 
-            return load_model(info["dir"], map_location=device, channels_last=backend == "torch")[0]
+            model = load_model(info["dir"], map_location=device, channels_last=backend == "torch")[0]
+            if backend == "torch":  # ONNX Runtime folds batch norms itself
+                fold_batchnorm(model, torch.full((1, 3, 64, 64), 128.0, device=device))
+            return model
 
         runner = make_runner(backend, device, info["dir"], info["taxonomy"], bool(model_cfg.get("flat", False)), build,
                              quantize=args.quantize, calibration=_calibration_images(paths))
