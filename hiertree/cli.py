@@ -176,11 +176,12 @@ def _print_backoff(args: argparse.Namespace, result: dict, ck: dict) -> None:
         point = calibrate_backoff(result["backoff"], args.calibrate_backoff)
         where = save_backoff(ck["dir"], {"threshold": point["threshold"], "target": args.calibrate_backoff,
                                          "split": result["split"], **{k: point[k] for k in ("accuracy", "specificity",
-                                                                                           "leaf_coverage")}})
+                                                                                           "leaf_coverage", "level_shares")}})
         result["backoff_calibrated"] = point
         print(f"calibrated back-off threshold {point['threshold']} for accuracy >= {args.calibrate_backoff}: wrote {where}")
     print(f"back-off at {point['threshold']}: accuracy {point['accuracy']:.4f}, specificity {point['specificity']:.4f}, "
-          f"still at a leaf {point['leaf_coverage']:.4f}")
+          f"still at a leaf {point['leaf_coverage']:.4f}; predicted per level: "
+          + ", ".join(f"{k} {v:.4f}" for k, v in point.get("level_shares", {}).items()))
 
 
 def _eval_run(args: argparse.Namespace) -> tuple[dict, dict, Any, Any, Any, list]:

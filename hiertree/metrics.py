@@ -310,7 +310,8 @@ def hierarchy_scores(taxonomy: Taxonomy, leaf_node: torch.Tensor | None, backoff
       prediction is wrong (Bertinetto et al. 2020); ``severity_histogram[k]`` counts pixels wrong at k levels.
     * ``hP``/``hR``/``hF1``: micro-averaged over pixels, on the sets {node} + ancestors of truth and prediction.
     * ``backoff``: ``accuracy`` (the node is the true leaf or one of its ancestors), ``specificity`` (mean depth
-      of the node over the true leaf's depth, capped at 1 per pixel so that 1 means as specific as the truth), ``leaf_coverage`` (share still predicted at a leaf).
+      of the node over the true leaf's depth, capped at 1 per pixel so that 1 means as specific as the truth), ``leaf_coverage`` (share still predicted at a leaf), ``level_shares`` (share predicted at a node of each
+      depth: ``L0`` the depth-1 nodes, ... the coverage per level).
     """
     tab = _tables(taxonomy)
     out: dict[str, Any] = {}
@@ -340,6 +341,10 @@ def hierarchy_scores(taxonomy: Taxonomy, leaf_node: torch.Tensor | None, backoff
             scores["severity_histogram"] = {str(k): v for k, v in enumerate(hist, start=1)}
             out.update(scores)
         else:
+            depth = torch.tensor([float(taxonomy.node_depth(n)) for n in taxonomy.node_names], dtype=torch.float64)
+            at = c.sum(0)  # pixels per predicted node
+            scores["level_shares"] = {f"L{d - 1}": float(at[depth == d].sum()) / total if total else math.nan
+                                      for d in range(1, taxonomy.num_levels + 1)}
             out["backoff"] = scores
     return out
 

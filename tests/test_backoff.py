@@ -114,6 +114,7 @@ def test_backoff_accuracy_and_specificity_by_hand():
     assert b["accuracy"] == pytest.approx(3 / 4)
     assert b["specificity"] == pytest.approx((2 / 3 + 1 / 3 + 2 / 3 + 1) / 4)
     assert b["leaf_coverage"] == pytest.approx(1 / 4)
+    assert b["level_shares"] == pytest.approx({"L0": 1 / 4, "L1": 2 / 4, "L2": 1 / 4})  # body | upper, lower | head
     with pytest.raises(ValueError, match=r"node ids 0..9"):
         m.update_backoff(torch.tensor([10]), torch.tensor([2]))
     deeper = HierarchicalMetrics(TAX)  # background (depth 1) called torso (depth 3): a mistake, specificity 1 not 3
@@ -139,7 +140,8 @@ def test_hierarchy_scores_ignore_pixel_order_and_batch_split(seed, cut):
     a, b = whole.compute()["hierarchy"], parts.compute()["hierarchy"]
     for key in ("hP", "hR", "accuracy", "pixels"):
         assert a[key] == pytest.approx(b[key]) or (math.isnan(a[key]) and math.isnan(b[key]))
-    assert a["backoff"] == pytest.approx(b["backoff"])
+    shares_a, shares_b = a["backoff"].pop("level_shares"), b["backoff"].pop("level_shares")
+    assert a["backoff"] == pytest.approx(b["backoff"]) and shares_a == pytest.approx(shares_b)
 
 
 # ---------------------------------------------------------------------- the CLI paths, end to end on CPU

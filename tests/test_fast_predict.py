@@ -109,7 +109,7 @@ def test_onnx_matches_torch_on_real_photos_with_the_shipped_model(tmp_path):
         a, b = (predict_images(r, [image])[0]["levels"] for r in (onnx, torch_runner))
         agree += sum(int((p == q).sum()) for p, q in zip(a, b))
         total += sum(p.size for p in a)
-    assert worst < 1e-2, worst  # logits of magnitude ~10: float32 reassociation in fused kernels only
+    assert worst < 1e-3, worst  # logits up to ~12; measured 1.1e-5: float32 reassociation in fused kernels only
     assert agree / total >= 0.999, agree / total
 
 
