@@ -34,13 +34,13 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.provenance import cpu_model, provenance, version  # noqa: E402
 
 MODEL = "pascal_part_lite0_cpu"
+ENV = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONPATH": str(ROOT)}  # every process runs this checkout
 
 
 def _timed(cmd: list[str]) -> dict:
     """Run ``cmd`` as its own process; wall seconds, CPU seconds and peak RSS (MiB) of that process alone."""
-    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONPATH": str(ROOT)}
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     err = proc.stderr.read().decode() if proc.stderr else ""
@@ -62,7 +62,7 @@ def _median(rows: list[dict]) -> dict:
 
 def _series(images: Path, out: Path, runs: int) -> dict:
     cmds = _commands(images, out)
-    subprocess.run(cmds["hiertree"], check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    subprocess.run(cmds["hiertree"], check=True, capture_output=True, env=ENV)
     rows: dict[str, list[dict]] = {"hiertree": [], "smp": []}
     for _ in range(runs):
         for name in ("hiertree", "smp"):  # alternating, so drift hits both alike
@@ -79,7 +79,7 @@ def _agreement(images: Path, out: Path, levels: int) -> dict:
     for backend in ("onnx", "torch"):
         subprocess.run([sys.executable, "-m", "hiertree.predict", "--checkpoint", MODEL, str(images), "--out",
                         str(out / backend), "--backend", backend, "--outputs", "labels"], check=True,
-                       capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                       capture_output=True, env=ENV)
     same, total = np.zeros(levels), 0
     for path in sorted((out / "onnx").glob("*_labels_L0.png")):
         stem = path.name[: -len("_labels_L0.png")]

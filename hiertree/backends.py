@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from hiertree import version
-from hiertree.onnx_graph import export_onnx
+from hiertree.onnx_graph import export_onnx, stamp_metadata
 from hiertree.runners import ONNX_MISSING, OnnxRunner, TorchRunner, onnxruntime_installed
 
 __all__ = ["BACKENDS", "QUANTIZE", "BackendError", "choose_backend", "onnx_cache_meta", "onnx_cache_path", "cached_onnx_runner",
@@ -70,10 +70,14 @@ def _sha256(path: Path) -> str:
 
 def onnx_cache_meta(ck_dir: str | Path) -> dict[str, str]:
     """Everything the cached graph of checkpoint ``ck_dir`` depends on; ``key`` hashes the rest."""
-    meta = {"hiertree_version": version.__version__, "torch_version": torch.__version__, "opset": str(OPSET),
-            "layout": INPUT_LAYOUT, "weights_sha256": _sha256(Path(ck_dir) / "model.safetensors")}
-    meta["hiertree_cache_key"] = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:20]
-    return meta
+    return _keyed({"hiertree_version": version.__version__, "torch_version": torch.__version__, "opset": str(OPSET),
+                   "layout": INPUT_LAYOUT, "weights_sha256": _sha256(Path(ck_dir) / "model.safetensors")})
+
+
+def _keyed(meta: dict[str, str]) -> dict[str, str]:
+    """``meta`` plus ``hiertree_cache_key``, a hash of everything else in it."""
+    body = {k: v for k, v in meta.items() if k != "hiertree_cache_key"}
+    return {**body, "hiertree_cache_key": hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:20]}
 
 
 def user_cache_dir() -> Path:
@@ -148,13 +152,7 @@ def _quantize(src: Path, path: Path, meta: dict[str, str], calibration: Callable
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
         quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-        import onnx
-
-        graph = onnx.load(str(out))
-        del graph.metadata_props[:]
-        for key, value in meta.items():
-            graph.metadata_props.add(key=key, value=value)
-        onnx.save(graph, str(out))
+        stamp_metadata(out, meta)
         os.replace(out, path)
 
 
@@ -191,8 +189,7 @@ def cached_onnx_runner(ck_dir: str | Path, taxonomy: Any, flat: bool, build_mode
         runner = OnnxRunner(path, taxonomy, flat, threads)
     if quantize in (None, "none"):
         return runner
-    qmeta = {**meta, "quantize": quantize}
-    qmeta["hiertree_cache_key"] = hashlib.sha256(json.dumps(qmeta, sort_keys=True).encode()).hexdigest()[:20]
+    qmeta = _keyed({**meta, "quantize": quantize})
     qpath = path.with_name(f"predict-{quantize}-{qmeta['hiertree_cache_key']}.onnx")
     quantized = _open_cached(qpath, qmeta, taxonomy, flat, threads)
     if quantized is None:

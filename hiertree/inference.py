@@ -30,37 +30,37 @@ def channel_argmax(x: torch.Tensor) -> torch.Tensor:
     return index
 
 
-def leaf_path_scores(logits: list[torch.Tensor], taxonomy: Taxonomy) -> torch.Tensor:
-    """[B, num_leaves, H, W]: each leaf's score is the sum of log-probabilities of its path over the heads.
+def path_logit_sums(logits: list[torch.Tensor], taxonomy: Taxonomy) -> torch.Tensor:
+    """[B, num_leaves, H, W]: each leaf's raw logits summed along its path over the heads (a leaf carried down
+    through several levels collects its own class at each of them).
 
-    A leaf carried down through several levels collects its own class at each of them.
-    """
+    This is :func:`leaf_path_scores` plus a per-pixel constant (log_softmax(z)_c = z_c - logsumexp(z), and the
+    logsumexp terms are the same for every leaf), so it has the same argmax and softmax for less work, and it is
+    linear in the logits, so it may be taken before upsampling."""
     score = None
     for level, z in enumerate(logits):
-        logp = torch.log_softmax(z.float(), dim=1)
-        idx = taxonomy.leaf_to_class(level).to(z.device)
-        term = logp.index_select(1, idx)
+        term = z.float().index_select(1, taxonomy.leaf_to_class(level).to(z.device))
         score = term if score is None else score + term
     return score
+
+
+def leaf_path_scores(logits: list[torch.Tensor], taxonomy: Taxonomy) -> torch.Tensor:
+    """[B, num_leaves, H, W]: each leaf's score is the sum of log-probabilities of its path over the heads."""
+    return path_logit_sums(logits, taxonomy) - sum(z.float().logsumexp(1, keepdim=True) for z in logits)
+
+
+def _leaf_scores(logits: list[torch.Tensor], taxonomy: Taxonomy, flat: bool) -> torch.Tensor:
+    """What tree-consistent decoding takes the argmax (and back-off the softmax) of: path logit sums, or a flat
+    model's own leaf logits."""
+    return logits[-1].float() if flat else path_logit_sums(logits, taxonomy)
 
 
 def tree_consistent_levels(
     logits: list[torch.Tensor], taxonomy: Taxonomy, flat: bool = False
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Argmax over leaves of the path score, then coarser levels through the taxonomy's LUTs."""
-    leaf = channel_argmax(logits[-1] if flat else path_logit_sums(logits, taxonomy))
+    leaf = channel_argmax(_leaf_scores(logits, taxonomy, flat))
     return leaf, taxonomy.levels_from_leaves(leaf)
-
-
-def path_logit_sums(logits: list[torch.Tensor], taxonomy: Taxonomy) -> torch.Tensor:
-    """[B, num_leaves, H, W]: :func:`leaf_path_scores` plus a per-pixel constant (linear in the logits, so it may be
-    taken before upsampling): log_softmax(z)_c = z_c - logsumexp(z), and the logsumexp
-    terms are the same for every leaf, so summing raw logits along each path has the same argmax, for less work."""
-    score = None
-    for level, z in enumerate(logits):
-        term = z.float().index_select(1, taxonomy.leaf_to_class(level).to(z.device))
-        score = term if score is None else score + term
-    return score
 
 
 def coarse_logits_from_leaves(leaf_logits: torch.Tensor, taxonomy: Taxonomy) -> list[torch.Tensor]:
@@ -94,10 +94,11 @@ def decode(logits: list[torch.Tensor], taxonomy: Taxonomy, flat: bool = False, p
     return out
 
 
-def _leaf_log_probs(logits: list[torch.Tensor], taxonomy: Taxonomy, flat: bool) -> torch.Tensor:
-    """[B, num_leaves, H, W] log of the leaf distribution tree-consistent decoding takes the argmax of."""
-    scores = logits[-1].float() if flat else leaf_path_scores(logits, taxonomy)
-    return torch.log_softmax(scores, dim=1)
+def _node_log_probs(leaf_scores: torch.Tensor, taxonomy: Taxonomy) -> torch.Tensor:
+    leaf = torch.log_softmax(leaf_scores, dim=1)
+    inner = [leaf.index_select(1, torch.tensor(taxonomy.leaves_under(n), device=leaf.device)).logsumexp(1)
+             for n in taxonomy.node_names[taxonomy.num_leaves:]]
+    return torch.cat([leaf, torch.stack(inner, 1)], 1) if inner else leaf
 
 
 def node_log_probs(logits: list[torch.Tensor], taxonomy: Taxonomy, flat: bool = False) -> torch.Tensor:
@@ -106,10 +107,7 @@ def node_log_probs(logits: list[torch.Tensor], taxonomy: Taxonomy, flat: bool = 
     The leaf distribution is the softmax of the path scores (:func:`leaf_path_scores`), so its argmax is the
     tree-consistent leaf; a node's probability is never below any node's under it.
     """
-    leaf = _leaf_log_probs(logits, taxonomy, flat)
-    inner = [leaf.index_select(1, torch.tensor(taxonomy.leaves_under(n), device=leaf.device)).logsumexp(1)
-             for n in taxonomy.node_names[taxonomy.num_leaves:]]
-    return torch.cat([leaf, torch.stack(inner, 1)], 1) if inner else leaf
+    return _node_log_probs(_leaf_scores(logits, taxonomy, flat), taxonomy)
 
 
 def check_threshold(threshold: float, what: str = "back-off threshold") -> float:
@@ -142,8 +140,9 @@ def resolve_backoff(backoff: float | str | None, calibrated: float | None, taxon
 def backoff_chain(logits: list[torch.Tensor], taxonomy: Taxonomy, flat: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Node ids [depth, B, H, W] up the argmax leaf's chain and their probabilities [depth, B, H, W]: computed once,
     they give the back-off map of any threshold through :func:`backoff_stop` (calibration scans many)."""
-    nodes_lp = node_log_probs(logits, taxonomy, flat)
-    leaf, _ = tree_consistent_levels(logits, taxonomy, flat)  # the very leaf decoding picks, ties included
+    scores = _leaf_scores(logits, taxonomy, flat)  # once, for the leaf decoding picks and the node probabilities
+    nodes_lp = _node_log_probs(scores, taxonomy)
+    leaf = channel_argmax(scores)
     chain = taxonomy.leaf_chains().to(leaf.device)[:, leaf]  # [depth, B, H, W]
     probs = torch.stack([nodes_lp.gather(1, c.unsqueeze(1)).squeeze(1) for c in chain]).exp()
     return chain, probs

@@ -22,7 +22,7 @@ from torch import nn
 from hiertree.inference import backoff_nodes, check_threshold, node_log_probs, path_logit_sums, tree_consistent_levels
 from hiertree.padding import pad_amount
 
-__all__ = ["ExportWrapper", "export_onnx", "OUTPUTS"]
+__all__ = ["ExportWrapper", "export_onnx", "stamp_metadata", "OUTPUTS"]
 
 
 #: What an exported graph returns: per-level logits, tree-consistent labels, the leaf probabilities tree-consistent
@@ -116,10 +116,16 @@ def export_onnx(model: nn.Module, path: str | Path, labels: bool = False, opset:
     finally:
         model.train(was_training)
     if metadata:
-        import onnx
-
-        graph = onnx.load(str(path))
-        for key, value in metadata.items():
-            graph.metadata_props.add(key=key, value=str(value))
-        onnx.save(graph, str(path))
+        stamp_metadata(path, metadata)
     return path
+
+
+def stamp_metadata(path: str | Path, metadata: dict[str, str]) -> None:
+    """Replace an ONNX file's ``metadata_props`` with ``metadata`` (what a cache checks before trusting a file)."""
+    import onnx
+
+    graph = onnx.load(str(path))
+    del graph.metadata_props[:]
+    for key, value in metadata.items():
+        graph.metadata_props.add(key=key, value=str(value))
+    onnx.save(graph, str(path))

@@ -180,11 +180,10 @@ def _calibration_images(paths: Sequence[Path], count: int = 8) -> Callable[[], l
     return read
 
 
-def _open(args: argparse.Namespace, paths: Sequence[Path] = ()) -> tuple[Any, Any, float | None]:
-    """The runner for ``--backend`` on ``--device``, the taxonomy, and the back-off threshold asked for."""
+def _open(args: argparse.Namespace, device: torch.device, paths: Sequence[Path] = ()) -> tuple[Any, Any, float | None]:
+    """The runner for ``--backend`` on ``device``, the taxonomy, and the back-off threshold asked for."""
     from hiertree.checkpoint import load_backoff, read_checkpoint
 
-    device = _resolve_device(args.device)
     info = read_checkpoint(args.checkpoint)
     model_cfg = info["config"].get("model") if isinstance(info["config"].get("model"), dict) else {}
     try:
@@ -271,14 +270,15 @@ def main(argv: list[str] | None = None) -> int:
 
     outputs = tuple(dict.fromkeys(args.outputs + (("probs",) if args.probabilities else ())))
     try:
+        device = _resolve_device(args.device)
         if args.batch_size is None:
-            args.batch_size = 1 if _resolve_device(args.device).type == "cpu" else 4
+            args.batch_size = 1 if device.type == "cpu" else 4
         if args.batch_size < 1:
             raise PredictError(f"--batch-size must be at least 1, got {args.batch_size}")
         if args.max_side < 0 or 0 < args.max_side < 8:
             raise PredictError(f"--max-side must be 0 (never shrink) or at least 8, got {args.max_side}")
         paths = find_images(args.inputs)
-        runner, taxonomy, threshold = _open(args, paths)
+        runner, taxonomy, threshold = _open(args, device, paths)
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         if threshold is not None:
