@@ -207,7 +207,8 @@ def _setup(cfg: dict, command: str, model: torch.nn.Module | None) -> _Run:
     lcfg = cfg["loss"]
     criterion = HierarchicalLoss(taxonomy, lcfg["level_weights"], lcfg["consistency_weight"], lcfg["tree_min_weight"],
                                  lcfg["ce_weight"], lcfg["label_smoothing"],
-                                 _class_weights(lcfg["class_weights"], train_ds, taxonomy, rank == 0)).to(device)
+                                 _class_weights(lcfg["class_weights"], train_ds, taxonomy, rank == 0),
+                                 lcfg["partial_pseudo_weight"], lcfg["partial_pseudo_threshold"]).to(device)
     criterion.check_targets = False  # SegDataset checked every mask: no host sync per step for it
     fused = device.type in ("cuda", "cpu")  # fused AdamW takes found_inf: a bad step is skipped on the device
     optimizer = torch.optim.AdamW(_param_groups(model, tcfg["weight_decay"]), lr=tcfg["lr"], fused=fused)

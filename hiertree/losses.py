@@ -209,6 +209,8 @@ class HierarchicalLoss(nn.Module):
         ce_weight: float = 1.0,
         label_smoothing: float = 0.0,
         class_weights: Sequence[Sequence[float]] | None = None,
+        partial_pseudo_weight: float = 0.0,
+        partial_pseudo_threshold: float = 0.9,
     ) -> None:
         super().__init__()
         self.taxonomy = taxonomy
@@ -216,7 +218,8 @@ class HierarchicalLoss(nn.Module):
         self.ignore_index = taxonomy.ignore_index
         # the config was checked already; a direct caller is checked here, against the same declarations
         opts = check_args(LossOptions, "HierarchicalLoss", level_weights=level_weights, consistency_weight=consistency_weight,
-                          tree_min_weight=tree_min_weight, ce_weight=ce_weight, label_smoothing=label_smoothing)
+                          tree_min_weight=tree_min_weight, ce_weight=ce_weight, label_smoothing=label_smoothing,
+                          partial_pseudo_weight=partial_pseudo_weight, partial_pseudo_threshold=partial_pseudo_threshold)
         level_weights = opts["level_weights"] or [1.0] * self.num_levels
         if len(level_weights) != self.num_levels:
             raise ValueError(
@@ -228,6 +231,8 @@ class HierarchicalLoss(nn.Module):
         self.tree_min_weight = opts["tree_min_weight"]
         self.ce_weight = opts["ce_weight"]
         self.label_smoothing = opts["label_smoothing"]
+        self.pseudo_weight = opts["partial_pseudo_weight"]
+        self.pseudo_threshold = opts["partial_pseudo_threshold"]
         self.sizes = [taxonomy.num_classes(l) for l in range(self.num_levels)]
         self._groups = [taxonomy.children(l) for l in range(self.num_levels - 1)]
         for l in range(self.num_levels - 1):
@@ -292,8 +297,20 @@ class HierarchicalLoss(nn.Module):
             # exact and ignored pixels take the all-True row: logsumexp 0, a finite gradient, weight 0
             nll = -logp.masked_fill(~open_classes, float("-inf")).logsumexp(1)
             ce_sum = ce_sum + torch.where(is_partial, nll, 0.0).sum()
+            if self.pseudo_weight > 0:
+                ce_sum = ce_sum + self.pseudo_weight * self._pseudo_nll(logp, open_classes, is_partial).sum()
             count = count + is_partial.sum()
         return ce_sum / count.clamp_min(1)  # 0, not nan, for all-ignore
+
+    def _pseudo_nll(self, logp: Tensor, open_classes: Tensor, is_partial: Tensor) -> Tensor:
+        """Per pixel, -log p of the model's own best class among those its partial label leaves open, where that
+        class holds ``pseudo_threshold`` of the open classes' probability (0 elsewhere). The choice is detached:
+        only the log-probability is trained, pulling each partial pixel towards one class under its label."""
+        with torch.no_grad():
+            inside = logp.masked_fill(~open_classes, float("-inf"))
+            best, pick = inside.max(1)
+            confident = (best - inside.logsumexp(1)).exp() >= self.pseudo_threshold
+        return -logp.gather(1, pick.unsqueeze(1)).squeeze(1) * (is_partial & confident)
 
     def forward(self, logits: Sequence[Tensor], leaf_mask: Tensor, partial: bool | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """``logits``: one [B, C_l, h, w] map per level; ``leaf_mask``: LongTensor [B, H, W] of node ids (leaf

@@ -232,6 +232,12 @@ class LossOptions(_Section):
         "masks, as hiertree-stats prints) or one list per level", expected="'auto' or one list of numbers > 0 per level",
         example="auto")
     full_resolution: bool = _opt(True, "loss at input size; false: at the decoder stride (label at each cell centre), faster")
+    partial_pseudo_weight: Float = _opt(
+        0.0, "pixels labelled at an inner node: weight of a cross-entropy on the model's own best class among those "
+        "under the label (detached; self-training inside the subtree the label allows); 0: off", ge=0)
+    partial_pseudo_threshold: Float = _opt(
+        0.9, "that pseudo-label counts only where its probability, renormalised over the classes under the label, "
+        "reaches this", ge=0, le=1)
 
 
 class TrainOptions(_Section):

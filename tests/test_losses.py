@@ -284,3 +284,17 @@ def test_module_moves_with_to_and_has_no_state():
     loss = loss.to(torch.float64)  # buffers are index tensors and must stay integer
     total, _ = loss(one_pixel_logits(), TORSO)
     assert torch.isfinite(total)
+
+
+def test_partial_pseudo_label_known_answer():
+    """upper_body pixel, L2 logits 0 except torso = log 3: exps sum to 9, the four upper-body parts to 6, torso 3."""
+    z = torch.zeros(1, 7, 1, 1)
+    z[0, TAX.classes(2).index("torso")] = math.log(3.0)
+    logits = [torch.zeros(1, TAX.num_classes(l), 1, 1) for l in range(2)] + [z]
+    mask = torch.tensor([[[TAX.node_id("upper_body")]]])
+    off = HierarchicalLoss(TAX, consistency_weight=0)(logits, mask)[1]["ce/L2"]
+    on = HierarchicalLoss(TAX, consistency_weight=0, partial_pseudo_weight=1.0, partial_pseudo_threshold=0.5)
+    below = HierarchicalLoss(TAX, consistency_weight=0, partial_pseudo_weight=1.0, partial_pseudo_threshold=0.6)
+    assert float(off) == pytest.approx(math.log(1.5), abs=1e-6)  # -log(6/9)
+    assert float(on(logits, mask)[1]["ce/L2"]) == pytest.approx(math.log(1.5) + math.log(3.0), abs=1e-6)  # + -log(3/9)
+    assert float(below(logits, mask)[1]["ce/L2"]) == pytest.approx(math.log(1.5), abs=1e-6)  # torso holds 3/6 < 0.6
