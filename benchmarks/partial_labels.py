@@ -43,25 +43,32 @@ TO_L1 = {0: "background", 1: "upper_body", 2: "upper_body", 4: "upper_body", 6: 
          5: "lower_body"}
 
 
-def _synthetic_arms(base: dict, leaf_share: float | None, n_leaf: int = 150) -> dict[str, tuple[dict, int]]:
+def _synthetic_arms(base: dict, leaf_share: float | None, n_leaf: int = 150,
+                    leaf_share_start: float | None = None, l1_share: float = 0.5) -> dict[str, tuple[dict, int]]:
     """(config, epochs) per arm; A = ``n_leaf`` leaf-labelled images, B1/B2 = 4.5 x ``n_leaf`` each (seeds 10, 20).
 
-    In (b) the leaf-labelled source fills ``leaf_share`` of the batches and the two coarse ones the rest, half
-    each (``None``: every source in proportion to its size, so A fills 10 %); in (c), where every source has leaf
+    In (b) the leaf-labelled source fills ``leaf_share`` of the batches and the two coarse ones the rest, the
+    L1-labelled one ``l1_share`` of it (``None``: every source in proportion to its size, so A fills 10 %); with ``leaf_share_start`` that
+    share moves linearly from it at the first step to ``leaf_share`` at the last; in (c), where every source has leaf
     labels, sources are sampled in proportion to their size. Every arm takes about 561 steps of batch 8.
     """
-    def src(name: str, n: int, seed: int, labels: dict | None, evaluate: bool, weight: float | None = None) -> dict:
+    def src(name: str, n: int, seed: int, labels: dict | None, evaluate: bool, weight: float | None = None,
+            start: float | None = None) -> dict:
         return {"name": name, "labels": labels, "evaluate": evaluate, "weight": float(weight or n),
-                "synthetic": {"num_train": n, "seed": seed, "num_val": 150}}
+                "weight_start": start, "synthetic": {"num_train": n, "seed": seed, "num_val": 150}}
 
     n_b = n_leaf * 9 // 2
     batch = int(base["train"]["batch_size"])
     epochs_a = max(1, round(561 / max(1, n_leaf // batch)))  # 150 images: 18 steps per epoch, 31 epochs
     epochs_bc = max(1, round(561 / max(1, (n_leaf + 2 * n_b) // batch)))
     a = src("leaf10", n_leaf, 0, None, True)
-    coarse = None if leaf_share is None else (1 - leaf_share) / 2
-    b = [src("leaf10", n_leaf, 0, None, True, leaf_share), src("to_L0", n_b, 10, TO_L0, False, coarse),
-         src("to_L1", n_b, 20, TO_L1, False, coarse)]
+    def coarse(share: float | None, part: float) -> float | None:
+        return None if share is None else (1 - share) * part
+
+    start = None if leaf_share is None or leaf_share_start is None else leaf_share_start
+    b = [src("leaf10", n_leaf, 0, None, True, leaf_share, start),
+         src("to_L0", n_b, 10, TO_L0, False, coarse(leaf_share, 1 - l1_share), coarse(start, 1 - l1_share)),
+         src("to_L1", n_b, 20, TO_L1, False, coarse(leaf_share, l1_share), coarse(start, l1_share))]
     arms = {
         "a_leaf10": ([a], epochs_a),
         "b_leaf10_coarse90": (b, epochs_bc),
@@ -90,17 +97,23 @@ def _pascal_lists(data: Path, out: Path, seed: int = 0) -> tuple[Path, Path]:
     return parts, rest
 
 
-def _pascal_arms(base: dict, data: Path, out: Path) -> dict[str, tuple[dict, int]]:
+def _pascal_arms(base: dict, data: Path, out: Path, share: float = 0.5,
+                 share_start: float | None = None) -> dict[str, tuple[dict, int]]:
+    """(ii) and (iii) draw ``share`` of the batches from the 20 % with parts (from ``share_start`` at the first step)."""
     parts, rest = _pascal_lists(data, out / "lists")
     root = str(data)
-    p20 = {"name": "parts20", "kind": "folder", "root": root, "train_split": str(parts), "val_split": "val"}
+    start = {} if share_start is None else {"weight_start": share_start}
+    rest_start = {} if share_start is None else {"weight_start": 1 - share_start}
+    p20 = {"name": "parts20", "kind": "folder", "root": root, "train_split": str(parts), "val_split": "val",
+           "weight": share, **start}
     b80 = {"name": "body80", "kind": "folder", "root": root, "train_split": str(rest), "labels": TO_L0,
-           "evaluate": False}
+           "evaluate": False, "weight": 1 - share, **rest_start}
     n20 = len(parts.read_text().split())
     steps = 352  # arm (ii): 2826 images / batch 8 = 353 steps, one epoch
     epochs_i = max(round(steps / (n20 // 8)), 1)
     a80 = {**b80, "name": "parts80", "labels": None}
-    return {"i_parts20": (_with(base, [p20], epochs_i), epochs_i),
+    alone = {k: v for k, v in p20.items() if k not in ("weight", "weight_start")}
+    return {"i_parts20": (_with(base, [alone], epochs_i), epochs_i),
             "ii_parts20_body80": (_with(base, [p20, b80], 1), 1),
             "iii_parts100": (_with(base, [p20, a80], 1), 1)}
 
@@ -197,6 +210,13 @@ def _share(text: str) -> float | None:
     return value
 
 
+def _start_share(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"--leaf-share-start must be in [0, 1], got {text}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", choices=("synthetic", "pascal"), required=True)
@@ -206,6 +226,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--leaf-share", type=_share, default=0.5,
                         help="synthetic (b): share of the batches from the leaf-labelled source (0.5 tuned on val: "
                              "0.1 by size, 0.5, 0.7 tried); 'size' samples every source by its size")
+    parser.add_argument("--leaf-share-start", type=_start_share, default=None,
+                        help="synthetic (b): the leaf source's share at the first step, moving linearly to "
+                             "--leaf-share at the last (weight_start); default: a constant share")
+    parser.add_argument("--l1-share", type=_start_share, default=0.5,
+                        help="synthetic (b): share of the coarse batches from the L1-labelled source (the rest: L0)")
     parser.add_argument("--leaf-images", type=int, default=150,
                         help="synthetic: size of A, the leaf-labelled 10 %% (B = 9 x as many); steps stay about 561")
     parser.add_argument("--tag", default="", help="results go to partial-<suite>-<tag>.{json,md}")
@@ -215,21 +240,26 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) / args.suite
     if args.suite == "synthetic":
         base = load_config(ROOT / "configs/demo.yaml", args.overrides)
-        arms = _synthetic_arms(base, args.leaf_share, args.leaf_images)
+        if args.leaf_share_start is not None and args.leaf_share is None:
+            parser.error("--leaf-share-start needs a numeric --leaf-share (the share at the last step)")
+        arms = _synthetic_arms(base, args.leaf_share, args.leaf_images, args.leaf_share_start, args.l1_share)
         extra = (f"configs/demo.yaml; A = {args.leaf_images} leaf-labelled images (seed 0), B = 2 x {args.leaf_images * 9 // 2} images (seeds 10, 20) labelled "
                  f"at L0 / L1 in (b) and at the leaves in (c); in (b) A fills "
-                 f"{'10 % (by size)' if args.leaf_share is None else format(args.leaf_share, '.0%')} of the batches, "
-                 "the coarse sources the rest; in (c) sources are sampled by size; val = 150 leaf-labelled images "
+                 f"{'10 % (by size)' if args.leaf_share is None else format(args.leaf_share, '.0%')} of the batches"
+                 f"{'' if args.leaf_share_start is None else f' (from {args.leaf_share_start:.0%} at the first step, linearly)'}, "
+                 f"the coarse sources the rest ({args.l1_share:.0%} of it the L1-labelled one); in (c) sources are sampled by size; val = 150 leaf-labelled images "
                  "(seed 1).")
     else:
         base = load_config(ROOT / "configs/pascal_part_cpu.yaml",
                            ["data.longest=256", "data.crop=160", "train.warmup_steps=50", *args.overrides])
         base["data"]["root"] = args.data
-        arms = _pascal_arms(base, Path(args.data), out)
+        share = 0.5 if args.leaf_share is None else args.leaf_share
+        arms = _pascal_arms(base, Path(args.data), out, share, args.leaf_share_start)
         extra = ("configs/pascal_part_cpu.yaml with data.longest=256 (train and val resized), data.crop=160, warmup 50; "
                  "(i) 565 train images with parts; (ii) those plus the other 2261 train images labelled body only "
-                 "(label map 1..6 -> body), sampled 1:1; (iii) the same with the parts labels of those 2261 kept; val = the 410 "
-                 "val images with parts, resized.")
+                 f"(label map 1..6 -> body), the parts images filling {share:.0%} of the batches"
+                 f"{'' if args.leaf_share_start is None else f' (from {args.leaf_share_start:.0%} at the first step, linearly)'}"
+                 "; (iii) the same with the parts labels of those 2261 kept; val = the 410 val images with parts, resized.")
     rows = []
     for name, (cfg, _) in arms.items():
         if args.arms and name not in args.arms:

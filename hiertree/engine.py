@@ -198,8 +198,10 @@ def _setup(cfg: dict, command: str, model: torch.nn.Module | None) -> _Run:
     taxonomy = Taxonomy.load(cfg["taxonomy"])
     train_ds, val_ds = _datasets(cfg, taxonomy, run_dir, rank == 0)
     mixed = train_ds.source if isinstance(train_ds.source, Mixture) else None
+    moving = mixed is not None and mixed.weights_start is not None
     sampler = EpochSampler(len(train_ds), tcfg["batch_size"], seed, rank, world,
-                           weights=mixed.sample_weights() if mixed else None)
+                           weights=mixed.sample_weights() if mixed else None,
+                           weights_start=mixed.sample_weights(start=True) if moving else None, epochs=tcfg["epochs"])
     train_loader, val_loader = _loaders(cfg, taxonomy, train_ds, val_ds, sampler, device)
     model = (model if model is not None else build_model(cfg, taxonomy)).to(device)
     if channels_last:
@@ -354,8 +356,12 @@ def _announce(run: _Run) -> None:
     mixed = run.train_ds.source
     if isinstance(mixed, Mixture):
         total = sum(mixed.weights)
-        for name, part, w in zip(mixed.names, mixed.parts, mixed.weights):
-            log.info("  source %s: %d train samples, %.0f %% of each batch", name, len(part), 100 * w / total)
+        starts = mixed.weights_start or mixed.weights
+        for name, part, w, w0 in zip(mixed.names, mixed.parts, mixed.weights, starts):
+            share = f"{100 * w / total:.0f} %"
+            if mixed.weights_start is not None:
+                share = f"{100 * w0 / sum(starts):.0f} % (first step) to {share} (last step)"
+            log.info("  source %s: %d train samples, %s of each batch", name, len(part), share)
 
 
 # ---------------------------------------------------------------------- one epoch, one step

@@ -166,6 +166,10 @@ class SourceOptions(_Section):
     labels: LabelMapOpt = _opt(None, "mask value -> node name or 'ignore'; null: data.labels",
                                expected="a mapping of mask value to node name", example={0: "background", 1: "body"})
     weight: Float = _opt(1.0, "sampling weight: a share weight / (sum of weights) of each batch comes from here", gt=0)
+    weight_start: OptFloat = _opt(
+        None, "the weight at the first step: the source's share moves linearly from weight_start / (sum of "
+        "weight_start) to weight / (sum of weights) over train.epochs (e.g. leaf labels first, coarse ones later); "
+        "null: weight, a constant share", example=0.0, ge=0)
     skip_bad: Optional[bool] = _opt(None, "skip unreadable samples; null: data.skip_bad", example=True)
     synthetic: Optional[dict] = _opt(None, "kind synthetic: keys of data.synthetic that differ for this source",
                                      expected="a mapping of data.synthetic keys", example={"num_train": 200, "seed": 10})

@@ -210,3 +210,49 @@ def test_stats_cli_writes_text_json_and_plot(tmp_path, capsys):
     assert (tmp_path / "s.png").stat().st_size > 1000
     assert stats_main(["--data", str(root), "--max-images", "0"]) == 2
     assert "--max-images must be at least 1" in capsys.readouterr().err
+
+
+def test_moving_shares_go_from_weight_start_to_weight_by_hand():
+    mix = Mixture([("a", list(range(4)), 0.0), ("b", list(range(4)), 1.0)], weights_start=[1.0, 0.0])
+    assert mix.sample_weights(start=True) == [0.25] * 4 + [0.0] * 4 and mix.sample_weights() == [0.0] * 4 + [0.25] * 4
+    sampler = EpochSampler(8, 2, seed=0, weights=mix.sample_weights(), weights_start=mix.sample_weights(start=True),
+                           epochs=2)
+    steps = []
+    for epoch in range(2):
+        sampler.set_epoch(epoch)
+        drawn = [v % 8 for v in sampler]
+        steps += [drawn[i:i + 2] for i in range(0, 8, 2)]
+    assert len(steps) == 8
+    assert all(i < 4 for i in steps[0]) and all(i >= 4 for i in steps[7])  # step 0: all a; the last step: all b
+    from_b = sum(i >= 4 for step in steps for i in step)
+    assert 2 <= from_b <= 14  # the blend in between draws from both
+    sampler.set_epoch(1, skip_batches=2)  # a mid-epoch resume draws the rest of the same epoch
+    assert [v % 8 for v in sampler] == [i for step in steps[6:] for i in step]
+    with pytest.raises(DataError, match="weights_start needs weights"):
+        EpochSampler(8, 2, seed=0, weights_start=[0.125] * 8)
+
+
+def test_weight_start_bad_inputs(tmp_path):
+    root = _person_folder(tmp_path / "people")
+    with pytest.raises(ConfigError, match=r"'data.sources\[0\].weight_start' must be .*>= 0.*got float -1.0"):
+        load_config(None, ["data.sources=[{weight_start: -1.0}]"])
+    cfg = _sources_cfg(root, weight_start=0.0)
+    cfg["data"]["sources"][0]["weight_start"] = 0.0
+    with pytest.raises(DataError, match=r"every source's weight_start is 0, so the first step has nothing to draw"):
+        build_datasets(cfg["data"], TAX)
+    cfg["data"]["sources"][0]["weight_start"] = 2.0  # parts first, people (weight 3) later
+    train_ds, _ = build_datasets(cfg["data"], TAX)
+    assert train_ds.source.weights_start == [2.0, 0.0] and train_ds.source.weights == [1.0, 3.0]
+
+
+def test_partial_labels_benchmark_arms_carry_the_share_schedule():
+    from benchmarks.partial_labels import _synthetic_arms
+
+    base = load_config(ROOT / "configs/demo.yaml", [])
+    arms = _synthetic_arms(base, 0.2, n_leaf=30, leaf_share_start=1.0)
+    b = arms["b_leaf10_coarse90"][0]["data"]["sources"]
+    assert [(s["name"], s["weight"], s["weight_start"]) for s in b] == [
+        ("leaf10", 0.2, 1.0), ("to_L0", pytest.approx(0.4), 0.0), ("to_L1", pytest.approx(0.4), 0.0)]
+    assert all(s["weight_start"] is None for s in arms["c_leaf100"][0]["data"]["sources"])
+    mix = build_datasets(arms["b_leaf10_coarse90"][0]["data"], TAX)[0].source
+    assert mix.sample_weights(start=True)[:30] == [pytest.approx(1 / 30)] * 30 and sum(mix.sample_weights()[:30]) == pytest.approx(0.2)

@@ -20,7 +20,7 @@ from .errors import DataError
 from .folder import MaskFolder
 from .sampler import EpochSampler
 from .skipping import drop_bad_samples
-from .sources import Mixture, Relabelled, Source, resolve_sources
+from .sources import Mixture, Relabelled, Source, resolve_sources, start_weights
 from .synthetic import ROLES, SyntheticFigures, role_map_from_names
 from .transforms import PairTransform, eval_transform, normalize_to_tensor, train_transform
 
@@ -236,7 +236,9 @@ def build_datasets(
     if not cfg.get("sources"):
         train_src, val_src = opened[0]
     else:
-        train_src = Mixture([(s.name, tr, s.weight) for s, (tr, _) in zip(sources, opened)])
+        moving = any(s.weight_start is not None for s in sources)
+        train_src = Mixture([(s.name, tr, s.weight) for s, (tr, _) in zip(sources, opened)],
+                            weights_start=start_weights(sources) if moving else None)
         scored = [(s.name, va, s.weight) for s, (_, va) in zip(sources, opened) if s.evaluate and va is not None]
         if not scored:
             raise DataError("data.sources: no source is evaluated; set evaluate: true on at least one")

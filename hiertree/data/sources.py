@@ -4,6 +4,7 @@ Each source names its own root, splits, label map and sampling weight; a key it 
 ``data`` key of the same name, so a single-dataset config is the one-source case. :class:`Mixture`
 concatenates the sources' samples (ids become ``<source>/<id>``) and knows each sample's sampling
 probability: a source of weight ``w`` fills a share ``w / sum(weights)`` of the batches, whatever its size.
+With ``weight_start`` that share moves linearly, over the run, from ``weight_start / sum(weight_start)``.
 """
 
 from __future__ import annotations
@@ -38,12 +39,7 @@ class Source:
     weight: float
     skip_bad: bool
     synthetic: dict = field(default_factory=dict)
-
-    def describe(self) -> dict[str, Any]:
-        """What a checkpoint records of the source (``sources.json``) and a resume compares."""
-        where = self.root if self.kind == "folder" else f"synthetic seed {self.synthetic['seed']}"
-        return {"name": self.name, "kind": self.kind, "where": where, "train_split": self.train_split,
-                "val_split": self.val_split, "weight": self.weight, "labels": self.labels.to_config()}
+    weight_start: float | None = None  # None: the share stays weight's throughout
 
 
 def _synthetic(data_cfg: Mapping[str, Any], own: Mapping[str, Any] | None, where: str) -> dict:
@@ -67,7 +63,8 @@ def _one(data_cfg: Mapping[str, Any], entry: Mapping[str, Any], index: int, taxo
     synthetic = _synthetic(data_cfg, entry.get("synthetic"), f"{where}.synthetic") if kind == "synthetic" else {}
     return Source(name, kind, settings["root"], settings["train_split"] or "train", settings["val_split"] or "val",
                   bool(entry.get("evaluate", True)), labels, float(entry.get("weight", 1.0)),
-                  bool(settings["skip_bad"]), synthetic)
+                  bool(settings["skip_bad"]), synthetic,
+                  None if entry.get("weight_start") is None else float(entry["weight_start"]))
 
 
 def resolve_sources(data_cfg: Mapping[str, Any], taxonomy: "Taxonomy") -> list[Source]:
@@ -81,7 +78,15 @@ def resolve_sources(data_cfg: Mapping[str, Any], taxonomy: "Taxonomy") -> list[S
     if twice:
         raise DataError(f"data.sources: names {twice} are given to several sources; name each source once")
     _check_synthetic_seeds(sources)
+    if any(s.weight_start is not None for s in sources) and not sum(start_weights(sources)) > 0:
+        raise DataError("data.sources: every source's weight_start is 0, so the first step has nothing to draw; "
+                        "give at least one source a weight_start > 0 (a source without one starts at its weight)")
     return sources
+
+
+def start_weights(sources: Sequence[Source]) -> list[float]:
+    """Each source's weight at the first step: ``weight_start`` where given, else ``weight``."""
+    return [s.weight if s.weight_start is None else s.weight_start for s in sources]
 
 
 def _check_synthetic_seeds(sources: list[Source]) -> None:
@@ -123,12 +128,14 @@ class Relabelled:
 class Mixture:
     """The samples of several sources end to end, ids prefixed ``<source>/``, with per-sample sampling weights."""
 
-    def __init__(self, parts: Sequence[tuple[str, Sequence, float]]) -> None:
+    def __init__(self, parts: Sequence[tuple[str, Sequence, float]], weights_start: Sequence[float] | None = None) -> None:
         if not parts:
             raise DataError("Mixture: no sources")
         self.names = [name for name, _, _ in parts]
         self.parts = [src for _, src, _ in parts]
         self.weights = [float(w) for _, _, w in parts]
+        #: the weights at the first step when the shares move over the run (``weight_start``), else None
+        self.weights_start = None if weights_start is None else [float(w) for w in weights_start]
         for name, src in zip(self.names, self.parts):
             if len(src) == 0:
                 raise DataError(f"source {name!r} has no samples; check its split list or remove it from data.sources")
@@ -164,7 +171,9 @@ class Mixture:
         probe = getattr(self.parts[k], "mask_size", None)
         return probe(i) if probe is not None else None
 
-    def sample_weights(self) -> list[float]:
-        """Per sample, the probability of drawing it: its source's weight share, spread evenly over its samples."""
-        total = sum(self.weights)
-        return [w / total / len(src) for w, src in zip(self.weights, self.parts) for _ in range(len(src))]
+    def sample_weights(self, start: bool = False) -> list[float]:
+        """Per sample, the probability of drawing it: its source's weight share, spread evenly over its samples
+        (``start``: the shares of the first step, where ``weights_start`` is set)."""
+        weights = self.weights_start if start and self.weights_start is not None else self.weights
+        total = sum(weights)
+        return [w / total / len(src) for w, src in zip(weights, self.parts) for _ in range(len(src))]
