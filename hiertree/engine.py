@@ -355,12 +355,11 @@ def _announce(run: _Run) -> None:
              len(run.val_ds), run.device, run.amp, params, run.cfg["train"]["epochs"] * run.sampler.batches_per_epoch)
     mixed = run.train_ds.source
     if isinstance(mixed, Mixture):
-        total = sum(mixed.weights)
-        starts = mixed.weights_start or mixed.weights
-        for name, part, w, w0 in zip(mixed.names, mixed.parts, mixed.weights, starts):
+        total, starts = sum(mixed.weights), mixed.weights_start
+        for k, (name, part, w) in enumerate(zip(mixed.names, mixed.parts, mixed.weights)):
             share = f"{100 * w / total:.0f} %"
-            if mixed.weights_start is not None:
-                share = f"{100 * w0 / sum(starts):.0f} % (first step) to {share} (last step)"
+            if starts is not None:
+                share = f"{100 * starts[k] / sum(starts):.0f} % (first step) to {share} (last step)"
             log.info("  source %s: %d train samples, %s of each batch", name, len(part), share)
 
 

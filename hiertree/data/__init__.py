@@ -236,9 +236,8 @@ def build_datasets(
     if not cfg.get("sources"):
         train_src, val_src = opened[0]
     else:
-        moving = any(s.weight_start is not None for s in sources)
         train_src = Mixture([(s.name, tr, s.weight) for s, (tr, _) in zip(sources, opened)],
-                            weights_start=start_weights(sources) if moving else None)
+                            weights_start=start_weights(sources))
         scored = [(s.name, va, s.weight) for s, (_, va) in zip(sources, opened) if s.evaluate and va is not None]
         if not scored:
             raise DataError("data.sources: no source is evaluated; set evaluate: true on at least one")

@@ -78,14 +78,18 @@ def resolve_sources(data_cfg: Mapping[str, Any], taxonomy: "Taxonomy") -> list[S
     if twice:
         raise DataError(f"data.sources: names {twice} are given to several sources; name each source once")
     _check_synthetic_seeds(sources)
-    if any(s.weight_start is not None for s in sources) and not sum(start_weights(sources)) > 0:
+    starts = start_weights(sources)
+    if starts is not None and not sum(starts) > 0:
         raise DataError("data.sources: every source's weight_start is 0, so the first step has nothing to draw; "
                         "give at least one source a weight_start > 0 (a source without one starts at its weight)")
     return sources
 
 
-def start_weights(sources: Sequence[Source]) -> list[float]:
-    """Each source's weight at the first step: ``weight_start`` where given, else ``weight``."""
+def start_weights(sources: Sequence[Source]) -> list[float] | None:
+    """Each source's weight at the first step (``weight_start`` where given, else ``weight``); None when no
+    source gives one, so the shares stay constant."""
+    if all(s.weight_start is None for s in sources):
+        return None
     return [s.weight if s.weight_start is None else s.weight_start for s in sources]
 
 
