@@ -227,11 +227,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/partial", help="run folders")
     parser.add_argument("--arms", nargs="*", help="run only these arms (names as in the results)")
     parser.add_argument("--leaf-share", type=_share, default=0.5,
-                        help="synthetic (b): share of the batches from the leaf-labelled source (0.5 tuned on val: "
-                             "0.1 by size, 0.5, 0.7 tried); 'size' samples every source by its size")
+                        help="synthetic (b) / pascal (ii): share of the batches from the leaf-labelled source (at "
+                             "the last step with --leaf-share-start); 0.5 was tuned at a constant share with 150 "
+                             "leaf images, the README's headline runs 1.0 -> 0.2; 'size' samples by source size")
     parser.add_argument("--leaf-share-start", type=_unit("--leaf-share-start"), default=None,
-                        help="synthetic (b): the leaf source's share at the first step, moving linearly to "
-                             "--leaf-share at the last (weight_start); default: a constant share")
+                        help="synthetic (b) / pascal (ii): the leaf source's share at the first step, moving "
+                             "linearly to --leaf-share at the last (weight_start); default: a constant share")
     parser.add_argument("--l1-share", type=_unit("--l1-share"), default=0.5,
                         help="synthetic (b): share of the coarse batches from the L1-labelled source (the rest: L0)")
     parser.add_argument("--leaf-images", type=int, default=150,
