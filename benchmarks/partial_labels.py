@@ -229,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--leaf-share", type=_share, default=0.5,
                         help="synthetic (b) / pascal (ii): share of the batches from the leaf-labelled source (at "
                              "the last step with --leaf-share-start); 0.5 was tuned at a constant share with 150 "
-                             "leaf images, the README's headline runs 1.0 -> 0.2; 'size' samples by source size")
+                             "leaf images (the README's headline command: partial-synthetic-schedule.md); 'size' "
+                             "samples by source size")
     parser.add_argument("--leaf-share-start", type=_unit("--leaf-share-start"), default=None,
                         help="synthetic (b) / pascal (ii): the leaf source's share at the first step, moving "
                              "linearly to --leaf-share at the last (weight_start); default: a constant share")

@@ -356,10 +356,11 @@ def _announce(run: _Run) -> None:
     mixed = run.train_ds.source
     if isinstance(mixed, Mixture):
         total, starts = sum(mixed.weights), mixed.weights_start
+        start_total = sum(starts) if starts is not None else None
         for k, (name, part, w) in enumerate(zip(mixed.names, mixed.parts, mixed.weights)):
             share = f"{100 * w / total:.0f} %"
             if starts is not None:
-                share = f"{100 * starts[k] / sum(starts):.0f} % (first step) to {share} (last step)"
+                share = f"{100 * starts[k] / start_total:.0f} % (first step) to {share} (last step)"
             log.info("  source %s: %d train samples, %s of each batch", name, len(part), share)
 
 
