@@ -4,7 +4,7 @@ Runs on CPU in fp32 and on CUDA with bf16 autocast + channels_last; under ``torc
 with DistributedDataParallel (rank 0 evaluates and writes, every rank resumes from the same
 checkpoint). Every epoch's data order and every sample's augmentation derive from (seed, epoch,
 index), the data loaders draw from their own generators (not the global RNG that dropout uses) and
-the schedule's length depends on ``train.epochs`` only, so a resumed run -- from an epoch boundary
+the schedule's length depends on ``train.epochs`` (or ``train.steps``) only, so a resumed run -- from an epoch boundary
 or mid-epoch -- computes exactly what an uninterrupted one would have (bit-identical on CPU).
 
 The step never waits for the device: the non-finite-loss flag goes to the fused AdamW as its
@@ -33,19 +33,19 @@ from torch.utils.data import DataLoader
 from hiertree import distributed
 from hiertree.checkpoint import load_checkpoint, model_card, save_checkpoint, unwrap
 from hiertree.config import dump_config
-from hiertree.data import (EpochSampler, Mixture, build_datasets, by_source, drop_bad_samples, pad_collate,
-                           resolve_sources, size_ordered)
+from hiertree.data import EpochSampler, Mixture, build_datasets, drop_bad_samples
+from hiertree.data.loaders import Collate, labelled_nodes, loader_workers, val_loaders, worker_init
 from hiertree.evaluate import autocast_for, evaluate
 from hiertree.inference import decode
 from hiertree.losses import HierarchicalLoss
-from hiertree.metrics import format_table
+from hiertree.metrics import format_scores
 from hiertree.models import HierSegModel
 from hiertree.run_state import Layout, Progress, TrainingError, check_resumable, restore, train_state
 from hiertree.taxonomy import Taxonomy
 from hiertree.tblog import TrainLogger
 from hiertree.trackers import MultiTracker, build_trackers
 
-__all__ = ["train", "TrainingError", "build_model"]
+__all__ = ["train", "profile_steps", "StepPhases", "TrainingError", "build_model"]
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def train(cfg: dict, command: str = "", model: torch.nn.Module | None = None) ->
 
     SIGINT/SIGTERM (from the first line on) make it save a checkpoint and return with ``stopped``
     set; ``train.max_steps`` stops early (saving where it stopped) without changing the schedule,
-    whose length is always ``train.epochs`` epochs -- so a stopped run resumes onto the same curve.
+    whose length is always ``train.steps`` (or ``train.epochs`` epochs) -- so a stopped run resumes onto the same curve.
 
     ``model`` replaces the one ``cfg["model"]`` describes (benchmarks train other architectures in the
     same loop); it must take 0..255 images and return per-level logits like :class:`HierSegModel`.
@@ -92,7 +92,7 @@ def _run(run: "_Run", stop: "_StopFlag") -> dict:
 def _epochs(run: "_Run", progress: Progress, stop: "_StopFlag") -> str | None:
     """Epochs until the end, ``train.max_steps`` or a signal; returns what stopped the run early, if anything."""
     tcfg, stopped = run.cfg["train"], None
-    for epoch in range(progress.epoch, tcfg["epochs"]):
+    for epoch in range(progress.epoch, run.epochs):
         outcome = _train_epoch(run, progress, epoch, stop)
         if run.distributed:
             distributed.average_buffers(run.model)
@@ -163,6 +163,7 @@ class _Run:
     trackers: MultiTracker | None = None
     preview: dict | None = None  # a few val images shown in TensorBoard after each evaluation
     last_metrics: dict | None = None
+    phases: "StepPhases" = field(default_factory=lambda: StepPhases(None))  # off unless a benchmark times the steps
 
     @property
     def main(self) -> bool:
@@ -173,9 +174,19 @@ class _Run:
         return self.world > 1
 
     @property
+    def total_steps(self) -> int:
+        """Batches of the whole run: the schedule's length (``train.steps``, else ``train.epochs`` epochs)."""
+        return self.sampler.total_steps
+
+    @property
+    def epochs(self) -> int:
+        """Epochs the run visits, the last one partly when ``train.steps`` ends mid-epoch."""
+        return math.ceil(self.total_steps / self.sampler.batches_per_epoch)
+
+    @property
     def layout(self) -> Layout:
         tcfg = self.cfg["train"]
-        return Layout(tcfg["batch_size"], self.world, self.sampler.batches_per_epoch, tcfg["epochs"])
+        return Layout(tcfg["batch_size"], self.world, self.sampler.batches_per_epoch, self.epochs)
 
 
 def build_model(cfg: dict, taxonomy: Taxonomy) -> HierSegModel:
@@ -201,9 +212,12 @@ def _setup(cfg: dict, command: str, model: torch.nn.Module | None) -> _Run:
     moving = mixed is not None and mixed.weights_start is not None
     sampler = EpochSampler(len(train_ds), tcfg["batch_size"], seed, rank, world,
                            weights=mixed.sample_weights() if mixed else None,
-                           weights_start=mixed.sample_weights(start=True) if moving else None, epochs=tcfg["epochs"])
+                           weights_start=mixed.sample_weights(start=True) if moving else None, epochs=tcfg["epochs"],
+                           total_steps=tcfg["steps"])
     train_loader, val_loader = _loaders(cfg, taxonomy, train_ds, val_ds, sampler, device)
     model = (model if model is not None else build_model(cfg, taxonomy)).to(device)
+    if tcfg["frozen_stages"] or tcfg["freeze_encoder_bn"]:
+        _encoder_of(model).freeze(tcfg["frozen_stages"], tcfg["freeze_encoder_bn"])
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     lcfg = cfg["loss"]
@@ -214,12 +228,21 @@ def _setup(cfg: dict, command: str, model: torch.nn.Module | None) -> _Run:
     criterion.check_targets = False  # SegDataset checked every mask: no host sync per step for it
     fused = device.type in ("cuda", "cpu")  # fused AdamW takes found_inf: a bad step is skipped on the device
     optimizer = torch.optim.AdamW(_param_groups(model, tcfg["weight_decay"]), lr=tcfg["lr"], fused=fused)
-    # the schedule spans train.epochs whatever train.max_steps says: max_steps only stops the run
-    # early, so stopping at max_steps and resuming lands on the uninterrupted run's curve
-    scheduler = _schedule(optimizer, tcfg, max(tcfg["epochs"] * sampler.batches_per_epoch, 1))
+    # the schedule spans train.steps (or train.epochs) whatever train.max_steps says: max_steps only stops the
+    # run early, so stopping at max_steps and resuming lands on the uninterrupted run's curve
+    scheduler = _schedule(optimizer, tcfg, max(sampler.total_steps, 1))
     scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
     return _Run(cfg, command, device, rank, world, amp, channels_last, run_dir, taxonomy, train_ds, val_ds, sampler,
                 train_loader, val_loader, model, criterion, optimizer, scheduler, scaler, fused)
+
+
+def _encoder_of(model: torch.nn.Module) -> Any:
+    """The encoder that ``train.frozen_stages`` / ``train.freeze_encoder_bn`` act on (a HierSegModel's)."""
+    encoder = getattr(model, "encoder", None)
+    if not hasattr(encoder, "freeze"):
+        raise TrainingError(f"train.frozen_stages / train.freeze_encoder_bn need a HierSegModel encoder; "
+                            f"{type(model).__name__} has none: set them to 0 / false")
+    return encoder
 
 
 def _datasets(cfg: dict, taxonomy: Taxonomy, run_dir: Path, main: bool) -> tuple[Any, Any]:
@@ -248,42 +271,19 @@ def _class_weights(setting: Any, train_ds: Any, taxonomy: Taxonomy, main: bool) 
     return weights
 
 
-def _worker_init(worker_id: int) -> None:
-    """Data-loader workers ignore SIGINT: Ctrl-C reaches the whole process group, and a worker dying of
-    it would break the loader while the main process saves. SIGTERM keeps its default, because
-    multiprocessing stops workers with it at exit; send SIGTERM to the main process only.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 def _loaders(cfg: dict, taxonomy: Taxonomy, train_ds: Any, val_ds: Any, sampler: EpochSampler,
              device: torch.device) -> tuple[DataLoader, DataLoader]:
     # the loaders get their own generators: drawing worker seeds from the global RNG would shift
     # the dropout stream by one draw per loader iterator, and a resumed run creates them afresh
-    tcfg, workers = cfg["train"], cfg["train"]["num_workers"]
+    tcfg, workers = cfg["train"], loader_workers(cfg["train"]["num_workers"])
     seed = tcfg["seed"]
-    init = _worker_init if workers > 0 else None
     extra = dict(persistent_workers=True, prefetch_factor=4) if workers > 0 else {}
-    collate = _Collate(taxonomy.ignore_index)
     train_loader = DataLoader(train_ds, batch_size=tcfg["batch_size"], sampler=sampler, drop_last=True,
-                              collate_fn=collate, generator=torch.Generator().manual_seed(seed), num_workers=workers,
-                              pin_memory=device.type == "cuda", worker_init_fn=init, **extra)
-    def val(ds: Any) -> DataLoader:
-        return DataLoader(ds, batch_size=cfg["eval"]["batch_size"], sampler=size_ordered(ds), num_workers=workers,
-                          collate_fn=collate, worker_init_fn=init, generator=torch.Generator().manual_seed(seed))
-
-    parts = by_source(val_ds)  # data.sources: each source scored on its own, and combined
-    return train_loader, ({name: val(ds) for name, ds in parts.items()} if parts else val(val_ds))
-
-
-@dataclass(frozen=True)
-class _Collate:
-    """``pad_collate`` with the taxonomy's ignore index (a picklable callable for worker processes)."""
-
-    ignore_index: int
-
-    def __call__(self, batch: list) -> dict:
-        return pad_collate(batch, self.ignore_index)
+                              collate_fn=Collate(taxonomy.ignore_index), generator=torch.Generator().manual_seed(seed),
+                              num_workers=workers, pin_memory=device.type == "cuda",
+                              worker_init_fn=worker_init if workers else None, **extra)
+    val_loader = val_loaders(val_ds, taxonomy, cfg["eval"]["batch_size"], tcfg["num_workers"], seed)
+    return train_loader, val_loader
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -352,7 +352,7 @@ def _announce(run: _Run) -> None:
     params = sum(p.numel() for p in run.model.parameters()) / 1e6
     log.info("%s", run.taxonomy.describe())
     log.info("%d train / %d val samples, device %s, amp %s, %.2f M parameters, %d steps", len(run.train_ds),
-             len(run.val_ds), run.device, run.amp, params, run.cfg["train"]["epochs"] * run.sampler.batches_per_epoch)
+             len(run.val_ds), run.device, run.amp, params, run.total_steps)
     mixed = run.train_ds.source
     if isinstance(mixed, Mixture):
         total, starts = sum(mixed.weights), mixed.weights_start
@@ -365,6 +365,37 @@ def _announce(run: _Run) -> None:
 
 
 # ---------------------------------------------------------------------- one epoch, one step
+class StepPhases:
+    """Wall seconds of each step's phases: ``data`` (waiting for the loader, and the loop's bookkeeping), ``forward``
+    (with the loss), ``backward``, ``optimizer``. Off (every mark a no-op) unless given a device: benchmarks only,
+    since on CUDA each mark waits for the device."""
+
+    def __init__(self, device: torch.device | None) -> None:
+        self.device, self.seconds, self._last = device, {}, time.perf_counter()
+
+    def mark(self, phase: str) -> None:
+        if self.device is None:
+            return
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        self.seconds.setdefault(phase, []).append(now - self._last)
+        self._last = now
+
+
+def profile_steps(cfg: dict, steps: int, warmup: int = 3) -> dict:
+    """Phase seconds (:class:`StepPhases`) of ``steps`` training steps after ``warmup`` ones, taken exactly as
+    :func:`train` takes them (the real loader, model, loss and optimizer); nothing is saved or evaluated."""
+    cfg = {**cfg, "train": {**cfg["train"], "max_steps": warmup + steps, "resume": None, "trackers": []}}
+    with _StopFlag() as stop:
+        run = _setup(cfg, "", None)
+        progress = _resume(run)
+        run.phases = StepPhases(run.device)
+        _train_epoch(run, progress, 0, stop)
+    seconds = {k: v[warmup:] for k, v in run.phases.seconds.items()}
+    return {"batch_size": cfg["train"]["batch_size"], "seconds": seconds}
+
+
 @dataclass
 class _Window:
     """What the steps since the last read-back left on the device: loss values, bad flags, part sums."""
@@ -408,6 +439,7 @@ def _train_epoch(run: _Run, progress: Progress, epoch: int, stop: "_StopFlag") -
     progress.batch_in_epoch = 0
     bar = _progress_bar(run, epoch)
     window, max_steps = _Window(), tcfg["max_steps"]
+    end = min(run.sampler.batches_per_epoch, run.total_steps - epoch * run.sampler.batches_per_epoch)  # train.steps
     run.model.train()
     for batch in bar:
         _step(run, batch, window, outcome.batch_in_epoch + 1)
@@ -415,6 +447,8 @@ def _train_epoch(run: _Run, progress: Progress, epoch: int, stop: "_StopFlag") -
         outcome.images += batch["image"].shape[0]
         pending = len(window.batches)
         at_max = bool(max_steps and progress.step + pending >= max_steps)
+        if outcome.batch_in_epoch >= end:
+            break
         if pending >= tcfg["log_every"] or at_max or (stop.signal is not None and not run.distributed):
             _read_back(run, progress, epoch, window, outcome, bar)
             outcome.stop = distributed.agree([stop.signal is not None], run.device)[0]
@@ -423,7 +457,8 @@ def _train_epoch(run: _Run, progress: Progress, epoch: int, stop: "_StopFlag") -
                 break
     _read_back(run, progress, epoch, window, outcome, bar)
     outcome.stop = distributed.agree([stop.signal is not None], run.device)[0]  # a signal in the last window
-    outcome.epoch_done = outcome.batch_in_epoch >= run.sampler.batches_per_epoch
+    outcome.hit_max = bool(max_steps and progress.step >= max_steps)
+    outcome.epoch_done = outcome.batch_in_epoch >= end
     return outcome
 
 
@@ -432,12 +467,13 @@ def _progress_bar(run: _Run, epoch: int) -> Any:
         return run.train_loader
     from tqdm import tqdm
 
-    return tqdm(run.train_loader, desc=f"epoch {epoch + 1}/{run.cfg['train']['epochs']}", leave=False,
+    return tqdm(run.train_loader, desc=f"epoch {epoch + 1}/{run.epochs}", leave=False,
                 dynamic_ncols=True)
 
 
 def _step(run: _Run, batch: dict, window: _Window, batch_in_epoch: int) -> None:
     """One optimizer step that never waits for the device; a non-finite loss updates nothing."""
+    run.phases.mark("data")
     images = batch["image"].to(run.device, non_blocking=True)
     if run.channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
@@ -445,11 +481,13 @@ def _step(run: _Run, batch: dict, window: _Window, batch_in_epoch: int) -> None:
     with autocast_for(run.device, run.amp):
         logits = run.forward(images, upsample=run.cfg["loss"]["full_resolution"])
         loss, parts = run.criterion([z.float() for z in logits], masks, partial=batch.get("partial"))
+    run.phases.mark("forward")
     bad = (~torch.isfinite(loss.detach())).float()
     if run.distributed:
         dist.all_reduce(bad, op=dist.ReduceOp.MAX)  # every rank skips a step that is bad on any rank
     run.optimizer.zero_grad(set_to_none=True)
     run.scaler.scale(loss).backward()
+    run.phases.mark("backward")
     if run.cfg["train"]["grad_clip"]:
         run.scaler.unscale_(run.optimizer)
         torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg["train"]["grad_clip"])
@@ -468,6 +506,7 @@ def _step(run: _Run, batch: dict, window: _Window, batch_in_epoch: int) -> None:
     window.batches.append(batch_in_epoch)
     window.losses.append(loss.detach().float())
     window.bad.append(bad)
+    run.phases.mark("optimizer")
 
 
 def _read_back(run: _Run, progress: Progress, epoch: int, window: _Window, outcome: _Epoch, bar: Any) -> None:
@@ -517,36 +556,24 @@ def _bad_step(run: _Run, progress: Progress, epoch: int, batch_in_epoch: int, va
 def _evaluate_if_due(run: _Run, epoch: int, outcome: _Epoch) -> dict | None:
     """Rank 0 scores the val split every ``train.eval_every`` epochs and at the end; prints the table."""
     tcfg, ecfg = run.cfg["train"], run.cfg["eval"]
-    final = epoch + 1 == tcfg["epochs"] or outcome.hit_max or outcome.stop
+    final = epoch + 1 == run.epochs or outcome.hit_max or outcome.stop
     if not run.main or not ((epoch + 1) % tcfg["eval_every"] == 0 or final):
         return None
+    started = time.time()
     metrics = evaluate(unwrap(run.model), run.val_loader, run.taxonomy, run.device, run.amp, ecfg["hflip"],
                        ecfg["scales"], ecfg["max_batches"], flat=run.cfg["model"]["flat"],
                        channels_last=run.channels_last, max_side=ecfg["max_side"], window=ecfg["window"],
-                       overlap=ecfg["overlap"], labelled=_labelled(run))
+                       overlap=ecfg["overlap"], labelled=labelled_nodes(run.cfg["data"], run.taxonomy))
     metrics["epoch"] = epoch + 1
+    metrics["seconds"] = round(time.time() - started, 2)
     run.last_metrics = metrics
     n = max(outcome.steps, 1)
-    log.info("epoch %d/%d  loss %.4f  %.1f img/s", epoch + 1, tcfg["epochs"], outcome.sums.get("total", 0) / n,
+    log.info("epoch %d/%d  loss %.4f  %.1f img/s", epoch + 1, run.epochs, outcome.sums.get("total", 0) / n,
              outcome.images / (time.time() - outcome.start))
-    for name, scored in metrics.get("sources", {}).items():
-        log.info("source %s (%s):\n%s", name, _scored_levels(scored["tree"]), format_table(scored["tree"]))
-    log.info("%s%s", "all sources:\n" if "sources" in metrics else "", format_table(metrics["tree"]))
+    log.info("%s", format_scores(metrics))
     log.info("  raw per-head argmax: tree-consistent pixels %.4f", metrics["raw"]["consistency"])
     _preview(run, epoch)
     return metrics
-
-
-def _labelled(run: _Run) -> dict[str, list[int]] | None:
-    """Per source of ``data.sources``, the node ids its label map yields (what its val masks can name)."""
-    if not isinstance(run.val_loader, dict):
-        return None
-    return {s.name: s.labels.node_ids() for s in resolve_sources(run.cfg["data"], run.taxonomy)}
-
-
-def _scored_levels(result: dict) -> str:
-    """``pixels scored: L0 1200, L1 1200, L2 0`` -- how far a source's labels reach."""
-    return "pixels scored: " + ", ".join(f"L{lv['level']} {lv['pixels']}" for lv in result["levels"])
 
 
 def _preview(run: _Run, epoch: int) -> None:
@@ -584,8 +611,9 @@ def _save_epoch(run: _Run, progress: Progress, epoch: int, outcome: _Epoch, metr
     n = max(outcome.steps, 1)  # this run's finite steps of this epoch: what ``sums`` holds
     row = {"lr": run.scheduler.get_last_lr()[0], "seconds": round(outcome.seconds, 2),
            **{f"loss/{k}": round(v / n, 6) for k, v in outcome.sums.items()}}
-    if metrics is not None:
+    if metrics is not None:  # "seconds" includes the evaluation, "eval_seconds" is its share
         row.update({f"mIoU/L{lv['level']}": round(lv["mIoU"], 6) for lv in metrics["tree"]["levels"]})
+        row["eval_seconds"] = metrics["seconds"]
     _log_scalars(run, progress.step, row, epoch=epoch + 1)
 
 

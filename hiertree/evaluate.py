@@ -147,27 +147,28 @@ def evaluate(
     own, at the levels its labels reach, under ``"sources"``, and ``tree``/``raw`` are the combined table
     (every pixel of every source; ``max_batches`` applies per source). ``labelled`` maps a source to the
     node ids its label map yields, so its table leaves out the classes it never labels. ``backoff`` thresholds
-    add ``"backoff": [{"threshold", "accuracy", "specificity", "leaf_coverage", ...}]`` (one loader only), the
-    accuracy-specificity curve that :func:`calibrate_backoff` reads.
+    add ``"backoff": [{"threshold", "accuracy", "specificity", "leaf_coverage", ...}]`` (over every source's
+    pixels), the accuracy-specificity curve that :func:`calibrate_backoff` reads.
     """
     was_training = model.training
     model.eval()
     args = (taxonomy, device, amp, hflip, scales, max_batches, flat, channels_last, max_side, window, overlap)
+    parts = loader if isinstance(loader, Mapping) else {None: loader}
+    curve = {float(t): HierarchicalMetrics(taxonomy) for t in backoff}  # over every source's pixels
     try:
-        if not isinstance(loader, Mapping):
-            curve = {float(t): HierarchicalMetrics(taxonomy) for t in backoff}
-            tree, raw = _accumulate(model, loader, *args, curve=curve)
-            result = {"tree": tree.compute(), "raw": raw.compute()}
-            if curve:
-                result["backoff"] = [{"threshold": t, **m.compute()["hierarchy"]["backoff"]} for t, m in curve.items()]
-            return result
         tree, raw = HierarchicalMetrics(taxonomy), HierarchicalMetrics(taxonomy)
         sources = {}
-        for name, part in loader.items():
-            t, r = _accumulate(model, part, *args, labelled=(labelled or {}).get(name))
-            sources[name] = {"tree": t.compute(), "raw": r.compute()}
+        for name, part in parts.items():
+            t, r = _accumulate(model, part, *args, labelled=(labelled or {}).get(name), curve=curve)
+            if name is not None:
+                sources[name] = {"tree": t.compute(), "raw": r.compute()}
             tree.merge(t)
             raw.merge(r)
-        return {"tree": tree.compute(), "raw": raw.compute(), "sources": sources}
     finally:
         model.train(was_training)
+    result = {"tree": tree.compute(), "raw": raw.compute()}
+    if sources:
+        result["sources"] = sources
+    if curve:
+        result["backoff"] = [{"threshold": t, **m.compute()["hierarchy"]["backoff"]} for t, m in curve.items()]
+    return result

@@ -15,7 +15,7 @@ import torch
 
 from .taxonomy import Taxonomy
 
-__all__ = ["FROM_TAXONOMY", "HierarchicalMetrics", "format_table"]
+__all__ = ["FROM_TAXONOMY", "HierarchicalMetrics", "format_table", "format_scores"]
 
 Prediction = torch.Tensor | Sequence[torch.Tensor]
 
@@ -376,3 +376,14 @@ def format_table(result: dict[str, Any]) -> str:
             lines.append(f"  {name:<{width}} {_pct(lv['iou'][name])}")
     lines.append(f"consistency {_pct(result['consistency'])}   pixels {result['pixels']}")
     return "\n".join(lines)
+
+
+def format_scores(result: dict[str, Any]) -> str:
+    """An evaluation's tables: with ``data.sources`` each source's (and how far its labels reach), then the
+    combined one; else the one table (:func:`format_table`)."""
+    parts = []
+    for name, scored in result.get("sources", {}).items():
+        reach = ", ".join(f"L{lv['level']} {lv['pixels']}" for lv in scored["tree"]["levels"])
+        parts.append(f"source {name} (pixels scored: {reach}):\n{format_table(scored['tree'])}")
+    parts.append(("all sources:\n" if "sources" in result else "") + format_table(result["tree"]))
+    return "\n".join(parts)

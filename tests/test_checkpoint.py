@@ -94,7 +94,7 @@ def test_eval_ignores_training_only_values_that_todays_rules_refuse(saved, tmp_p
 def test_run_copied_with_links_dereferenced_resumes_and_evaluates(tmp_path, capsys):
     run = tmp_path / "run"
     args = ["--config", str(ROOT / "configs/demo.yaml"), *SMALL, f"train.out_dir={run}"]
-    assert train_main([*args, "train.epochs=1"]) == 0
+    assert train_main([*args, "train.epochs=2", "train.max_steps=1"]) == 0  # stopped after its first epoch
     copy = tmp_path / "copy"
     shutil.copytree(run, copy, symlinks=False)  # what `cp -rL run copy` makes: last/best are real folders
     assert (copy / "last").is_dir() and not (copy / "last").is_symlink()

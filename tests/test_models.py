@@ -163,3 +163,39 @@ def test_predict_takes_numpy_images_of_any_size(pp):
     parent = pp.parent_index(1).numpy()
     assert (parent[many[1]["levels"][2]] == many[1]["levels"][1]).all()
 
+
+
+def test_freeze_stages_and_bn_statistics(pp):
+    """frozen_stages fixes the weights up to a feature map (no gradient, BN in eval); freeze_encoder_bn fixes every
+    encoder BN's statistics while its scale/shift and the decoder train on; model.train() keeps both."""
+    torch.manual_seed(0)
+    model = HierSegModel(pp, **TINY)
+    model.encoder.freeze(stages=2)
+    bb = model.encoder.backbone
+    frozen = {n for n, p in bb.named_parameters() if not p.requires_grad}
+    # lite0's first two feature maps end at blocks.0 and blocks.1: the stem and those two blocks are fixed
+    assert frozen == {n for n, _ in bb.named_parameters() if n.split(".")[0] in ("conv_stem", "bn1")
+                      or n.startswith(("blocks.0.", "blocks.1."))}
+    assert all(p.requires_grad for n, p in bb.named_parameters() if n.startswith("blocks.2."))
+    model.train()
+    assert not bb.bn1.training and bb.blocks[2][0].bn1.training and model.decoder.training
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    x = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    sum(z.mean() for z in model(x)).backward()
+    assert all(p.grad is None for n, p in bb.named_parameters() if n in frozen)
+    opt.step()
+    after = model.state_dict()
+    for name in ("encoder.backbone.conv_stem.weight", "encoder.backbone.bn1.running_mean",
+                 "encoder.backbone.blocks.1.0.bn1.running_var"):
+        assert torch.equal(before[name], after[name]), name
+    for name in ("encoder.backbone.blocks.2.0.bn1.running_mean", "encoder.backbone.blocks.2.0.conv_pw.weight"):
+        assert not torch.equal(before[name], after[name]), name
+
+    model.encoder.freeze(stages=0, bn_stats=True)
+    model.train()
+    norms = [m for m in bb.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and not any(m.training for m in norms)
+    assert any(m.training for m in model.decoder.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    with pytest.raises(EncoderError, match="this encoder has 5 stages; give 0..5"):
+        model.encoder.freeze(stages=6)

@@ -118,7 +118,8 @@ def test_schedules_by_hand():
 def test_onecycle_resumes_onto_a_longer_run_with_a_warning(tmp_path, capsys):
     _train(tmp_path / "oc", "train.schedule=onecycle", "train.epochs=2")
     capsys.readouterr()
-    resumed = _train(tmp_path / "oc", "train.schedule=onecycle", "train.epochs=3", "train.resume=auto")
+    resumed = _train(tmp_path / "oc", "train.schedule=onecycle", "train.epochs=3", "train.resume=auto",
+                     "train.resume_allow=[train.epochs]")  # lengthened on purpose: refused without the allowance
     assert resumed["steps"] == 6
     err = capsys.readouterr().err
     assert "written by a 2-epoch run, now train.epochs=3" in err
@@ -130,10 +131,10 @@ def test_onecycle_resumes_onto_a_longer_run_with_a_warning(tmp_path, capsys):
 
 def test_resume_rejects_another_model_or_taxonomy(tmp_path):
     _train(tmp_path / "run", "train.max_steps=1", "train.epochs=1")
-    with pytest.raises(TrainingError, match=r"model differs \(model.decoder_channels: checkpoint 16, config 24\)"):
-        _train(tmp_path / "run", "train.resume=auto", "model.decoder_channels=24")
+    with pytest.raises(TrainingError, match=r"config differs \(model.decoder_channels: checkpoint 16, config 24\)"):
+        _train(tmp_path / "run", "train.resume=auto", "train.epochs=1", "model.decoder_channels=24")
     with pytest.raises(TrainingError, match="model.encoder: checkpoint 'tf_efficientnet_lite0', config 'resnet18'"):
-        _train(tmp_path / "run", "train.resume=auto", "model.encoder=resnet18")
+        _train(tmp_path / "run", "train.resume=auto", "train.epochs=1", "model.encoder=resnet18")
     flat = tmp_path / "two_levels.yaml"  # the same leaves without the middle level
     flat.write_text("name: two_levels\ntree:\n  background: 0\n  body: {low_hand: 1, up_hand: 6, torso: 2, head: 4, "
                     "low_leg: 3, up_leg: 5}\n")
@@ -150,3 +151,46 @@ def test_a_scheduler_state_from_torch_onecycle_is_one_clear_error(tmp_path):
     torch.save(state, state_path)
     with pytest.raises(TrainingError, match=r"train_state.pt: its learning-rate schedule was saved by an older hiertree"):
         _train(tmp_path / "old", "train.resume=auto", "train.epochs=1")
+
+
+def test_train_steps_sets_the_schedule_and_ends_mid_epoch(tmp_path):
+    """train.steps=5 at 2 batches per epoch: three epochs, the last one cut after its first batch, the poly schedule
+    at 0 on the last step; stopping at 3 and resuming is bit-identical, and a finished run resumes to nothing."""
+    whole = _train(tmp_path / "whole", "train.steps=5", "train.poly_power=1.0")
+    assert whole["steps"] == 5 and whole["last_metrics"] is not None
+    digest, _, state = _final(tmp_path / "whole")
+    assert (state["epoch"], state["batch_in_epoch"], state["scheduler"]["last_epoch"]) == (3, 0, 5)
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.0)
+    _train(tmp_path / "cut", "train.steps=5", "train.poly_power=1.0", "train.max_steps=3")
+    resumed = _train(tmp_path / "cut", "train.steps=5", "train.poly_power=1.0", "train.resume=auto")
+    assert resumed["steps"] == 5 and _final(tmp_path / "cut")[0] == digest
+    again = _train(tmp_path / "whole", "train.steps=5", "train.poly_power=1.0", "train.resume=auto")
+    assert again["steps"] == 5 and _final(tmp_path / "whole")[0] == digest
+
+
+def test_resume_refuses_a_changed_schedule_or_data_but_takes_safe_changes(tmp_path, caplog):
+    _train(tmp_path / "run", "train.max_steps=1")
+    for change, key in [("train.lr=0.5", r"train.lr: checkpoint 0.003, config 0.5"),
+                        ("data.crop=48", r"data.crop: checkpoint 64, config 48"),
+                        ("train.epochs=5", r"train.epochs: checkpoint 4, config 5")]:
+        with pytest.raises(TrainingError, match=rf"cannot resume from .*: the config differs \({key}\); .*"
+                                                r"train.resume_allow to go on anyway"):
+            _train(tmp_path / "run", "train.resume=auto", change)
+    caplog.set_level("INFO", logger="hiertree")
+    done = _train(tmp_path / "run", "train.resume=auto", "train.max_steps=2", "train.log_every=3", "eval.hflip=true")
+    assert done["steps"] == 2
+    assert "resuming with train.log_every changed: 20 -> 3 (does not change what the run computes)" in caplog.text
+    done = _train(tmp_path / "run", "train.resume=auto", "train.epochs=5", "train.resume_allow=[train.epochs]")
+    assert done["steps"] == 10 and "allowed by train.resume_allow" in caplog.text
+
+
+def test_resume_under_other_code_says_so(tmp_path, caplog):
+    _train(tmp_path / "run", "train.max_steps=1")
+    path = load_checkpoint(tmp_path / "run", prefer="last")["dir"] / "train_state.pt"
+    state = torch.load(path, weights_only=False)
+    assert state["revision"].startswith("0.1.0")
+    state["revision"] = "0.0.9+gabc"
+    torch.save(state, path)
+    caplog.set_level("INFO", logger="hiertree")
+    _train(tmp_path / "run", "train.resume=auto", "train.max_steps=2")
+    assert "was written by hiertree 0.0.9+gabc; this is 0.1.0" in caplog.text

@@ -23,12 +23,13 @@ class EpochSampler(Sampler[int]):
     epoch's ``n`` samples with replacement in those proportions instead of a permutation; the draw is
     seeded by (seed, epoch) too, so mixing several sources stays deterministic and resumable.
     ``weights_start`` (with ``weights``) are the probabilities at the first step: each step's samples are
-    drawn from the blend that moves linearly from them to ``weights`` at the last step of ``epochs``.
+    drawn from the blend that moves linearly from them to ``weights`` at the last step, ``total_steps`` (default:
+    ``epochs`` whole epochs).
     """
 
     def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1,
                  weights: Sequence[float] | None = None, weights_start: Sequence[float] | None = None,
-                 epochs: int = 1) -> None:
+                 epochs: int = 1, total_steps: int | None = None) -> None:
         self.n, self.batch_size, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
         for name, w in (("weights", weights), ("weights_start", weights_start)):
             if w is not None and len(w) != n:
@@ -37,7 +38,6 @@ class EpochSampler(Sampler[int]):
             raise DataError("EpochSampler: weights_start needs weights (the probabilities at the last step)")
         self.weights = None if weights is None else torch.tensor(weights, dtype=torch.float64)
         self.weights_start = None if weights_start is None else torch.tensor(weights_start, dtype=torch.float64)
-        self.epochs = epochs
         self.epoch, self.skip_batches = 0, 0
         per_rank = n // world
         self.batches_per_epoch = per_rank // batch_size
@@ -46,13 +46,14 @@ class EpochSampler(Sampler[int]):
                 f"the training split has {n} samples, fewer than one batch of {batch_size} per rank ({world}); "
                 "lower train.batch_size or add data"
             )
+        self.total_steps = total_steps or epochs * self.batches_per_epoch
 
     def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
         self.epoch, self.skip_batches = epoch, skip_batches
 
     def _moving_draw(self, g: torch.Generator) -> torch.Tensor:
         """One draw of ``world * batch_size`` samples per step of the epoch, from that step's blend of weights."""
-        last = max(self.epochs * self.batches_per_epoch - 1, 1)
+        last = max(self.total_steps - 1, 1)
         draws = []
         for b in range(self.batches_per_epoch):
             t = min((self.epoch * self.batches_per_epoch + b) / last, 1.0)

