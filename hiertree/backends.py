@@ -1,23 +1,29 @@
 """Which network runs a checkpoint's predictions, and the ONNX graph cached beside the checkpoint.
 
-``auto`` picks ONNX Runtime on a CPU when it is installed (the same network, about 1.5-2x faster on a small CPU)
-and eager PyTorch otherwise or on a GPU; ``torch`` and ``onnx`` force one. The ONNX graph is exported once per
-checkpoint and cached under ``<checkpoint>/.hiertree-cache/``, named by a key of everything it depends on (the
-weights' SHA-256, the hiertree and torch versions, the input layout, the opset). The key is also written into the
-file and checked when it is opened, so a file from another checkpoint or version is rebuilt, never used. When
-the checkpoint folder is read-only the cache goes to ``$HIERTREE_CACHE`` (default ``~/.cache/hiertree``),
+``auto`` picks ONNX Runtime on a CPU when ``onnxruntime`` and ``onnx`` are installed (the same network, about
+1.5-2x faster on a small CPU) and eager PyTorch otherwise or on a GPU; ``torch`` and ``onnx`` force one. The log
+says which ran and why. The ONNX graph is exported once per checkpoint and cached under
+``<checkpoint>/.hiertree-cache/``, named by a key of everything it depends on (the SHA-256 of the checkpoint's
+weights, taxonomy and config -- the tree-consistent decoding is baked in from the taxonomy -- the hiertree, torch
+and onnx versions, the input layout, the opset). The key is also written into the file and checked when it is
+opened, so a file from another checkpoint, taxonomy or version is rebuilt, never used; the newest
+:data:`KEEP_GRAPHS` files of a folder are kept, older ones removed. Processes that find the same graph missing
+export it once: the first holds a lock file in the cache folder, the others wait for it and then open its file.
+When the checkpoint folder is read-only the cache goes to ``$HIERTREE_CACHE`` (default ``~/.cache/hiertree``),
 and the log says so.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
 import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -25,9 +31,9 @@ from torch import nn
 
 from hiertree import version
 from hiertree.onnx_graph import export_onnx, stamp_metadata
-from hiertree.runners import ONNX_MISSING, OnnxRunner, TorchRunner, onnxruntime_installed
+from hiertree.runners import OnnxRunner, TorchRunner, missing_onnx_packages, onnx_missing
 
-__all__ = ["BACKENDS", "QUANTIZE", "BackendError", "choose_backend", "onnx_cache_meta", "onnx_cache_path", "cached_onnx_runner",
+__all__ = ["BACKENDS", "QUANTIZE", "BackendError", "backend_choice", "choose_backend", "onnx_cache_meta", "onnx_cache_path", "cached_onnx_runner",
            "make_runner", "user_cache_dir"]
 
 log = logging.getLogger(__name__)
@@ -39,6 +45,10 @@ QUANTIZE = (None, "none", "int8")
 #: What the cached graph takes and returns; part of the cache key, so a change of layout never reuses a file.
 INPUT_LAYOUT = "images float32 Nx3xHxW 0..255 -> logits_L* float32 NxCxHxW, leaf int64 NxHxW"
 OPSET = 17
+#: Files of the checkpoint's folder the graph depends on: weights, the tree decoded in it, the architecture.
+GRAPH_INPUTS = ("model.safetensors", "taxonomy.yaml", "config.yaml")
+#: Graph files kept per cache folder (the newest); older ones are removed when a new one is written.
+KEEP_GRAPHS = 4
 _CACHE_FOLDER = ".hiertree-cache"
 
 
@@ -46,18 +56,40 @@ class BackendError(RuntimeError):
     """A backend that cannot be had (unknown name, ONNX Runtime missing, ONNX on a GPU)."""
 
 
-def choose_backend(backend: str, device: torch.device) -> str:
-    """``torch`` or ``onnx`` for ``backend`` (``auto``/``torch``/``onnx``) on ``device``."""
+def backend_choice(backend: str, device: torch.device) -> tuple[str, str]:
+    """``(torch or onnx, why)`` for ``backend`` (``auto``/``torch``/``onnx``) on ``device``; BackendError where
+    ``onnx`` cannot run (a package missing, not a CPU) or the name is unknown."""
     if backend not in BACKENDS:
         raise BackendError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if backend == "auto":
-        return "onnx" if device.type == "cpu" and onnxruntime_installed() else "torch"
+    missing = missing_onnx_packages()
     if backend == "onnx":
-        if not onnxruntime_installed():
-            raise BackendError(ONNX_MISSING)
+        if missing:
+            raise BackendError(onnx_missing(missing))
         if device.type != "cpu":
             raise BackendError(f"the onnx backend runs on the CPU; use --device cpu or --backend torch (got {device})")
-    return backend
+        return "onnx", "ONNX Runtime on the CPU (backend onnx)"
+    if backend == "torch":
+        return "torch", f"PyTorch on {device} (backend torch)"
+    if device.type != "cpu":
+        return "torch", f"PyTorch on {device} (backend auto: ONNX Runtime is used on a CPU only)"
+    if missing:
+        return "torch", f"PyTorch, not the faster ONNX Runtime (backend auto): {onnx_missing(missing)}"
+    return "onnx", "ONNX Runtime on the CPU (backend auto: faster than PyTorch there)"
+
+
+def choose_backend(backend: str, device: torch.device) -> str:
+    """``torch`` or ``onnx`` (:func:`backend_choice`); the log says which and why once per process, as a warning
+    where ``auto`` falls back to PyTorch for a missing package."""
+    chosen, why = backend_choice(backend, device)
+    fallback = backend == "auto" and device.type == "cpu" and chosen == "torch"
+    _say(logging.WARNING if fallback else logging.INFO, f"network runs in {why}")
+    return chosen
+
+
+@functools.lru_cache(maxsize=None)
+def _say(level: int, text: str) -> None:
+    """Log ``text`` once per process: a model's predict calls choose their backend again each time."""
+    log.log(level, "%s", text)
 
 
 def _sha256(path: Path) -> str:
@@ -70,8 +102,17 @@ def _sha256(path: Path) -> str:
 
 def onnx_cache_meta(ck_dir: str | Path) -> dict[str, str]:
     """Everything the cached graph of checkpoint ``ck_dir`` depends on; ``key`` hashes the rest."""
-    return _keyed({"hiertree_version": version.__version__, "torch_version": torch.__version__, "opset": str(OPSET),
-                   "layout": INPUT_LAYOUT, "weights_sha256": _sha256(Path(ck_dir) / "model.safetensors")})
+    from importlib.metadata import PackageNotFoundError, version as dist_version
+
+    try:
+        onnx_version = dist_version("onnx")
+    except PackageNotFoundError:
+        onnx_version = "absent"
+    digests = {f"{Path(name).stem}_sha256": _sha256(Path(ck_dir) / name) for name in GRAPH_INPUTS
+               if (Path(ck_dir) / name).is_file()}
+    digests["weights_sha256"] = digests.pop("model_sha256")
+    return _keyed({"hiertree_version": version.__version__, "torch_version": torch.__version__,
+                   "onnx_version": onnx_version, "opset": str(OPSET), "layout": INPUT_LAYOUT, **digests})
 
 
 def _keyed(meta: dict[str, str]) -> dict[str, str]:
@@ -98,18 +139,45 @@ def _writable(folder: Path) -> bool:
 
 
 def onnx_cache_path(ck_dir: str | Path, meta: dict[str, str]) -> Path:
-    """Where the graph of ``ck_dir`` is cached: beside it, or in the user cache when the folder is read-only."""
+    """Where the graph of ``ck_dir`` is cached: beside it, or in the user cache when the folder is read-only
+    (a folder per checkpoint there, so keeping the newest files of one never removes another's)."""
     ck_dir = Path(ck_dir)
     name = f"predict-{meta['hiertree_cache_key']}.onnx"
     here = ck_dir / _CACHE_FOLDER
     if _writable(here):
         return here / name
-    elsewhere = user_cache_dir() / "onnx"
+    where = hashlib.sha256(str(ck_dir.resolve()).encode()).hexdigest()[:16]
+    elsewhere = user_cache_dir() / "onnx" / where
     log.warning("checkpoint folder %s is read-only; caching its ONNX graph in %s instead", ck_dir, elsewhere)
     if not _writable(elsewhere):
         raise BackendError(f"cannot cache the ONNX graph: neither {here} nor {elsewhere} is writable; "
                            "set HIERTREE_CACHE to a writable folder or use --backend torch")
     return elsewhere / name
+
+
+@contextlib.contextmanager
+def _export_lock(folder: Path) -> Iterator[None]:
+    """Hold ``folder/.export.lock``: one process exports, the others wait here (no lock where fcntl is absent)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: two cold processes may both export; the atomic replace keeps files whole
+        yield
+        return
+    with open(folder / ".export.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _prune(folder: Path, keep: Path) -> None:
+    """Remove all but the newest :data:`KEEP_GRAPHS` graph files of ``folder`` (never ``keep``)."""
+    graphs = sorted(folder.glob("predict-*.onnx"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in [g for g in graphs if g != keep][KEEP_GRAPHS - 1:]:
+        with contextlib.suppress(OSError):
+            old.unlink()
+            log.info("removed an old cached ONNX graph: %s", old)
 
 
 def _export(build_model: Callable[[], nn.Module], path: Path, meta: dict[str, str]) -> None:
@@ -134,7 +202,7 @@ def _quantize(src: Path, path: Path, meta: dict[str, str], calibration: Callable
         from onnxruntime.quantization.shape_inference import quant_pre_process
     except ImportError as err:
         raise BackendError(f"int8 quantization needs onnxruntime's quantization tools ({err}); "
-                           "install hiertree[export]") from None
+                           "reinstall onnxruntime (pip install --force-reinstall onnxruntime)") from None
     images = [np.ascontiguousarray(a.transpose(2, 0, 1)[None], dtype=np.float32) for a in calibration()]
     if not images:
         raise BackendError("int8 quantization needs calibration images; give at least one readable image")
@@ -156,17 +224,21 @@ def _quantize(src: Path, path: Path, meta: dict[str, str], calibration: Callable
         os.replace(out, path)
 
 
-def _open_cached(path: Path, meta: dict[str, str], taxonomy: Any, flat: bool, threads: int | None) -> OnnxRunner | None:
-    """The runner of a cached file whose embedded key is ``meta``'s, else None (the file is then rebuilt)."""
+def _open_cached(path: Path, meta: dict[str, str], taxonomy: Any, flat: bool, threads: int | None,
+                 quiet: bool = False) -> OnnxRunner | None:
+    """The runner of a cached file whose embedded key is ``meta``'s, else None (the file is then rebuilt);
+    ``quiet``: a second look (under the export lock) says nothing the first one has not said."""
     if not path.is_file():
         return None
     try:
         runner = OnnxRunner(path, taxonomy, flat, threads)
         if runner.metadata.get("hiertree_cache_key") == meta["hiertree_cache_key"]:
             return runner
-        log.warning("cached ONNX graph %s belongs to another checkpoint or version; rebuilding it", path)
+        if not quiet:
+            log.warning("cached ONNX graph %s belongs to another checkpoint or version; rebuilding it", path)
     except Exception as err:  # a truncated or foreign file: ONNX Runtime's errors have no common base class
-        log.warning("cached ONNX graph %s cannot be opened (%s); rebuilding it", path, str(err).splitlines()[0][:200])
+        if not quiet:
+            log.warning("cached ONNX graph %s cannot be opened (%s); rebuilding it", path, str(err).splitlines()[0][:200])
     return None
 
 
@@ -185,8 +257,12 @@ def cached_onnx_runner(ck_dir: str | Path, taxonomy: Any, flat: bool, build_mode
     path = onnx_cache_path(ck_dir, meta)
     runner = _open_cached(path, meta, taxonomy, flat, threads)
     if runner is None:
-        _export(build_model, path, meta)
-        runner = OnnxRunner(path, taxonomy, flat, threads)
+        with _export_lock(path.parent):
+            runner = _open_cached(path, meta, taxonomy, flat, threads, quiet=True)  # another process may have built it
+            if runner is None:
+                _export(build_model, path, meta)
+                _prune(path.parent, keep=path)
+                runner = OnnxRunner(path, taxonomy, flat, threads)
     if quantize in (None, "none"):
         return runner
     qmeta = _keyed({**meta, "quantize": quantize})
@@ -195,8 +271,12 @@ def cached_onnx_runner(ck_dir: str | Path, taxonomy: Any, flat: bool, build_mode
     if quantized is None:
         if calibration is None:
             raise BackendError("int8 quantization needs calibration images the first time (they are cached after)")
-        _quantize(path, qpath, qmeta, calibration)
-        quantized = OnnxRunner(qpath, taxonomy, flat, threads)
+        with _export_lock(path.parent):
+            quantized = _open_cached(qpath, qmeta, taxonomy, flat, threads, quiet=True)
+            if quantized is None:
+                _quantize(path, qpath, qmeta, calibration)
+                _prune(path.parent, keep=qpath)
+                quantized = OnnxRunner(qpath, taxonomy, flat, threads)
     return quantized
 
 

@@ -13,6 +13,8 @@ from typing import Any
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
+from hiertree.logs import add_verbosity, logging_from_args  # noqa: E402 - light: the standard library only
+
 __all__ = ["train_main", "eval_main", "eval_outputs", "stats_main"]
 
 
@@ -44,18 +46,6 @@ def eval_outputs(checkpoint: str | Path, ck: dict, split: str) -> tuple[Path, Pa
     return home / f"eval-{split}-{ck['name']}.json", home / f"report-{split}-{ck['name']}"
 
 
-def _add_verbosity(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--quiet", "-q", action="store_true", help="only warnings and errors")
-    group.add_argument("--verbose", "-v", action="store_true", help="debug messages too")
-
-
-def _start_logging(args: argparse.Namespace) -> None:
-    from hiertree.logs import setup_logging
-
-    setup_logging(-1 if args.quiet else (1 if args.verbose else 0))
-
-
 def _train_errors() -> tuple[type[Exception], ...]:
     """The errors hiertree-train reports as one line (anything else is a bug and keeps its traceback)."""
     from hiertree.checkpoint import CheckpointError
@@ -76,10 +66,10 @@ def train_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", "-c", help="YAML config (see configs/); defaults apply to missing keys")
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved config (defaults <- file <- overrides) as YAML and exit")
-    _add_verbosity(parser)
+    add_verbosity(parser)
     parser.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.epochs=5 model.encoder=resnet18")
     args = parser.parse_args(argv)
-    _start_logging(args)
+    logging_from_args(args)
     from hiertree.config import dump_config, load_config
 
     command = " ".join(["python train.py"] + [shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])])
@@ -122,7 +112,7 @@ def _eval_parser() -> argparse.ArgumentParser:
     back.add_argument("--calibrate-backoff", type=float, metavar="P",
                       help="pick the smallest threshold whose back-off predictions are right on a share P of the "
                            "pixels (e.g. 0.95) and store it with the checkpoint (backoff.json), for --backoff auto")
-    _add_verbosity(parser)
+    add_verbosity(parser)
     parser.add_argument("overrides", nargs="*", help="data.*=value overrides for the dataset")
     return parser
 
@@ -186,10 +176,9 @@ def _print_backoff(args: argparse.Namespace, result: dict, ck: dict) -> None:
 
 def _eval_run(args: argparse.Namespace) -> tuple[dict, dict, Any, Any, Any, list]:
     """Load the checkpoint and score the split: ``(result, cfg, ck, model, dataset, skipped)``."""
-    from torch.utils.data import DataLoader
-
     from hiertree.config import ConfigError
-    from hiertree.data import build_datasets, drop_bad_samples, pad_collate, size_ordered
+    from hiertree.data import build_datasets, drop_bad_samples
+    from hiertree.data.loaders import labelled_nodes, val_loaders
     from hiertree.device import DeviceError, resolve_device
     from hiertree.evaluate import evaluate
     from hiertree.models import load_model
@@ -206,15 +195,14 @@ def _eval_run(args: argparse.Namespace) -> tuple[dict, dict, Any, Any, Any, list
     cfg, taxonomy = _eval_config(args, ck), ck["taxonomy"]
     _, val_ds = build_datasets(cfg["data"], taxonomy, seed=cfg["train"]["seed"])
     skipped = drop_bad_samples(val_ds)  # data.skip_bad=true: scored without them, listed in the JSON
-    loader = DataLoader(val_ds, batch_size=args.batch_size or cfg["eval"]["batch_size"], sampler=size_ordered(val_ds),
-                        num_workers=min(cfg["train"]["num_workers"], 2),
-                        collate_fn=lambda b: pad_collate(b, taxonomy.ignore_index))
+    loader = val_loaders(val_ds, taxonomy, args.batch_size or cfg["eval"]["batch_size"], cfg["train"]["num_workers"],
+                         cfg["train"]["seed"])  # data.sources: one loader per evaluated source, as training scores them
     amp = "bf16" if device.type == "cuda" else "none"
     ecfg = cfg["eval"]
     thresholds = _backoff_thresholds(args)
     result = evaluate(model, loader, taxonomy, device, amp, args.hflip or ecfg["hflip"], args.scales or ecfg["scales"],
                       args.max_batches, flat=model.flat, max_side=ecfg["max_side"], window=ecfg["window"],
-                      overlap=ecfg["overlap"], backoff=thresholds)
+                      overlap=ecfg["overlap"], labelled=labelled_nodes(cfg["data"], taxonomy), backoff=thresholds)
     result.update({"checkpoint": str(ck["dir"]), "split": cfg["data"]["val_split"], "hflip": args.hflip or ecfg["hflip"],
                    "scales": list(args.scales or ecfg["scales"]), "images": len(val_ds), "device": str(device),
                    "skipped": skipped})
@@ -224,11 +212,11 @@ def _eval_run(args: argparse.Namespace) -> tuple[dict, dict, Any, Any, Any, list
 def eval_main(argv: list[str] | None = None) -> int:
     """Evaluate a checkpoint per level (mIoU, pixel accuracy, per-class IoU); writes the table as JSON."""
     args = _eval_parser().parse_args(argv)
-    _start_logging(args)
+    logging_from_args(args)
     from hiertree.checkpoint import CheckpointError
     from hiertree.config import ConfigError
     from hiertree.data import DataError
-    from hiertree.metrics import format_table
+    from hiertree.metrics import format_scores
 
     try:
         result, cfg, ck, model, val_ds, skipped = _eval_run(args)
@@ -237,7 +225,7 @@ def eval_main(argv: list[str] | None = None) -> int:
     split, scales = result["split"], result["scales"]
     print(f"checkpoint {ck['dir']} on {cfg['data']['kind']} split {split!r} ({len(val_ds)} images)"
           f"{', hflip' if result['hflip'] else ''}{', scales ' + str(scales) if list(scales) != [1.0] else ''}")
-    print(format_table(result["tree"]))
+    print(format_scores(result))
     print(f"raw per-head argmax: tree-consistent pixels {result['raw']['consistency']:.4f}")
     hier = result["tree"].get("hierarchy", {})
     if hier:
@@ -283,7 +271,7 @@ def _stats_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-images", type=int, help="read at most this many masks per source (a quick look)")
     parser.add_argument("--json", metavar="FILE", help="also write the numbers and class weights as JSON")
     parser.add_argument("--plot", metavar="FILE", help="also draw pixels per class and level as a PNG (matplotlib)")
-    _add_verbosity(parser)
+    add_verbosity(parser)
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. data.labels='{0: background}'")
     return parser
 
@@ -291,7 +279,7 @@ def _stats_parser() -> argparse.ArgumentParser:
 def stats_main(argv: list[str] | None = None) -> int:
     """Count a dataset per node and level: pixels, images, label depth, ignored share, sizes, class weights."""
     args = _stats_parser().parse_args(argv)
-    _start_logging(args)
+    logging_from_args(args)
     from hiertree.config import ConfigError, load_config
     from hiertree.data import DataError, build_datasets
     from hiertree.stats import dataset_stats, format_stats, plot_stats, write_json
@@ -313,8 +301,7 @@ def stats_main(argv: list[str] | None = None) -> int:
     for name, stats in result.items():
         print(format_stats(stats, f"{name} split, taxonomy {taxonomy.name!r}:"))
     if args.json:
-        only = next(iter(result.values())) if len(result) == 1 else None
-        write_json(only if only is not None else {"splits": result, "levels": []}, Path(args.json))
+        write_json(result, Path(args.json))
         print(f"wrote {args.json}")
     if args.plot and plot_stats(next(iter(result.values())), Path(args.plot)):
         print(f"wrote {args.plot}")

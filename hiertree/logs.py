@@ -7,11 +7,12 @@ The CLIs call :func:`setup_logging` once: ``--quiet`` keeps warnings and errors,
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
 
-__all__ = ["setup_logging"]
+__all__ = ["setup_logging", "add_verbosity", "logging_from_args"]
 
 _HANDLER_NAME = "hiertree-cli"
 
@@ -60,3 +61,15 @@ def setup_logging(verbosity: int = 0) -> logging.Logger:
         level = logging.ERROR
     logger.setLevel(level)
     return logger
+
+
+def add_verbosity(parser: argparse.ArgumentParser) -> None:
+    """``--quiet`` / ``--verbose``, the same on every command."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--quiet", "-q", action="store_true", help="only warnings and errors")
+    group.add_argument("--verbose", "-v", action="store_true", help="debug messages too")
+
+
+def logging_from_args(args: argparse.Namespace) -> logging.Logger:
+    """:func:`setup_logging` at the verbosity :func:`add_verbosity`'s flags ask for."""
+    return setup_logging(-1 if args.quiet else (1 if args.verbose else 0))

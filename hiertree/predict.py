@@ -14,13 +14,14 @@ import torch
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from hiertree.backends import BACKENDS, BackendError, choose_backend, make_runner  # noqa: E402
+from hiertree.backends import BACKENDS, BackendError, backend_choice, choose_backend, make_runner  # noqa: E402
 from hiertree.device import DeviceError, resolve_device  # noqa: E402
 from hiertree.folding import fold_batchnorm  # noqa: E402
 from hiertree.inference import resolve_backoff  # noqa: E402
 from hiertree.colors import IGNORE_COLOR, colorize, overlay  # noqa: E402
 from hiertree.image_predict import predict_images  # noqa: E402
 from hiertree.images import IMAGE_SUFFIXES, ImageError, find_images, read_image, to_rgb  # noqa: E402
+from hiertree.logs import add_verbosity, logging_from_args  # noqa: E402
 
 __all__ = ["predict_images", "to_rgb", "colorize", "overlay", "read_image", "find_images", "IGNORE_COLOR",
            "IMAGE_SUFFIXES", "PredictError", "main"]
@@ -161,6 +162,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--backoff", type=_backoff_arg, metavar="auto|THETA",
                         help="also write node maps (<stem>_*nodes*, legend_nodes.png): each pixel's leaf, or its first "
                              "ancestor at least THETA sure; auto: the threshold eval.py --calibrate-backoff stored")
+    add_verbosity(parser)
     return parser
 
 
@@ -266,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     command then exits with code 2 and the number of skipped files.
     """
     args = _parser().parse_args(argv)
+    logging_from_args(args)
     from hiertree.checkpoint import CheckpointError
 
     outputs = tuple(dict.fromkeys(args.outputs + (("probs",) if args.probabilities else ())))
@@ -291,7 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     except (PredictError, CheckpointError, OSError) as err:
         print(f"hiertree-predict: error: {err}", file=sys.stderr)
         return 2
-    print(f"hiertree-predict: {len(paths)} image(s), {taxonomy.num_levels} level(s) each, {runner.name} backend -> {out}")
+    why = backend_choice(args.backend, device)[1]
+    print(f"hiertree-predict: {len(paths)} image(s), {taxonomy.num_levels} level(s) each, {runner.name} backend: {why} "
+          f"-> {out}")
     return 0
 
 

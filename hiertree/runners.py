@@ -15,15 +15,22 @@ from typing import Any
 
 import torch
 
-__all__ = ["TorchRunner", "OnnxRunner", "onnxruntime_installed", "ONNX_MISSING"]
+__all__ = ["TorchRunner", "OnnxRunner", "ONNX_PACKAGES", "missing_onnx_packages", "onnx_missing"]
 
-#: The one line to show when ONNX Runtime is asked for but not installed.
-ONNX_MISSING = "ONNX Runtime is not installed; install it with `pip install hiertree[export]` (or `pip install onnxruntime`)"
+#: What the ONNX Runtime backend needs: ``onnxruntime`` runs the graph, ``onnx`` writes it (export and its metadata).
+ONNX_PACKAGES = ("onnxruntime", "onnx")
 
 
-def onnxruntime_installed() -> bool:
-    """Whether ``import onnxruntime`` would work, without paying for the import."""
-    return importlib.util.find_spec("onnxruntime") is not None
+def missing_onnx_packages() -> list[str]:
+    """The packages of :data:`ONNX_PACKAGES` that ``import`` would not find (checked without importing them)."""
+    return [name for name in ONNX_PACKAGES if importlib.util.find_spec(name) is None]
+
+
+def onnx_missing(missing: list[str]) -> str:
+    """The one line that names what the ONNX Runtime backend lacks and how to install it."""
+    return (f"the ONNX Runtime backend needs {' and '.join(missing)}, not installed; install "
+            f"{'it' if len(missing) == 1 else 'them'} with `pip install {' '.join(missing)}` (a plain "
+            "`pip install hiertree` brings both)")
 
 
 class TorchRunner:
@@ -59,8 +66,8 @@ class OnnxRunner:
     name = "onnx"
 
     def __init__(self, path: str | Path, taxonomy: Any, flat: bool = False, threads: int | None = None) -> None:
-        if not onnxruntime_installed():
-            raise RuntimeError(ONNX_MISSING)
+        if "onnxruntime" in missing_onnx_packages():
+            raise RuntimeError(onnx_missing(["onnxruntime"]))
         import onnxruntime as ort
 
         options = ort.SessionOptions()

@@ -133,10 +133,16 @@ def format_stats(stats: dict[str, Any], title: str = "") -> str:
     return "\n".join(lines)
 
 
-def write_json(stats: dict[str, Any], path: Path) -> None:
-    """The statistics and the class weights as JSON."""
+def write_json(splits: dict[str, dict[str, Any]], path: Path) -> None:
+    """The statistics and class weights of each counted split as JSON: one split's at the top level; several
+    under ``"splits"``, each with its own weights, and at the top the train split's (what training would use)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({**stats, "class_weights": median_frequency_weights(stats)}, indent=2))
+    weighted = {name: {**stats, "class_weights": median_frequency_weights(stats)} for name, stats in splits.items()}
+    if len(weighted) == 1:
+        payload = next(iter(weighted.values()))
+    else:
+        payload = {"splits": weighted, "class_weights": weighted.get("train", next(iter(weighted.values())))["class_weights"]}
+    path.write_text(json.dumps(payload, indent=2))
 
 
 def plot_stats(stats: dict[str, Any], path: Path) -> bool:

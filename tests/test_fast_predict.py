@@ -18,7 +18,7 @@ import torch
 
 import hiertree.version
 import hiertree.backends as backends
-from hiertree.backends import BackendError, cached_onnx_runner, choose_backend, onnx_cache_meta
+from hiertree.backends import BackendError, backend_choice, cached_onnx_runner, choose_backend, onnx_cache_meta
 from hiertree.checkpoint import save_checkpoint, shipped_model
 from hiertree.image_predict import predict_images
 from hiertree.models import HierSegModel, load_model
@@ -26,8 +26,7 @@ from hiertree.predict import main
 from hiertree.runners import TorchRunner
 from hiertree.taxonomy import Taxonomy
 
-ort = pytest.importorskip("onnxruntime", reason="the ONNX backend needs onnxruntime (pip install hiertree[export])")
-pytest.importorskip("onnx", reason="exporting the graph needs the onnx package (pip install hiertree[export])")
+import onnxruntime as ort  # a base dependency: the fast CPU predict path
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO.parent / "shared" / "datasets" / "pascal-part-sample" / "JPEGImages"
@@ -176,7 +175,7 @@ def test_read_only_checkpoint_caches_elsewhere_and_says_where(tiny, taxonomy, tm
             runner = cached_onnx_runner(folder, taxonomy, False, lambda: load_model(folder)[0])
     finally:
         folder.chmod(0o755)
-    assert runner.path.parent == tmp_path / "cache" / "onnx"
+    assert runner.path.parent.parent == tmp_path / "cache" / "onnx"  # a folder per checkpoint there
     assert "read-only" in logged.text and str(tmp_path / "cache" / "onnx") in logged.text
 
 
@@ -187,7 +186,7 @@ def test_unwritable_checkpoint_folder_is_detected(tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("HIERTREE_CACHE", str(tmp_path / "cache"))
     with _Logged() as logged:
         path = backends.onnx_cache_path(tiny, onnx_cache_meta(tiny))
-    assert path.parent == tmp_path / "cache" / "onnx" and "read-only" in logged.text
+    assert path.parent.parent == tmp_path / "cache" / "onnx" and "read-only" in logged.text
 
 
 # ---------------------------------------------------------------------- choosing a backend
@@ -199,10 +198,14 @@ def test_backend_choice_and_its_errors(monkeypatch):
         choose_backend("onnx", gpu)
     with pytest.raises(BackendError, match="unknown backend 'tensorrt'; choose one of auto, torch, onnx"):
         choose_backend("tensorrt", cpu)
-    monkeypatch.setattr(backends, "onnxruntime_installed", lambda: False)
-    assert choose_backend("auto", cpu) == "torch"
-    with pytest.raises(BackendError, match=r"pip install hiertree\[export\]"):
-        choose_backend("onnx", cpu)
+    for missing in (["onnxruntime", "onnx"], ["onnx"]):  # ONNX Runtime alone cannot export the graph
+        monkeypatch.setattr(backends, "missing_onnx_packages", lambda: missing)
+        assert choose_backend("auto", cpu) == "torch"
+        chosen, why = backend_choice("auto", cpu)
+        assert chosen == "torch" and why.startswith("PyTorch, not the faster ONNX Runtime")
+        assert f"pip install {' '.join(missing)}" in why
+        with pytest.raises(BackendError, match=rf"needs {' and '.join(missing)}, not installed.*pip install {' '.join(missing)}"):
+            choose_backend("onnx", cpu)
 
 
 def test_model_predict_uses_onnx_only_for_an_unchanged_checkpoint_model(tiny, tmp_path):
@@ -252,11 +255,15 @@ def test_bad_outputs_and_missing_onnxruntime_are_one_line(tiny, tmp_path, capsys
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "unknown item(s) 'mask'; choose from labels, color, overlay, probs" in err
-    monkeypatch.setattr(backends, "onnxruntime_installed", lambda: False)
+    monkeypatch.setattr(backends, "missing_onnx_packages", lambda: ["onnx"])  # ONNX Runtime there, no exporter
     assert main(["--checkpoint", str(tiny), str(inputs), "--out", str(tmp_path / "o"), "--backend", "onnx"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("hiertree-predict: error: ONNX Runtime is not installed") and "pip install" in err
-    assert "\n" not in err
+    assert err.startswith("hiertree-predict: error: the ONNX Runtime backend needs onnx, not installed") and \
+        "pip install onnx" in err and "\n" not in err
+    # auto with a piece missing: PyTorch, one line saying so, and every file written
+    assert main(["--checkpoint", str(tiny), str(inputs), "--out", str(tmp_path / "auto")]) == 0
+    printed = capsys.readouterr().out
+    assert "torch backend: PyTorch, not the faster ONNX Runtime (backend auto)" in printed and "pip install onnx" in printed
 
 
 HEAVY = ("hiertree.engine", "torch._dynamo", "torchvision", "albumentations", "matplotlib", "timm")
@@ -317,3 +324,63 @@ def test_int8_needs_the_onnx_backend(tiny, tmp_path, capsys):
                  "--quantize", "int8"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("hiertree-predict: error: --quantize int8 runs in ONNX Runtime") and "\n" not in err
+
+
+# ---------------------------------------------------------------------- what a newcomer hits (issue 24)
+def test_editing_the_taxonomy_rebuilds_the_cached_graph(tiny, taxonomy, tmp_path):
+    """The tree-consistent decoding is baked into the graph: moving a leaf under another parent with the weights
+    unchanged must not reuse the old graph (it used to, and disagreed with PyTorch on the moved pixels)."""
+    folder = tmp_path / "ck"
+    _copy(tiny, folder)
+    image = np.random.default_rng(5).integers(0, 256, (48, 40, 3), dtype=np.uint8)
+    before = load_model(folder)[0].predict(image)
+    text = (folder / "taxonomy.yaml").read_text()
+    moved = Taxonomy.from_dict(_moved_head(Taxonomy.load(folder / "taxonomy.yaml").to_dict()))
+    (folder / "taxonomy.yaml").write_text(__import__("yaml").safe_dump(moved.to_dict(), sort_keys=False))
+    assert (folder / "taxonomy.yaml").read_text() != text
+    model = load_model(folder)[0]
+    fast, slow = model.predict(image), model.predict(image, backend="torch")
+    assert model._runner("auto", torch.device("cpu")).name == "onnx"
+    assert all(np.array_equal(a, b) for a, b in zip(fast["levels"], slow["levels"]))
+    assert not np.array_equal(fast["levels"][1], before["levels"][1])  # the edit moved pixels between L1 classes
+    assert len(list((folder / ".hiertree-cache").glob("predict-*.onnx"))) == 2
+
+
+def _moved_head(tree: dict) -> dict:
+    """The same taxonomy with ``head`` under ``lower_body`` (the tree section edited by hand)."""
+    body = tree["tree"]["body"]
+    body["lower_body"]["head"] = body["upper_body"].pop("head")
+    return tree
+
+
+def test_old_graphs_are_pruned_to_the_newest(tiny, taxonomy, tmp_path):
+    folder = tmp_path / "ck"
+    _copy(tiny, folder)
+    cache = folder / ".hiertree-cache"
+    cache.mkdir()
+    for k in range(6):  # graphs of earlier weights or versions
+        old = cache / f"predict-old{k}.onnx"
+        old.write_bytes(b"stale")
+        os.utime(old, (1_000_000 + k, 1_000_000 + k))
+    runner = cached_onnx_runner(folder, taxonomy, False, lambda: load_model(folder)[0])
+    kept = sorted(p.name for p in cache.glob("predict-*.onnx"))
+    assert len(kept) == backends.KEEP_GRAPHS and runner.path.name in kept
+    assert {"predict-old5.onnx", "predict-old4.onnx", "predict-old3.onnx"} <= set(kept)  # the newest of the rest
+
+
+def test_two_processes_on_a_cold_checkpoint_export_once(tiny, tmp_path):
+    folder = tmp_path / "ck"
+    _copy(tiny, folder)
+    code = ("import logging, sys\nlogging.basicConfig(level=logging.INFO, stream=sys.stdout)\n"
+            "from hiertree.models import load_model\nfrom hiertree.backends import cached_onnx_runner\n"
+            f"m = load_model({str(folder)!r})[0]\n"
+            f"r = cached_onnx_runner({str(folder)!r}, m.taxonomy, False, lambda: load_model({str(folder)!r})[0])\n"
+            "print('RUNNER', r.path)\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env=env) for _ in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    paths = {line.split()[1] for out in outs for line in out.splitlines() if line.startswith("RUNNER")}
+    assert len(paths) == 1
+    assert sum(out.count("exporting the ONNX graph once") for out in outs) == 1, outs

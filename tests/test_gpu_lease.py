@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,13 @@ pytestmark = pytest.mark.skipif(not SAMPLE.is_dir(), reason="../shared/datasets/
 
 
 def _run(script: str, tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
-    full = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "HF_HUB_OFFLINE": "1", **env}
+    # this interpreter, whatever python3 is on PATH (a venv need not be active): a python3 that fails comes first
+    trap = tmp_path / "trap"
+    trap.mkdir(exist_ok=True)
+    (trap / "python3").write_text("#!/bin/sh\necho 'the lease script ran python3 from PATH, not $PYTHON' >&2\nexit 9\n")
+    (trap / "python3").chmod(0o755)
+    full = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "HF_HUB_OFFLINE": "1", "PYTHON": sys.executable,
+            "PATH": f"{trap}{os.pathsep}{os.environ.get('PATH', '')}", **env}
     proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu" / script), "smoke"], cwd=ROOT, env=full,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -9,7 +9,7 @@ import torch
 import yaml
 from PIL import Image
 
-from hiertree.cli import stats_main, train_main
+from hiertree.cli import eval_main, stats_main, train_main
 from hiertree.config import ConfigError, load_config
 from hiertree.data import DataError, EpochSampler, Mixture, MaskFolder, build_datasets, resolve_sources
 from hiertree.engine import train
@@ -154,7 +154,7 @@ def test_sources_bad_inputs(tmp_path):
         build_datasets(cfg["data"], TAX)
 
 
-def test_two_sources_train_and_are_scored_each_at_their_own_depth(tmp_path):
+def test_two_sources_train_and_are_scored_each_at_their_own_depth(tmp_path, capsys):
     root = _person_folder(tmp_path / "people")
     cfg = _sources_cfg(root)
     cfg["train"]["out_dir"] = str(tmp_path / "run")
@@ -169,6 +169,15 @@ def test_two_sources_train_and_are_scored_each_at_their_own_depth(tmp_path):
     assert people["levels"][2]["iou"]["torso"] is None and parts["levels"][2]["unlabelled_classes"] == []
     combined = metrics["tree"]["levels"]
     assert combined[0]["pixels"] == people["levels"][0]["pixels"] + parts["levels"][0]["pixels"]
+    # eval.py on the same checkpoint scores every source on its own too, as training did (it used to print only
+    # the combined table), and writes them
+    out = tmp_path / "eval.json"
+    assert eval_main(["--checkpoint", str(tmp_path / "run" / "last"), "--out", str(out), "--no-report"]) == 0
+    printed = capsys.readouterr().out
+    assert "source people (pixels scored: L0 6000" in printed and "source parts (" in printed and "all sources:" in printed
+    evaluated = json.loads(out.read_text())
+    assert evaluated["sources"]["people"]["tree"] == metrics["sources"]["people"]["tree"]
+    assert evaluated["tree"] == metrics["tree"]
     saved = yaml.safe_load((tmp_path / "run" / "last" / "config.yaml").read_text())
     assert [s["name"] for s in saved["data"]["sources"]] == ["parts", "people"]  # the checkpoint records its sources
     assert saved["data"]["sources"][1]["labels"] == PERSON
@@ -208,6 +217,13 @@ def test_stats_cli_writes_text_json_and_plot(tmp_path, capsys):
     assert json.loads(out.read_text())["class_weights"][0][1] == pytest.approx(0.5 / 0.18, abs=1e-5)
     pytest.importorskip("matplotlib")
     assert (tmp_path / "s.png").stat().st_size > 1000
+    both = tmp_path / "both.json"
+    assert stats_main(["--data", str(root), "data.labels={0: background, 1: body}", "--split", "both", "--json",
+                       str(both)]) == 0
+    written = json.loads(both.read_text())
+    assert written["class_weights"] == written["splits"]["train"]["class_weights"]  # what loss.class_weights: auto uses
+    assert written["class_weights"][0][1] == pytest.approx(0.5 / 0.18, abs=1e-5)
+    assert len(written["splits"]["val"]["class_weights"]) == 3
     assert stats_main(["--data", str(root), "--max-images", "0"]) == 2
     assert "--max-images must be at least 1" in capsys.readouterr().err
 

@@ -13,6 +13,7 @@
 #
 # On CPU, end to end on the sample data: bash benchmarks/gpu/lease.sh smoke
 set -euo pipefail
+PYTHON=${PYTHON:-python3}   # the interpreter to run (tests pass their own: a venv need not be activated)
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
 DATA=${DATA:-/root/d/pascal-part}
@@ -26,7 +27,7 @@ EXTRA=()
 
 python_env() {
   if compgen -G ".whl/*.whl" >/dev/null; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
     export PYTHONPATH=/tmp/site:$ROOT
   else
     export PYTHONPATH=$ROOT
@@ -39,9 +40,9 @@ python_env() {
 
 calibrate() {  # prints the number of epochs that fits TRAIN_BUDGET_S, from a CAL_STEPS-step run's seconds
   rm -rf "$RUN-calib"
-  python3 train.py --config "$CONFIG" "data.root=$DATA" "${EXTRA[@]}" "$@" "train.max_steps=$CAL_STEPS" \
+  "$PYTHON" train.py --config "$CONFIG" "data.root=$DATA" "${EXTRA[@]}" "$@" "train.max_steps=$CAL_STEPS" \
     train.progress=false eval.max_batches=1 "train.out_dir=$RUN-calib" >"$RUN-calib.log" 2>&1
-  python3 - "$RUN-calib/metrics.csv" "$CAL_STEPS" "$TRAIN_BUDGET_S" "$CONFIG" "$DATA" "$@" <<'EOF'
+  "$PYTHON" - "$RUN-calib/metrics.csv" "$CAL_STEPS" "$TRAIN_BUDGET_S" "$CONFIG" "$DATA" "$@" <<'EOF'
 import csv, sys
 sys.path.insert(0, ".")
 from hiertree.config import load_config
@@ -59,7 +60,7 @@ EOF
 
 finish() {  # score, publish fp16, and put the 8 files that come back under $OUT
   mkdir -p "$OUT"
-  python3 benchmarks/ship_model.py --run "$RUN" --data "$DATA" --name "${NAME:-pascal_part_lite0}" \
+  "$PYTHON" benchmarks/ship_model.py --run "$RUN" --data "$DATA" --name "${NAME:-pascal_part_lite0}" \
     --pretrained "$RUN-published" --results "$OUT" --command "$*"
   cp "$RUN-published/${NAME:-pascal_part_lite0}"/{model.safetensors,config.yaml,taxonomy.yaml,README.md} "$OUT/"
   cp "$RUN/metrics.csv" "$OUT/" && tail -n 200 "$RUN.log" > "$OUT/train.log" || true
@@ -77,7 +78,7 @@ case "${1:?usage: lease.sh unpack PART | train | finish | smoke}" in
     mkdir -p "$(dirname "$RUN")"
     epochs=$(calibrate "$@")
     echo "training $epochs epochs"
-    setsid nohup python3 train.py --config "$CONFIG" "data.root=$DATA" "${EXTRA[@]}" "$@" "train.epochs=$epochs" \
+    setsid nohup "$PYTHON" train.py --config "$CONFIG" "data.root=$DATA" "${EXTRA[@]}" "$@" "train.epochs=$epochs" \
       train.progress=false "train.out_dir=$RUN" >"$RUN.log" 2>&1 < /dev/null &
     pid=$!
     start=$(date +%s)

@@ -8,6 +8,7 @@
 # worker, peak memory, each lever of hiertree on and off, the top kernels of one step) under $OUT.
 # On CPU, end to end on the sample data: bash benchmarks/gpu/speed_lease.sh smoke
 set -euo pipefail
+PYTHON=${PYTHON:-python3}   # the interpreter to run (tests pass their own: a venv need not be activated)
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
 SUBSET=${SUBSET:-$ROOT/.gpu/speed/pascal-part}
@@ -26,16 +27,16 @@ case "${1:?usage: speed_lease.sh pack [N] | run | smoke}" in
   run)
     shift
     if compgen -G ".whl/*.whl" >/dev/null; then
-      python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+      "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
     fi
     export PYTHONPATH=/tmp/site:$ROOT NO_ALBUMENTATIONS_UPDATE=1 PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
     mkdir -p "$OUT"
     nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader 2>/dev/null || true
     set -o pipefail
-    python3 benchmarks/speed.py --data "$SUBSET" --levers --profile --out "$OUT" model.encoder_weights=null "$@" \
+    "$PYTHON" benchmarks/speed.py --data "$SUBSET" --levers --profile --out "$OUT" model.encoder_weights=null "$@" \
       2>&1 | tee "$OUT/speed.log"
     for w in 4 8; do  # the data pipeline with fewer workers: img/s per worker
-      python3 benchmarks/speed.py --data "$SUBSET" --data-only --steps 60 --warmup 5 --out "$OUT/workers-$w" \
+      "$PYTHON" benchmarks/speed.py --data "$SUBSET" --data-only --steps 60 --warmup 5 --out "$OUT/workers-$w" \
         model.encoder_weights=null "train.num_workers=$w" "$@" 2>&1 | grep -A1 data_pipeline_img_s | tee -a "$OUT/speed.log"
       mv "$OUT/workers-$w"/speed-*.json "$OUT/speed-workers-$w.json" && rmdir "$OUT/workers-$w"
     done ;;
