@@ -2,7 +2,7 @@
 
 import sys
 
-from hiertree.cli import train_main
+from hiertree.cli.train import main
 
 if __name__ == "__main__":
-    sys.exit(train_main())
+    sys.exit(main())

@@ -16,7 +16,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hiertree.colors import colorize, overlay  # noqa: E402
+from hiertree.tree.colors import colorize, overlay  # noqa: E402
 from hiertree.images import read_image  # noqa: E402
 from hiertree.models import load_model  # noqa: E402
 

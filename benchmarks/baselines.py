@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from hiertree.inference import coarse_logits_from_leaves
-from hiertree.taxonomy import Taxonomy
+from hiertree.tree.taxonomy import Taxonomy
 
 __all__ = ["SmpFlatDeepLabV3Plus"]
 

@@ -43,7 +43,7 @@ SPEED_ARGS = (f"--config configs/pascal_part.yaml --data {DATA} --steps 6 --warm
 
 
 def _env(checkout: Path) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(checkout), "NO_ALBUMENTATIONS_UPDATE": "1", "HF_HUB_OFFLINE": "1"}
+    return {**os.environ, "PYTHONPATH": str(checkout), "HF_HUB_OFFLINE": "1"}
 
 
 def _trainer(checkout: Path, images: int, work: Path) -> float:

@@ -50,7 +50,7 @@ def _train(arm: str, overrides: list[str], steps: int, args: argparse.Namespace)
            "train.eval_every=100000", "train.progress=false", "train.log_every=50", f"train.out_dir={out}",
            "train.resume=auto", *args.overrides]
     if not (out / "metrics.json").is_file():
-        env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "HF_HUB_OFFLINE": "1"}
+        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
         with open(Path(args.runs) / f"{arm}.log", "a") as log:
             subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
     return cmd

@@ -3,7 +3,7 @@
 Each variant is a list of config overrides applied to ``--config`` (default the CPU recipe,
 ``configs/pascal_part_cpu.yaml``). In every round each variant in turn builds the trainer exactly as
 ``train.py`` does (data loader with its workers, model, loss, fused AdamW, schedule) and takes ``--warmup``
-then ``--steps`` steps through :func:`hiertree.engine.profile_steps`, which splits each step's wall time into
+then ``--steps`` steps through :func:`hiertree.training.engine.profile_steps`, which splits each step's wall time into
 ``data`` (waiting for the loader), ``forward`` (with the loss), ``backward`` and ``optimizer``. Rounds
 alternate the order (forward in odd rounds, backward in even ones) so machine load hits every variant alike;
 the figures are medians over every timed step of every round. ``img/s`` is the whole trainer's: batch size
@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.provenance import provenance  # noqa: E402
 from hiertree.config import apply_overrides, load_config  # noqa: E402
-from hiertree.engine import profile_steps  # noqa: E402
+from hiertree.training.engine import profile_steps  # noqa: E402
 
 PHASES = ("data", "forward", "backward", "optimizer")
 

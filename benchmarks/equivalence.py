@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from hiertree.models import load_model  # noqa: E402
-from hiertree.export import export_onnx  # noqa: E402
-from hiertree.weights import _package_weight_file, convert_efficientnet_lite  # noqa: E402
+from hiertree.inference.onnx_graph import export_onnx  # noqa: E402
+from hiertree.models.weights import _package_weight_file, convert_efficientnet_lite  # noqa: E402
 
 
 def weights_check(photos: list[Path]) -> dict:

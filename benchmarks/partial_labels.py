@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.provenance import cpu_model  # noqa: E402
 from hiertree.config import load_config  # noqa: E402
-from hiertree.engine import train  # noqa: E402
+from hiertree.training.engine import train  # noqa: E402
 from hiertree.logs import setup_logging  # noqa: E402
 
 TO_L0 = {0: "background", **{i: "body" for i in range(1, 7)}}  # pascal_part leaf ids -> body

@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.provenance import cpu_model, provenance, version  # noqa: E402
 
 MODEL = "pascal_part_lite0_cpu"
-ENV = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONPATH": str(ROOT)}  # every process runs this checkout
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}  # every process runs this checkout
 
 
 def _timed(cmd: list[str]) -> dict:
@@ -51,7 +51,7 @@ def _timed(cmd: list[str]) -> dict:
 
 
 def _commands(images: Path, out: Path) -> dict[str, list[str]]:
-    return {"hiertree": [sys.executable, "-m", "hiertree.predict", "--checkpoint", MODEL, str(images), "--out",
+    return {"hiertree": [sys.executable, "-m", "hiertree.cli.predict", "--checkpoint", MODEL, str(images), "--out",
                          str(out / "hiertree")],
             "smp": [sys.executable, str(ROOT / "benchmarks" / "smp_predict.py"), str(images), str(out / "smp")]}
 
@@ -77,7 +77,7 @@ def _series(images: Path, out: Path, runs: int) -> dict:
 def _agreement(images: Path, out: Path, levels: int) -> dict:
     """Share of pixels where hiertree's ONNX labels equal its PyTorch labels, per level, over the folder."""
     for backend in ("onnx", "torch"):
-        subprocess.run([sys.executable, "-m", "hiertree.predict", "--checkpoint", MODEL, str(images), "--out",
+        subprocess.run([sys.executable, "-m", "hiertree.cli.predict", "--checkpoint", MODEL, str(images), "--out",
                         str(out / backend), "--backend", backend, "--outputs", "labels"], check=True,
                        capture_output=True, env=ENV)
     same, total = np.zeros(levels), 0

@@ -2,7 +2,7 @@
 float32 ONNX vs int8 ONNX, the shipped CPU model, side by side in one run.
 
 The int8 graph is calibrated on the first ``--calibrate`` train images (never val); both graphs predict every
-val image at its own size through :func:`hiertree.image_predict.predict_images` (as the command does) and are
+val image at its own size through :func:`hiertree.inference.predictor.predict_images` (as the command does) and are
 scored against the val masks by :class:`hiertree.metrics.HierarchicalMetrics`. Results:
 benchmarks/results/predict-int8-<date>.{json,md}.
 
@@ -26,14 +26,12 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-
-from benchmarks.provenance import cpu_model, provenance  # noqa: E402
-from hiertree.backends import cached_onnx_runner  # noqa: E402
-from hiertree.checkpoint import read_checkpoint, shipped_model  # noqa: E402
-from hiertree.image_predict import predict_images  # noqa: E402
-from hiertree.images import read_image  # noqa: E402
-from hiertree.metrics import HierarchicalMetrics  # noqa: E402
+from benchmarks.provenance import cpu_model, provenance
+from hiertree.inference.backends import cached_onnx_runner
+from hiertree.checkpoint import read_checkpoint, shipped_model
+from hiertree.inference.predictor import predict_images
+from hiertree.images import read_image
+from hiertree.metrics import HierarchicalMetrics
 
 MODEL = "pascal_part_lite0_cpu"
 

@@ -42,11 +42,12 @@ from benchmarks.provenance import device_name, provenance, version  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from hiertree.config import load_config  # noqa: E402
+from hiertree.device import resolve_amp  # noqa: E402
 from hiertree.data import build_datasets, drop_bad_samples, pad_collate, size_ordered  # noqa: E402
-from hiertree.engine import train  # noqa: E402
-from hiertree.evaluate import evaluate  # noqa: E402
-from hiertree.taxonomy import Taxonomy  # noqa: E402
-from hiertree.weights import resolve_encoder_weights  # noqa: E402
+from hiertree.training.engine import train  # noqa: E402
+from hiertree.evaluation.evaluate import evaluate  # noqa: E402
+from hiertree.tree.taxonomy import Taxonomy  # noqa: E402
+from hiertree.models.weights import resolve_encoder_weights  # noqa: E402
 
 VARIANTS: dict[str, list[str]] = {
     "smp": ["model.flat=true", "loss.level_weights=[0, 0, 1]", "loss.consistency_weight=0"],
@@ -148,12 +149,12 @@ def wall_seconds(run_dir: Path) -> float:
 
 
 def evaluate_like_engine(model: torch.nn.Module, cfg: dict, hflip: bool, scales: tuple[float, ...]) -> tuple[dict, list]:
-    """Score ``model`` on val as hiertree.engine's per-epoch evaluation does (bad samples dropped,
+    """Score ``model`` on val as hiertree.training.engine's per-epoch evaluation does (bad samples dropped,
     same loader, amp, channels_last, tiling above eval.max_side), with the given flip and scales."""
     tcfg, ecfg = cfg["train"], cfg["eval"]
     taxonomy = Taxonomy.load(cfg["taxonomy"])
     device = next(model.parameters()).device
-    amp = tcfg["amp"] if tcfg["amp"] != "auto" else ("bf16" if device.type == "cuda" else "none")
+    amp = resolve_amp(tcfg["amp"], device)
     channels_last = tcfg["channels_last"] is True or (tcfg["channels_last"] == "auto" and device.type == "cuda")
     _, val_ds = build_datasets(cfg["data"], taxonomy, seed=tcfg["seed"])
     skipped = drop_bad_samples(val_ds)

@@ -1,7 +1,7 @@
 """Turn a finished training run into a shipped model with its measured scores.
 
 Scores the run's best checkpoint on the val split at native resolution (single scale, and with flip TTA),
-publishes it as fp16 (``hiertree.publish``) with a model card, scores the fp16 model too (it must stay
+publishes it as fp16 (``hiertree.cli.publish``) with a model card, scores the fp16 model too (it must stay
 within 0.002 mIoU of float32 at every level), and writes ``results-<name>.{json,md}``: machine, date,
 commit, command, epochs, training wall time, per-level mIoU and the raw heads' tree consistency.
 
@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.provenance import device_name, provenance  # noqa: E402
-from hiertree.cli import eval_main  # noqa: E402
-from hiertree.publish import publish  # noqa: E402
+from hiertree.cli.eval import main as eval_main  # noqa: E402
+from hiertree.cli.publish import publish  # noqa: E402
 
 FP16_TOLERANCE = 0.002
 LICENCE = ("Images: PASCAL VOC 2008-2010 (Flickr terms of use); labels derived from Pascal-Part (Chen et al. 2014) "
@@ -49,8 +49,10 @@ def _levels(result: dict) -> list[float]:
 def _training(run: Path) -> dict:
     rows = list(csv.DictReader(open(run / "metrics.csv")))
     config = (run / "config.yaml").read_text()
+    train = sum(float(r["seconds"]) - float(r.get("eval_seconds") or 0) for r in rows)  # evaluation is not training
     return {"epochs": int(float(rows[-1]["epoch"])), "steps": int(float(rows[-1]["step"])),
-            "train_seconds": round(sum(float(r["seconds"]) for r in rows), 1), "config_yaml": config}
+            "train_seconds": round(train, 1), "train_hours": round(train / 3600, 2),
+            "seconds_with_evaluation": round(sum(float(r["seconds"]) for r in rows), 1), "config_yaml": config}
 
 
 def _card(name: str, report: dict) -> str:
@@ -62,7 +64,8 @@ def _card(name: str, report: dict) -> str:
         "Tree-consistent segmentation of people into body / upper and lower body / 7 parts "
         "(`Taxonomy.builtin(\"pascal_part\")`), one head per level, `tf_efficientnet_lite0` encoder.", "",
         f"- trained on: Pascal-Part people, train split ({report['data']}), {report['training']['epochs']} epochs, "
-        f"{report['training']['steps']} steps, {report['training']['train_seconds']:.0f} s on {report['machine']}",
+        f"{report['training']['steps']} steps, {report['training']['train_hours']:.2f} hours of training "
+        f"({report['training']['train_seconds']:.0f} s, evaluations excluded) on {report['machine']}",
         f"- command: `{report['command']}`",
         *([f"- how it was trained: {report['note']}"] if report.get("note") else []),
         f"- date: {report['date']}, commit {report['commit']}",

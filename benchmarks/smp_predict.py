@@ -10,17 +10,14 @@ hub weights cannot be downloaded here). Imports only what it uses; hiertree is n
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import segmentation_models_pytorch as smp  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import cv2
+import numpy as np
+import segmentation_models_pytorch as smp
+import torch
+import torch.nn.functional as F
 
 MEAN = np.array([0.5, 0.5, 0.5], np.float32) * 255  # tf_efficientnet_lite0's timm config
 STD = np.array([0.5, 0.5, 0.5], np.float32) * 255

@@ -40,11 +40,11 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.baselines import SmpFlatDeepLabV3Plus  # noqa: E402
 from benchmarks.provenance import provenance  # noqa: E402
 from hiertree.config import apply_overrides, load_config  # noqa: E402
+from hiertree.device import autocast_for, resolve_amp  # noqa: E402
 from hiertree.data import EpochSampler, build_datasets, pad_collate  # noqa: E402
-from hiertree.engine import build_model  # noqa: E402
-from hiertree.evaluate import autocast_for  # noqa: E402
 from hiertree.losses import HierarchicalLoss  # noqa: E402
-from hiertree.taxonomy import Taxonomy  # noqa: E402
+from hiertree.models import HierSegModel  # noqa: E402
+from hiertree.tree.taxonomy import Taxonomy  # noqa: E402
 
 
 SEED = 0
@@ -59,7 +59,7 @@ def make_models(cfg: dict, taxonomy: Taxonomy) -> dict[str, torch.nn.Module]:
     """Both models from the same seed (random init: speed does not depend on the weights)."""
     mc = cfg["model"]
     torch.manual_seed(SEED)
-    hiertree = build_model({**cfg, "model": {**mc, "encoder_weights": None}}, taxonomy)
+    hiertree = HierSegModel.from_config(taxonomy, {**mc, "encoder_weights": None})
     torch.manual_seed(SEED)
     smp = SmpFlatDeepLabV3Plus(taxonomy, mc["encoder"], None, mc["output_stride"])
     return {"hiertree": hiertree, "smp": smp}
@@ -68,8 +68,7 @@ def make_models(cfg: dict, taxonomy: Taxonomy) -> dict[str, torch.nn.Module]:
 def hiertree_step(model, cfg: dict, taxonomy: Taxonomy, optimizer, device, amp):
     """One optimizer step exactly as hiertree's trainer takes it: every head, the configured loss."""
     lc = cfg["loss"]
-    criterion = HierarchicalLoss(taxonomy, lc["level_weights"], lc["consistency_weight"], lc["tree_min_weight"],
-                                 lc["ce_weight"], lc["label_smoothing"]).to(device)
+    criterion = HierarchicalLoss(taxonomy, **lc).to(device)
 
     def step(images, masks):
         with autocast_for(device, amp):
@@ -204,7 +203,7 @@ def bench(args) -> dict:
     cfg = load_config(args.config, args.overrides)
     taxonomy = Taxonomy.load(cfg["taxonomy"])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    amp = "bf16" if device.type == "cuda" else "none"
+    amp = resolve_amp("auto", device)
     results: dict[str, dict] = {name: {} for name in ("hiertree", "smp")}
     if args.cpu_infer_only:
         return _cpu_inference(cfg, taxonomy, args, results, None)

@@ -5,7 +5,7 @@ The :class:`Taxonomy` (a class tree written in YAML) sizes everything else: the 
 and the datasets' per-level targets.
 """
 
-from hiertree.taxonomy import Taxonomy, TaxonomyError
+from hiertree.tree.taxonomy import Taxonomy, TaxonomyError
 from hiertree.version import __version__
 
 __all__ = ["Taxonomy", "TaxonomyError", "HierSegModel", "HierarchicalLoss", "HierarchicalMetrics", "LabelMap", "__version__"]
@@ -26,7 +26,7 @@ def __getattr__(name: str):
 
         return HierarchicalMetrics
     if name == "LabelMap":
-        from hiertree.labels import LabelMap
+        from hiertree.tree.labels import LabelMap
 
         return LabelMap
     raise AttributeError(f"module 'hiertree' has no attribute {name!r}")

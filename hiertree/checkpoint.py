@@ -25,16 +25,16 @@ import os
 import logging
 import shutil
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from hiertree.taxonomy import Taxonomy
+from hiertree.tree.taxonomy import Taxonomy
 
 __all__ = [
-    "save_checkpoint", "resolve_checkpoint", "load_checkpoint", "read_checkpoint", "CheckpointError", "unwrap", "state_digest", "model_card",
+    "save_checkpoint", "file_sha256", "calibrated_threshold", "load_checkpoint", "read_checkpoint", "CheckpointError", "unwrap", "state_digest", "model_card",
     "shipped_models", "shipped_model",
 ]
 
@@ -225,11 +225,6 @@ def shipped_model(name: str) -> Path | None:
     return folder if (folder / "model.safetensors").is_file() else None
 
 
-def resolve_checkpoint(path: str | Path, prefer: str = "best") -> Path:
-    """A checkpoint folder from itself or from a run folder (``best``, else ``last``)."""
-    return _resolve(path, prefer)[0]
-
-
 def read_checkpoint(path: str | Path, prefer: str = "best", weights: bool = False) -> dict[str, Any]:
     """``{"dir", "name", "config", "taxonomy", "metrics"}`` of a checkpoint folder, plus ``"state_dict"`` with
     ``weights=True`` (what :func:`load_checkpoint` does). Without the weights nothing heavy is read.
@@ -308,3 +303,41 @@ def load_backoff(ck_dir: str | Path) -> dict[str, Any] | None:
     """The calibration stored with a checkpoint, or None."""
     path = Path(ck_dir) / BACKOFF_FILE
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file (a checkpoint's weights: what a calibration or a cached graph belongs to)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def calibrated_threshold(ck_dir: str | Path, hflip: bool = False, scales: Sequence[float] = (1.0,),
+                         required: bool = False) -> float | None:
+    """The back-off threshold calibrated for checkpoint ``ck_dir`` (``backoff.json``), refused in one line when it
+    was calibrated for other weights or other test-time augmentation than ``hflip``/``scales``: its promise is
+    about those predictions only. None without a calibration (a CheckpointError saying how to make one when
+    ``required``)."""
+    where = Path(ck_dir) / BACKOFF_FILE
+    calibration = load_backoff(ck_dir)
+    fix = f"calibrate again: eval.py --checkpoint {ck_dir} --calibrate-backoff 0.9"
+    if calibration is None:
+        if required:
+            raise CheckpointError(f"{ck_dir} has no calibrated back-off threshold; {fix}, or give a threshold in [0, 1]")
+        return None
+    digest = calibration.get("weights_sha256")
+    if digest is None:
+        raise CheckpointError(f"{where}: written before calibrations recorded their weights and TTA; {fix}")
+    now = file_sha256(Path(ck_dir) / "model.safetensors")
+    if digest != now:
+        raise CheckpointError(f"{where}: calibrated for other weights (sha256 {digest[:12]}..., these are {now[:12]}...); "
+                              f"{fix}")
+    tta = calibration.get("tta", {})
+    then = (bool(tta.get("hflip", False)), [float(v) for v in tta.get("scales", [1.0])])
+    if then != (bool(hflip), [float(v) for v in scales]):
+        raise CheckpointError(f"{where}: calibrated with hflip {then[0]}, scales {then[1]}; these predictions use hflip "
+                              f"{bool(hflip)}, scales {list(scales)}: use the same test-time augmentation, or {fix} "
+                              "with this one")
+    return float(calibration["threshold"])

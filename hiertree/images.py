@@ -7,8 +7,9 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["ImageError", "IMAGE_SUFFIXES", "to_rgb", "read_image", "find_images"]
+__all__ = ["ImageError", "IMAGE_SUFFIXES", "suffix_variants", "to_rgb", "read_image", "find_images"]
 
+#: The image files hiertree reads (datasets and hiertree-predict), in any letter case.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
@@ -40,14 +41,39 @@ def to_rgb(image: np.ndarray, where: str = "image") -> np.ndarray:
 
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """HxWx3 uint8 RGB of an image file (EXIF orientation applied; grayscale and alpha handled)."""
+_JPEG_SOI, _JPEG_EOI = b"\xff\xd8", b"\xff\xd9"
+
+
+def suffix_variants() -> tuple[str, ...]:
+    """:data:`IMAGE_SUFFIXES` as a file system with case-sensitive names may hold them: ``.jpg``, ``.JPG``, ``.Jpg``."""
+    return tuple(dict.fromkeys(v for s in IMAGE_SUFFIXES for v in (s, s.upper(), s[:2].upper() + s[2:])))
+
+
+def read_image(path: str | Path, exif: bool = True) -> np.ndarray:
+    """HxWx3 uint8 RGB of an image file; grayscale and alpha handled. ``exif``: turn the image as its EXIF
+    orientation says (what a photo's viewer shows); datasets read with ``exif=False``, as their masks are not turned.
+
+    An unreadable, empty, truncated (JPEG without its end marker) or undecodable file is an :class:`ImageError`
+    naming the file and the fix.
+    """
     import cv2
 
     path = Path(path)
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR) if path.is_file() else None
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as err:
+        raise ImageError(f"{path}: cannot read image file ({err}); check that it exists and is readable") from None
+    if data.size == 0:
+        raise ImageError(f"{path}: image file is empty (0 bytes); re-copy it or leave it out")
+    raw = data.tobytes()
+    if raw[:2] == _JPEG_SOI and not raw.rstrip(b"\x00 \t\r\n").endswith(_JPEG_EOI):
+        raise ImageError(f"{path}: truncated JPEG (no end-of-image marker, {data.size} bytes); re-copy or re-download "
+                         "it, or use skip_bad=True to skip it")
+    flags = cv2.IMREAD_COLOR if exif else cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+    bgr = cv2.imdecode(data, flags)
     if bgr is None:
-        raise ImageError(f"cannot read image {str(path)!r}: missing, empty or not an image format OpenCV decodes")
+        raise ImageError(f"{path}: not a decodable image ({data.size} bytes, starts {raw[:4]!r}); replace it with a "
+                         "valid JPEG or PNG, or leave it out")
     return np.ascontiguousarray(bgr[..., ::-1])
 
 

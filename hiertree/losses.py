@@ -16,14 +16,14 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .options import LossOptions, check_args
-from .taxonomy import Taxonomy
+from hiertree.config.options import LossOptions, validate_options
+from hiertree.tree.taxonomy import Taxonomy
 
 __all__ = ["HierarchicalLoss", "consistency_kl", "tree_min_loss"]
 
@@ -87,10 +87,11 @@ def consistency_kl(logits_coarse: Tensor, logits_fine: Tensor, parent_matrix: Te
 
 def _tree_min(
     logits: Sequence[Tensor], level_targets: Sequence[Tensor], parent_index: Sequence[Tensor], ignore_index: int,
-    allowed: Sequence[Tensor | None] | None = None, valid: Tensor | None = None,
+    allowed: Sequence[Tensor | None] | None = None, valid: Tensor | None = None, check: bool = True,
 ) -> Tensor:
     """``allowed[l]`` (bool [B, C_l, ...], None where every pixel is exact) marks the classes a partial label
-    leaves open; ``valid`` then says which pixels carry a label at all (default: no level ignores them)."""
+    leaves open; ``valid`` then says which pixels carry a label at all (default: no level ignores them).
+    ``check``: raise on targets out of range (reads a value back to the host: off in the trainer's step)."""
     n = len(logits)
     if len(level_targets) != n or len(parent_index) != n - 1:
         raise ValueError(
@@ -131,7 +132,7 @@ def _tree_min(
         t = level_targets[l].to(z[l].device).long()
         exact = valid & (t != ignore_index)
         safe = torch.where(exact, t, torch.zeros_like(t))
-        if bool(((safe < 0) | (safe >= c)).any()):
+        if check and bool(((safe < 0) | (safe >= c)).any()):
             raise ValueError(f"level {l} targets must be in 0..{c - 1} or ignore_index {ignore_index}")
         neg = F.softplus(z_max[l])  # -log(1 - M_v) for every node
         pos = F.softplus(-z_min[l])  # -log(m_v)
@@ -200,26 +201,22 @@ class HierarchicalLoss(nn.Module):
     weight of the labelled pixels as torch's weighted mean is; partial labels weigh 1.
     """
 
-    def __init__(
-        self,
-        taxonomy: Taxonomy,
-        level_weights: Sequence[float] | None = None,
-        consistency_weight: float = 0.0,
-        tree_min_weight: float = 0.0,
-        ce_weight: float = 1.0,
-        label_smoothing: float = 0.0,
-        class_weights: Sequence[Sequence[float]] | None = None,
-        partial_pseudo_weight: float = 0.0,
-        partial_pseudo_threshold: float = 0.9,
-    ) -> None:
+    def __init__(self, taxonomy: Taxonomy, **options: Any) -> None:
+        """``options``: any :class:`~hiertree.config.options.LossOptions` field by name (``consistency_weight=``,
+        ``level_weights=``, ...); the others keep their declared defaults, the config's. ``class_weights`` are lists
+        (the trainer resolves ``auto`` from the training masks); ``full_resolution`` is the trainer's business (it
+        decides the logits' size) and is accepted here only so a config's ``loss`` section can be passed whole.
+        Unknown names or refused values raise ValueError naming them."""
         super().__init__()
         self.taxonomy = taxonomy
         self.num_levels = taxonomy.num_levels
         self.ignore_index = taxonomy.ignore_index
         # the config was checked already; a direct caller is checked here, against the same declarations
-        opts = check_args(LossOptions, "HierarchicalLoss", level_weights=level_weights, consistency_weight=consistency_weight,
-                          tree_min_weight=tree_min_weight, ce_weight=ce_weight, label_smoothing=label_smoothing,
-                          partial_pseudo_weight=partial_pseudo_weight, partial_pseudo_threshold=partial_pseudo_threshold)
+        class_weights = options.pop("class_weights", None)  # checked per level below, with the classes named
+        if class_weights == "auto":
+            raise ValueError("HierarchicalLoss: class_weights='auto' is resolved from the training masks by the trainer "
+                             "(hiertree.data.stats.median_frequency_weights); pass the per-level lists")
+        opts = validate_options(LossOptions, options, "HierarchicalLoss").model_dump()
         level_weights = opts["level_weights"] or [1.0] * self.num_levels
         if len(level_weights) != self.num_levels:
             raise ValueError(
@@ -234,7 +231,6 @@ class HierarchicalLoss(nn.Module):
         self.pseudo_weight = opts["partial_pseudo_weight"]
         self.pseudo_threshold = opts["partial_pseudo_threshold"]
         self.sizes = [taxonomy.num_classes(l) for l in range(self.num_levels)]
-        self._groups = [taxonomy.children(l) for l in range(self.num_levels - 1)]
         for l in range(self.num_levels - 1):
             self.register_buffer(f"_parent_index_{l}", taxonomy.parent_index(l), persistent=False)
         self.partial_levels = taxonomy.partial_levels()
@@ -356,8 +352,9 @@ class HierarchicalLoss(nn.Module):
             )
         if self.consistency_weight > 0:
             if self.num_levels > 1:
-                kl = sum(
-                    _consistency_kl(logits[l], logits[l + 1], self._groups[l]) for l in range(self.num_levels - 1)
+                kl = sum(  # the children groups live on the logits' device once (no copy per step)
+                    _consistency_kl(logits[l], logits[l + 1], self.taxonomy.children(l, device=logits[l].device))
+                    for l in range(self.num_levels - 1)
                 ) / (self.num_levels - 1)
             else:
                 kl = total.new_zeros(())
@@ -371,7 +368,7 @@ class HierarchicalLoss(nn.Module):
                 nodes = self._nodes_at(leaf_mask, size, cache)
                 allowed = [self._allowed(nodes, l) if l in self.partial_levels else None for l in range(self.num_levels)]
                 valid = (nodes >= 0) & (nodes < self.taxonomy.num_nodes)
-            tm = _tree_min(logits, targets, self._parents(), self.ignore_index, allowed, valid)
+            tm = _tree_min(logits, targets, self._parents(), self.ignore_index, allowed, valid, check=self.check_targets)
             parts["tree_min"] = self.tree_min_weight * tm
             total = total + parts["tree_min"]
         parts["total"] = total

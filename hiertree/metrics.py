@@ -13,9 +13,9 @@ from typing import Any, Sequence
 
 import torch
 
-from .taxonomy import Taxonomy
+from hiertree.tree.taxonomy import Taxonomy
 
-__all__ = ["FROM_TAXONOMY", "HierarchicalMetrics", "format_table", "format_scores"]
+__all__ = ["FROM_TAXONOMY", "HierarchicalMetrics", "backoff_pairs", "format_table", "format_scores"]
 
 Prediction = torch.Tensor | Sequence[torch.Tensor]
 
@@ -107,29 +107,11 @@ class HierarchicalMetrics:
     def update_backoff_curve(curve: Sequence["HierarchicalMetrics"], thresholds: Sequence[float],
                              chain: torch.Tensor, probs: torch.Tensor, target: torch.Tensor) -> None:
         """Add the back-off predictions of every threshold to its metrics in ``curve`` in one pass over the pixels
-        (``chain``, ``probs``: :func:`hiertree.inference.backoff_chain`). Chain position k is what back-off
-        predicts exactly for the thresholds in (max of the probabilities before k, probability of k] (the last
-        position: every threshold above that maximum), so per position two bincounts over (true leaf, node,
-        threshold index) and a cumulative sum give every threshold's counts at once; equal to calling
-        :meth:`update_backoff` with ``backoff_stop(chain, probs, threshold)`` for each."""
-        t = curve[0].taxonomy
-        grid, order = torch.sort(torch.tensor([float(x) for x in thresholds], dtype=probs.dtype, device=probs.device))
-        g = len(thresholds)
-        keep = (target >= 0) & (target < t.num_leaves)
-        leaf, chain, probs = target[keep].long(), chain[:, keep], probs[:, keep]
-        diff = torch.zeros(t.num_leaves * t.num_nodes * (g + 1), dtype=torch.int64, device=probs.device)
-        before = torch.full_like(probs[0], float("-inf"))
-        for k in range(chain.shape[0]):
-            start = torch.searchsorted(grid, before.contiguous(), right=True)
-            end = (torch.searchsorted(grid, probs[k].contiguous(), right=True) if k < chain.shape[0] - 1
-                   else torch.full_like(start, g))
-            key = (leaf * t.num_nodes + chain[k]) * (g + 1)
-            diff += torch.bincount(key + start, minlength=diff.numel()) - torch.bincount(key + torch.maximum(start, end),
-                                                                                      minlength=diff.numel())
-            before = torch.maximum(before, probs[k])
-        pairs = diff.view(t.num_leaves, t.num_nodes, g + 1)[..., :g].cumsum(-1)
-        for i, j in enumerate(order.tolist()):
-            curve[j]._add_pairs("_backoff", pairs[..., i].contiguous())
+        (:func:`backoff_pairs`); equal to calling :meth:`update_backoff` with ``backoff_stop(chain, probs,
+        threshold)`` for each."""
+        pairs = backoff_pairs(curve[0].taxonomy, thresholds, chain, probs, target)
+        for j, metrics in enumerate(curve):
+            metrics._add_pairs("_backoff", pairs[j].contiguous())
 
     def _state_on(self, device: torch.device) -> None:
         if self._confusion is None:
@@ -221,6 +203,25 @@ class HierarchicalMetrics:
             if getattr(other, attr) is not None:
                 self._add_pairs(attr, getattr(other, attr))
 
+    def all_reduce(self, device: torch.device) -> None:
+        """Sum the counts over the ranks of the process group (each rank scored its share of a split): afterwards
+        every rank holds the whole split's counts. A rank that saw nothing takes part with zeros."""
+        import torch.distributed as dist
+
+        t = self.taxonomy
+        self._state_on(device)
+        if self._leaf_node is None:
+            self._leaf_node = torch.zeros(t.num_leaves, t.num_nodes, dtype=torch.int64, device=device)
+        has_backoff = torch.tensor(float(self._backoff is not None), device=device)
+        dist.all_reduce(has_backoff, op=dist.ReduceOp.MAX)
+        if has_backoff.item() and self._backoff is None:
+            self._backoff = torch.zeros(t.num_leaves, t.num_nodes, dtype=torch.int64, device=device)
+        self._leaf_node = self._leaf_node.to(device)
+        self._backoff = None if self._backoff is None else self._backoff.to(device)
+        tensors = [*self._confusion, self._consistent, self._pixels, self._leaf_node]
+        for tensor in tensors + ([self._backoff] if self._backoff is not None else []):
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+
     # ------------------------------------------------------------------ results
     def confusion(self, level: int) -> torch.Tensor:
         """int64 [C_l, C_l] confusion matrix of ``level`` on CPU (rows = target, cols = prediction)."""
@@ -281,25 +282,58 @@ class HierarchicalMetrics:
 
 
 def _tables(taxonomy: Taxonomy) -> dict[str, torch.Tensor]:
-    """Per (true leaf, predicted node): levels wrong, shared ancestors, right-or-ancestor, depth ratio; node set sizes."""
+    """Per (true leaf, predicted node): levels wrong, shared ancestors, right-or-ancestor, information gain credited
+    on right predictions (Deng et al. 2012: ``(log K - log |leaves under the node|) / log K``, 1 at a leaf);
+    node set sizes."""
     L, N, D = taxonomy.num_leaves, taxonomy.num_nodes, taxonomy.num_levels
     names = taxonomy.node_names
     anc = [set([n, *taxonomy.ancestors(n)]) for n in names]
     wrong = torch.zeros(L, N)
     shared = torch.zeros(L, N)
     right = torch.zeros(L, N)
-    ratio = torch.zeros(L, N)
+    gain = torch.zeros(L, N)
+    k = float(L)
     luts = [taxonomy.node_lut(l) for l in range(D)]
     for t in range(L):
         for n in range(N):
             shared[t, n] = len(anc[t] & anc[n])
             right[t, n] = float(names[n] in anc[t])
-            # capped at 1: a node deeper than the truth (background called a hand) is a mistake, not extra detail
-            ratio[t, n] = min(1.0, taxonomy.node_depth(names[n]) / taxonomy.node_depth(names[t]))
+            under = float(len(taxonomy.leaves_under(names[n])))
+            gain[t, n] = right[t, n] * ((math.log(k) - math.log(under)) / math.log(k) if L > 1 else 1.0)
             if n < L:
                 wrong[t, n] = sum(int(luts[l][t] != luts[l][n]) for l in range(D))
     size = torch.tensor([float(len(a)) for a in anc])
-    return {"wrong": wrong, "shared": shared, "right": right, "ratio": ratio, "size": size}
+    return {"wrong": wrong, "shared": shared, "right": right, "gain": gain, "size": size}
+
+
+@torch.no_grad()
+def backoff_pairs(taxonomy: Taxonomy, thresholds: Sequence[float], chain: torch.Tensor, probs: torch.Tensor,
+                  target: torch.Tensor) -> torch.Tensor:
+    """int64 [len(thresholds), num_leaves, num_nodes]: per threshold, the (true leaf, back-off node) counts over the
+    leaf-labelled pixels, for every threshold in one pass (``chain``, ``probs``:
+    :func:`hiertree.inference.backoff_chain`). Chain position k is what back-off predicts exactly for the
+    thresholds in (max of the probabilities before k, probability of k] (the last position: every threshold above
+    that maximum), so per position two bincounts over (true leaf, node, threshold index) and a cumulative sum give
+    every threshold's counts at once."""
+    t = taxonomy
+    grid, order = torch.sort(torch.tensor([float(x) for x in thresholds], dtype=probs.dtype, device=probs.device))
+    g = len(thresholds)
+    keep = (target >= 0) & (target < t.num_leaves)
+    leaf, chain, probs = target[keep].long(), chain[:, keep], probs[:, keep]
+    diff = torch.zeros(t.num_leaves * t.num_nodes * (g + 1), dtype=torch.int64, device=probs.device)
+    before = torch.full_like(probs[0], float("-inf"))
+    for k in range(chain.shape[0]):
+        start = torch.searchsorted(grid, before.contiguous(), right=True)
+        end = (torch.searchsorted(grid, probs[k].contiguous(), right=True) if k < chain.shape[0] - 1
+               else torch.full_like(start, g))
+        key = (leaf * t.num_nodes + chain[k]) * (g + 1)
+        diff += torch.bincount(key + start, minlength=diff.numel()) - torch.bincount(key + torch.maximum(start, end),
+                                                                                  minlength=diff.numel())
+        before = torch.maximum(before, probs[k])
+    pairs = diff.view(t.num_leaves, t.num_nodes, g + 1)[..., :g].cumsum(-1)
+    out = torch.empty(g, t.num_leaves, t.num_nodes, dtype=torch.int64, device=probs.device)
+    out[order] = pairs.permute(2, 0, 1)
+    return out
 
 
 def hierarchy_scores(taxonomy: Taxonomy, leaf_node: torch.Tensor | None, backoff: torch.Tensor | None) -> dict[str, Any]:
@@ -309,9 +343,10 @@ def hierarchy_scores(taxonomy: Taxonomy, leaf_node: torch.Tensor | None, backoff
     * ``mistake_severity``: over pixels whose predicted leaf is wrong, the mean number of levels at which the
       prediction is wrong (Bertinetto et al. 2020); ``severity_histogram[k]`` counts pixels wrong at k levels.
     * ``hP``/``hR``/``hF1``: micro-averaged over pixels, on the sets {node} + ancestors of truth and prediction.
-    * ``backoff``: ``accuracy`` (the node is the true leaf or one of its ancestors), ``specificity`` (mean depth
-      of the node over the true leaf's depth, capped at 1 per pixel so that 1 means as specific as the truth), ``leaf_coverage`` (share still predicted at a leaf), ``level_shares`` (share predicted at a node of each
-      depth: ``L0`` the depth-1 nodes, ... the coverage per level).
+    * ``backoff``: ``accuracy`` (the node is the true leaf or one of its ancestors), ``specificity`` (the
+      information gain of the node relative to the root, normalised to 1 at a leaf, credited on right predictions
+      only: Deng et al., "Hedging your bets", CVPR 2012), ``leaf_coverage`` (share still predicted at a leaf),
+      ``level_shares`` (share predicted at a node of each depth: ``L0`` the depth-1 nodes, ...).
     """
     tab = _tables(taxonomy)
     out: dict[str, Any] = {}
@@ -328,7 +363,7 @@ def hierarchy_scores(taxonomy: Taxonomy, leaf_node: torch.Tensor | None, backoff
         scores = {"pixels": int(total), "hP": hp, "hR": hr,
                   "hF1": 2 * hp * hr / (hp + hr) if hp + hr > 0 else math.nan,
                   "accuracy": float((c * tab["right"]).sum()) / total if total else math.nan,
-                  "specificity": float((c * tab["ratio"]).sum()) / total if total else math.nan,
+                  "specificity": float((c * tab["gain"]).sum()) / total if total else math.nan,
                   "leaf_coverage": float(c[:, : taxonomy.num_leaves].sum()) / total if total else math.nan}
         if name == "leaf":
             leaves = c[:, : taxonomy.num_leaves]

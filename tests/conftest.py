@@ -1,10 +1,15 @@
-"""Suite-wide settings: reproducible Hypothesis draws, a private cache for converted encoder weights, torch threads."""
+"""Suite-wide settings and shared fixtures: reproducible Hypothesis draws, a private cache for converted encoder
+weights, torch threads, the Pascal-Part taxonomy, one tiny trained run and one tiny checkpoint (``tests/tiny.py``)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
 from hypothesis import settings
+
+from tiny import DEMO, TINY_RUN, save_tiny, tiny_model
 
 # Every run draws the same examples (derandomize), nothing is replayed from a local example database, and
 # no per-example deadline (CPU timings vary). Tests keep their own max_examples; loaded before the test
@@ -38,3 +43,32 @@ def _restore_torch_threads():
 def one_thread():
     """One torch thread: on a shared 2-core box a single thread runs these small models faster."""
     torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def pascal():
+    """The bundled Pascal-Part people tree (7 leaves, 3 levels)."""
+    from hiertree import Taxonomy
+
+    return Taxonomy.builtin("pascal_part")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """One tiny trained run (demo config, ``TINY_RUN``: 2 steps, evaluated, best and last checkpoints), shared by
+    the tests that need a trained run folder; a test that changes it works on a copy."""
+    from hiertree.config import load_config
+    from hiertree.training.engine import train
+
+    out = tmp_path_factory.mktemp("tiny-run") / "run"
+    train(load_config(DEMO, [*TINY_RUN, f"train.out_dir={out}"]))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, pascal) -> Path:
+    """:func:`tiny.tiny_model` saved as train.py saves a checkpoint (``ckpt-0000001``, with ``last`` and ``best`` in
+    the run folder returned): for the predict, export and back-off tests. A test that changes it works on a copy."""
+    run = tmp_path_factory.mktemp("tiny-checkpoint")
+    save_tiny(run, tiny_model(pascal), pascal)
+    return run

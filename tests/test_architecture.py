@@ -43,8 +43,8 @@ def _prints_outside_entry_points(path: Path) -> list[int]:
 
 def test_library_code_logs_instead_of_printing():
     """Only command-line entry points print; everything else goes through logging (routable, silenceable)."""
-    stray = {str(p.relative_to(ROOT)): lines for p in sorted(PACKAGE.rglob("*.py")) if p.name != "cli.py"
-             for lines in [_prints_outside_entry_points(p)] if lines}
+    stray = {str(p.relative_to(ROOT)): lines for p in sorted(PACKAGE.rglob("*.py"))
+             if p.relative_to(PACKAGE).parts[0] != "cli" for lines in [_prints_outside_entry_points(p)] if lines}
     assert stray == {}
 
 
@@ -52,3 +52,25 @@ def test_the_checker_sees_a_stray_print(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("def helper():\n    print('x')\n\ndef main():\n    print('ok')\n")
     assert _prints_outside_entry_points(bad) == [2]
+
+
+def _layout_block() -> str:
+    """The code block under the README's ``## Layout`` heading."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("\n## Layout"):]
+    return section[section.index("```") + 3:section.index("```", section.index("```") + 3)]
+
+
+def test_readme_layout_names_every_subpackage_and_top_module():
+    """The README's layout is the package as it is: every subpackage and top-level module named, nothing named
+    that is not there, and at most 8 modules at the top besides __init__.py (the layers are folders)."""
+    block = _layout_block()
+    folders = {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").is_file()}
+    modules = {p.name for p in PACKAGE.glob("*.py") if p.name != "__init__.py"}
+    named = {w.rstrip("/") for line in block.splitlines()[1:] if line.startswith("  ") for w in line.split()[:6]
+             if w.endswith("/") or w.endswith(".py")}
+    assert folders | modules <= named, f"missing from the README layout: {sorted(folders | modules - named)}"
+    assert named <= folders | modules, f"named but absent: {sorted(named - folders - modules)}"
+    assert len(modules) <= 8
+    top = {line.split()[0] for line in block.splitlines() if line and not line.startswith(" ")}
+    assert {t.rstrip("/") for t in top if t.endswith("/")} <= {p.name for p in ROOT.iterdir() if p.is_dir()}

@@ -13,15 +13,15 @@ import pytest
 import torch
 
 from hiertree.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from hiertree.cli import eval_main, train_main
+from hiertree.cli.eval import main as eval_main
+from hiertree.cli.train import main as train_main
 from hiertree.config import load_config
 from hiertree.models import HierSegModel, load_model
-from hiertree.taxonomy import Taxonomy
+from hiertree.tree.taxonomy import Taxonomy
+from tiny import TINY_RUN
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["model.decoder_channels=16", "model.skip_channels=8", "model.encoder_weights=null", "train.progress=false",
-         "train.warmup_steps=1", "train.threads=1", "train.batch_size=8", "train.num_workers=0", "data.crop=64",
-         "data.synthetic.size=64", "data.synthetic.num_train=8", "data.synthetic.num_val=2", "eval.batch_size=2"]
+SMALL = [*TINY_RUN, "data.synthetic.num_train=8", "data.synthetic.num_val=2", "eval.batch_size=2", "train.epochs=3"]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -164,7 +164,7 @@ def test_foreign_checkpoint_is_one_line_in_eval_predict_export(saved, tmp_path, 
     import cv2
     import numpy as np
 
-    from hiertree import export, predict
+    from hiertree.cli import export, predict
 
     folder = tmp_path / "foreign"
     shutil.copytree(saved[0] / "best", folder)

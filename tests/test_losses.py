@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hiertree.losses import HierarchicalLoss, consistency_kl, tree_min_loss
-from hiertree.taxonomy import Taxonomy
+from hiertree.tree.taxonomy import Taxonomy
 
 TAX = Taxonomy.builtin("pascal_part")
 IGN = TAX.ignore_index
@@ -30,7 +30,7 @@ TORSO = torch.tensor([[[2]]])
 
 
 def test_ce_one_pixel_by_hand():
-    total, parts = HierarchicalLoss(TAX)(one_pixel_logits(), TORSO)
+    total, parts = HierarchicalLoss(TAX, consistency_weight=0.0)(one_pixel_logits(), TORSO)
     # torso -> L0 body (p = 3/4), L1 upper_body (p = 1/3), L2 torso (p = 1/7)
     assert parts["ce/L0"].item() == pytest.approx(math.log(4 / 3), abs=1e-6)
     assert parts["ce/L1"].item() == pytest.approx(math.log(3), abs=1e-6)
@@ -41,7 +41,7 @@ def test_ce_one_pixel_by_hand():
 
 
 def test_level_weights_and_ce_weight_scale_parts():
-    total, parts = HierarchicalLoss(TAX, level_weights=[1.0, 2.0, 0.5], ce_weight=3.0)(one_pixel_logits(), TORSO)
+    total, parts = HierarchicalLoss(TAX, consistency_weight=0.0, level_weights=[1.0, 2.0, 0.5], ce_weight=3.0)(one_pixel_logits(), TORSO)
     assert parts["ce/L0"].item() == pytest.approx(3 * math.log(4 / 3), abs=1e-5)
     assert parts["ce/L1"].item() == pytest.approx(3 * 2 * math.log(3), abs=1e-5)
     assert parts["ce/L2"].item() == pytest.approx(3 * 0.5 * math.log(7), abs=1e-5)
@@ -63,7 +63,7 @@ def test_switched_off_levels_are_not_computed():
 
 def test_label_smoothing_matches_torch():
     logits = one_pixel_logits()
-    _, parts = HierarchicalLoss(TAX, label_smoothing=0.1)(logits, TORSO)
+    _, parts = HierarchicalLoss(TAX, consistency_weight=0.0, label_smoothing=0.1)(logits, TORSO)
     # L0: smoothing eps=0.1 over 2 classes: 0.95 * -log(3/4) + 0.05 * -log(1/4)
     assert parts["ce/L0"].item() == pytest.approx(0.95 * math.log(4 / 3) + 0.05 * math.log(4), abs=1e-6)
 
@@ -93,7 +93,7 @@ def test_ignore_pixels_contribute_nothing():
 def test_all_ignore_gives_zero_not_nan():
     logits = [torch.randn(1, c, 2, 2, requires_grad=True) for c in TAX.level_sizes]
     mask = torch.full((1, 2, 2), IGN)
-    total, parts = HierarchicalLoss(TAX, tree_min_weight=1.0)(logits, mask)
+    total, parts = HierarchicalLoss(TAX, consistency_weight=0.0, tree_min_weight=1.0)(logits, mask)
     assert total.item() == 0.0 and parts["tree_min"].item() == 0.0
     total.backward()
     assert all(torch.isfinite(x.grad).all() for x in logits)
@@ -162,7 +162,7 @@ def test_tree_min_one_pixel_by_hand():
     expected = (6 * math.log(4 / 3) + 3 * math.log(2) + 3 * math.log(10 / 9)) / 12
     assert expected == pytest.approx(0.343468, abs=1e-6)
     assert tree_min_loss(logits, targets, TAX, IGN).item() == pytest.approx(expected, abs=1e-6)
-    _, parts = HierarchicalLoss(TAX, tree_min_weight=0.5, ce_weight=0.0)(logits, TORSO)
+    _, parts = HierarchicalLoss(TAX, consistency_weight=0.0, tree_min_weight=0.5, ce_weight=0.0)(logits, TORSO)
     assert parts["tree_min"].item() == pytest.approx(0.5 * expected, abs=1e-6)
     assert parts["total"].item() == pytest.approx(0.5 * expected, abs=1e-6)
 
@@ -256,20 +256,20 @@ def test_lower_resolution_logits_downsample_targets():
         assert low[k].item() == pytest.approx(ref[k].item(), abs=1e-6)
     # per-level resolutions may differ for CE alone
     mixed = [torch.randn(2, 2, 2, 2), torch.randn(2, 3, 4, 4), torch.randn(2, 7, 8, 8)]
-    total, _ = HierarchicalLoss(TAX)(mixed, mask)
+    total, _ = HierarchicalLoss(TAX, consistency_weight=0.0)(mixed, mask)
     assert torch.isfinite(total)
     with pytest.raises(ValueError, match="one resolution"):
-        HierarchicalLoss(TAX, tree_min_weight=1.0)(mixed, mask)
+        HierarchicalLoss(TAX, consistency_weight=0.0, tree_min_weight=1.0)(mixed, mask)
 
 
 def test_bad_arguments_raise_with_guidance():
     with pytest.raises(ValueError, match="one weight per level"):
-        HierarchicalLoss(TAX, level_weights=[1.0, 1.0])
+        HierarchicalLoss(TAX, consistency_weight=0.0, level_weights=[1.0, 1.0])
     with pytest.raises(ValueError, match="consistency_weight"):
         HierarchicalLoss(TAX, consistency_weight=-1.0)
     with pytest.raises(ValueError, match="label_smoothing"):
-        HierarchicalLoss(TAX, label_smoothing=1.0)
-    loss = HierarchicalLoss(TAX)
+        HierarchicalLoss(TAX, consistency_weight=0.0, label_smoothing=1.0)
+    loss = HierarchicalLoss(TAX, consistency_weight=0.0)
     with pytest.raises(ValueError, match="3 levels"):
         loss(one_pixel_logits()[:2], TORSO)
     with pytest.raises(ValueError, match=r"logits\[1\]"):
@@ -279,7 +279,7 @@ def test_bad_arguments_raise_with_guidance():
 
 
 def test_module_moves_with_to_and_has_no_state():
-    loss = HierarchicalLoss(TAX, tree_min_weight=1.0)
+    loss = HierarchicalLoss(TAX, consistency_weight=0.0, tree_min_weight=1.0)
     assert loss.state_dict() == {}
     loss = loss.to(torch.float64)  # buffers are index tensors and must stay integer
     total, _ = loss(one_pixel_logits(), TORSO)

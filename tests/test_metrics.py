@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hiertree.metrics import HierarchicalMetrics, format_table
-from hiertree.taxonomy import Taxonomy
+from hiertree.tree.taxonomy import Taxonomy
 
 TAX = Taxonomy.builtin("pascal_part")
 IGN = TAX.ignore_index

@@ -6,6 +6,8 @@
 #   call 1..3  carry [".gpu/all/part-N.tar"]          bash benchmarks/gpu/lease.sh unpack .gpu/all/part-N.tar
 #   call 4     carry [".whl", ".gpu/weights"]         bash benchmarks/gpu/lease.sh train     (about 9 minutes)
 #   (call 5    carry [".whl"]                         bash benchmarks/gpu/lease.sh finish    only if 4 ran out of time)
+#   call 6     carry [".whl"]                         bash benchmarks/gpu/lease.sh gpu-check (the test suite with the
+#              GPU visible, then training steps under torch.cuda.set_sync_debug_mode("error"): issue 28)
 # `train` measures the step time in a short calibration run, picks the number of epochs that fits
 # TRAIN_BUDGET_S, trains in the background (setsid nohup: it outlives the call), polls until it ends or
 # POLL_S has passed, then runs `finish`: evaluation (single scale and flip TTA), fp16 publication (scored
@@ -47,7 +49,7 @@ import csv, sys
 sys.path.insert(0, ".")
 from hiertree.config import load_config
 from hiertree.data import build_datasets
-from hiertree.taxonomy import Taxonomy
+from hiertree.tree.taxonomy import Taxonomy
 path, steps, budget, config, data, *over = sys.argv[1:]
 seconds = float(list(csv.DictReader(open(path)))[-1]["seconds"])  # includes start-up: errs on the safe side
 cfg = load_config(config, [f"data.root={data}", *over])
@@ -67,7 +69,7 @@ finish() {  # score, publish fp16, and put the 8 files that come back under $OUT
   ls -la "$OUT"
 }
 
-case "${1:?usage: lease.sh unpack PART | train | finish | smoke}" in
+case "${1:?usage: lease.sh unpack PART | train | finish | gpu-check | smoke}" in
   unpack)
     mkdir -p "$(dirname "$DATA")" && tar xf "${2:?unpack needs a part-N.tar}" -C "$(dirname "$DATA")"
     du -sh "$DATA" && ls "$DATA/JPEGImages" | wc -l ;;
@@ -90,6 +92,11 @@ case "${1:?usage: lease.sh unpack PART | train | finish | smoke}" in
   finish)
     python_env
     finish "python train.py --config $CONFIG data.root=$DATA (see $RUN/config.yaml)" ;;
+  gpu-check)  # the CUDA path (issue 28): the test suite with the GPU visible, then steps under sync debug mode
+    python_env
+    mkdir -p "$OUT"
+    "$PYTHON" -m pytest -q -x -p no:cacheprovider tests 2>&1 | tail -n 40 | tee "$OUT/gpu-tests.txt"
+    "$PYTHON" benchmarks/gpu/sync_check.py --steps 5 2>&1 | tee "$OUT/gpu-sync-check.txt" ;;
   smoke)
     shift
     export DATA=${DATA_SMOKE:-$ROOT/../shared/datasets/pascal-part-sample} RUN=${RUN_SMOKE:-/tmp/hiertree-lease-smoke/run}
@@ -97,5 +104,5 @@ case "${1:?usage: lease.sh unpack PART | train | finish | smoke}" in
     rm -rf "$(dirname "$RUN")"
     exec "$0" train model.encoder_weights=null data.crop=64 train.batch_size=4 train.num_workers=0 \
       train.warmup_steps=1 eval.batch_size=4 model.decoder_channels=16 "$@" ;;
-  *) echo "unknown step $1: unpack PART | train | finish | smoke" >&2; exit 2 ;;
+  *) echo "unknown step $1: unpack PART | train | finish | gpu-check | smoke" >&2; exit 2 ;;
 esac

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run on the dev machine (which reaches PyPI) before a lent-GPU session: gathers what the GPU machine lacks
 # into git-ignored folders that the device tool carries (64 MiB a call):
-#   .whl/          wheels for its Python 3.12 (albumentations 2.0.8 + deps, smp), installed with --target
+#   .whl/          wheels for its Python 3.12 (albumentations 2.0.8 + deps, smp, ONNX Runtime, and pytest +
+#                  hypothesis for lease.sh gpu-check), installed with --target
 #   .gpu/weights/  the offline ImageNet lite0/lite2 weights, converted to timm safetensors here
 #   .gpu/all/      the Pascal-Part copy in three tar parts under 60 MiB (../shared/tools/pack-pascal-part.sh ... 58)
 # Then see benchmarks/README.md for the call sequence.
@@ -14,9 +15,10 @@ plat=(--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platfo
       --platform manylinux2014_x86_64 --platform manylinux1_x86_64)
 "$PYTHON" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp "${plat[@]}" -d .whl \
   albumentations==2.0.8 albucore==0.0.24 simsimd stringzilla pydantic pydantic-core annotated-types \
-  typing-inspection segmentation-models-pytorch==0.6.0
+  typing-inspection segmentation-models-pytorch==0.6.0 onnx onnxruntime protobuf ml-dtypes flatbuffers \
+  pytest pluggy iniconfig hypothesis sortedcontainers attrs
 for v in lite0 lite2; do
-  HIERTREE_WEIGHTS_DIR=.gpu/weights "$PYTHON" -m hiertree.weights "$v"
+  HIERTREE_WEIGHTS_DIR=.gpu/weights "$PYTHON" -m hiertree.cli.convert_weights "$v"
 done
 # the packer resolves OUT_DIR from its own folder: give it an absolute path
 [ -f .gpu/all/part-1.tar ] || ../shared/tools/pack-pascal-part.sh "$PWD/.gpu/all" 58

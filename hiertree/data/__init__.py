@@ -6,7 +6,6 @@ turns that into model-ready tensors and :func:`pad_collate` batches images of di
 
 from __future__ import annotations
 
-import difflib
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, get_args
 
 import cv2
@@ -14,18 +13,18 @@ import numpy as np
 import torch
 from torch.utils.data import get_worker_info
 
-from ..options import DataOptions, SyntheticOptions, defaults
-from ..padding import padded_size
-from .errors import DataError
-from .folder import MaskFolder
-from .sampler import EpochSampler
-from .skipping import drop_bad_samples
-from .sources import Mixture, Relabelled, Source, resolve_sources, start_weights
-from .synthetic import ROLES, SyntheticFigures, role_map_from_names
-from .transforms import PairTransform, eval_transform, normalize_to_tensor, train_transform
+from hiertree.config.options import DataOptions, SyntheticOptions, defaults, suggest
+from hiertree.inference.padding import padded_size
+from hiertree.data.errors import DataError
+from hiertree.data.folder import MaskFolder
+from hiertree.data.sampler import EpochSampler
+from hiertree.data.skipping import drop_bad_samples
+from hiertree.data.sources import Mixture, Relabelled, Source, resolve_sources, start_weights
+from hiertree.data.synthetic import ROLES, SyntheticFigures, role_map_from_names
+from hiertree.data.transforms import PairTransform, eval_transform, normalize_to_tensor, train_transform
 
 if TYPE_CHECKING:
-    from ..taxonomy import Taxonomy
+    from hiertree.tree.taxonomy import Taxonomy
 
 __all__ = [
     "DataError",
@@ -57,7 +56,7 @@ class SegDataset(torch.utils.data.Dataset):
 
     Images stay uint8 (4× fewer bytes to move); the model normalises them for its encoder.
     ``transform`` is a :class:`PairTransform` (or any ``(image, mask) -> (image, mask)`` callable, or
-    None). Indices past ``len`` encode ``(epoch + 1) * len + i`` (see ``hiertree.engine.EpochSampler``): the
+    None). Indices past ``len`` encode ``(epoch + 1) * len + i`` (see ``hiertree.training.engine.EpochSampler``): the
     sample is ``i`` and its augmentation is seeded from that index alone, so it is the same whichever
     worker loads it and a resumed run repeats it exactly. Plain indices keep one random stream per
     data-loader worker (``worker_info.seed``), or ``torch.initial_seed()`` in the main process.
@@ -181,8 +180,7 @@ def _check_keys(cfg: Mapping[str, Any], allowed: tuple[str, ...], where: str) ->
         raise DataError(f"config key {where!r}: expected a mapping, got {type(cfg).__name__}")
     for key in cfg:
         if key not in allowed:
-            close = difflib.get_close_matches(str(key), allowed, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            hint = suggest(key, allowed)
             raise DataError(f"config key '{where}.{key}': unknown setting{hint}; allowed: {', '.join(allowed)}")
 
 
@@ -209,8 +207,7 @@ def _open(src: Source, taxonomy: "Taxonomy") -> tuple[Sequence, Sequence]:
         train = MaskFolder(src.root, src.train_split, taxonomy, src.skip_bad, src.labels)
         val = MaskFolder(src.root, src.val_split, taxonomy, src.skip_bad, src.labels) if src.evaluate else None
         return train, val
-    close = difflib.get_close_matches(str(src.kind), _KINDS, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    hint = suggest(src.kind, _KINDS)
     raise DataError(f"config key 'data.kind': unknown dataset kind {src.kind!r}{hint}; choose one of {', '.join(_KINDS)}")
 
 

@@ -7,7 +7,7 @@ Layout (``<id>`` from ``<split>_id.txt``, LF or CRLF)::
     root/gt_masks/<id>.npy     (uint8 2-D array)
     root/<split>_id.txt        (or a split given as a path to an id list, ``lists/train_20pct.txt``)
 
-Mask values pass through a :class:`~hiertree.labels.LabelMap` (``data.labels``): without one they must be
+Mask values pass through a :class:`~hiertree.tree.labels.LabelMap` (``data.labels``): without one they must be
 node ids of the taxonomy (leaf ids, inner node ids, ``ignore_index``).
 
 ``__init__`` checks the list and that every file exists (cheap); decoding problems surface in
@@ -25,18 +25,17 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from ..labels import LabelMap, LabelMapError
-from .errors import DataError
+from hiertree.images import IMAGE_SUFFIXES, ImageError, read_image, suffix_variants
+from hiertree.tree.labels import LabelMap, LabelMapError
+from hiertree.data.errors import DataError
 
 if TYPE_CHECKING:
-    from ..taxonomy import Taxonomy
+    from hiertree.tree.taxonomy import Taxonomy
 
 __all__ = ["MaskFolder", "read_id_list"]
 
 IMAGE_DIR = "JPEGImages"
-IMAGE_EXTS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG", ".Jpg", ".Jpeg", ".Png")
 MASK_FORMATS: tuple[tuple[str, str], ...] = (("masks", ".png"), ("gt_masks", ".npy"))
-_JPEG_SOI, _JPEG_EOI = b"\xff\xd8", b"\xff\xd9"
 
 
 def read_id_list(path: Path) -> list[str]:
@@ -61,29 +60,6 @@ def read_id_list(path: Path) -> list[str]:
     if not ids:
         raise DataError(f"{path}: split list is empty; write one sample id per line")
     return ids
-
-
-def _read_image(path: Path) -> np.ndarray:
-    """RGB uint8 HxWx3; grayscale and RGBA are converted, EXIF rotation is ignored (masks are not rotated)."""
-    try:
-        data = np.fromfile(path, dtype=np.uint8)
-    except OSError as err:
-        raise DataError(f"{path}: cannot read image file ({err}); check permissions or re-copy it") from None
-    if data.size == 0:
-        raise DataError(f"{path}: image file is empty (0 bytes); re-copy it or remove its id from the split list")
-    raw = data.tobytes()
-    if raw[:2] == _JPEG_SOI and not raw.rstrip(b"\x00 \t\r\n").endswith(_JPEG_EOI):
-        raise DataError(
-            f"{path}: truncated JPEG (no end-of-image marker, {data.size} bytes); "
-            "re-copy or re-download it, or use skip_bad=True to skip it"
-        )
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    if image is None:
-        raise DataError(
-            f"{path}: not a decodable image ({data.size} bytes, starts {raw[:4]!r}); "
-            "replace it with a valid JPEG or remove its id from the split list"
-        )
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 def _read_png_mask(path: Path) -> np.ndarray:
@@ -165,11 +141,12 @@ class MaskFolder:
             raise DataError(f"{list_path}: every listed sample is missing files, e.g. {next(iter(self._missing.values()))}")
 
     def _locate(self, sid: str) -> Path | None:
-        image = next((p for ext in IMAGE_EXTS if (p := self.root / IMAGE_DIR / f"{sid}{ext}").is_file()), None)
+        image = next((p for ext in suffix_variants() if (p := self.root / IMAGE_DIR / f"{sid}{ext}").is_file()), None)
         self._images.append(image)
         if image is None:
-            self._missing[sid] = (f"{self.root / IMAGE_DIR / sid}.jpg: image for id {sid!r} not found (nor .jpeg/.png "
-                                  "in any letter case); add it or remove the id from the list")
+            self._missing[sid] = (f"{self.root / IMAGE_DIR / sid}.jpg: image for id {sid!r} not found (nor "
+                                  f"{'/'.join(IMAGE_SUFFIXES[1:])} in any letter case); add it or remove the id from the "
+                                  "list")
             return None
         for folder, ext in MASK_FORMATS:
             path = self.root / folder / f"{sid}{ext}"
@@ -210,7 +187,10 @@ class MaskFolder:
         if mask_path is None:
             raise DataError(self._missing[sid])
         image_path = self.image_path(index)
-        image = _read_image(image_path)
+        try:
+            image = read_image(image_path, exif=False)  # masks are not turned by EXIF: neither is the image
+        except ImageError as err:
+            raise DataError(str(err)) from None
         raw = _read_png_mask(mask_path) if mask_path.suffix == ".png" else _read_npy_mask(mask_path)
         mask = _check_mask_array(raw, mask_path)
         if mask.shape != image.shape[:2]:

@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.utils.data import DataLoader
 
-from . import SegDataset, by_source, pad_collate, size_ordered
-from .sources import resolve_sources
+from hiertree.data import SegDataset, by_source, pad_collate, size_ordered
+from hiertree.data.sources import resolve_sources
 
 if TYPE_CHECKING:
-    from ..taxonomy import Taxonomy
+    from hiertree.tree.taxonomy import Taxonomy
 
 __all__ = ["Collate", "worker_init", "loader_workers", "val_loaders", "labelled_nodes"]
 
@@ -43,14 +43,16 @@ def loader_workers(requested: int) -> int:
     return max(0, min(int(requested), os.cpu_count() or 1))
 
 
-def val_loaders(val_ds: SegDataset, taxonomy: "Taxonomy", batch_size: int, workers: int,
-                seed: int = 0) -> DataLoader | dict[str, DataLoader]:
+def val_loaders(val_ds: SegDataset, taxonomy: "Taxonomy", batch_size: int, workers: int, seed: int = 0,
+                rank: int = 0, world: int = 1) -> DataLoader | dict[str, DataLoader]:
     """The evaluation loader of ``val_ds`` (size-ordered: equal sizes share batches, nothing padded), or with
-    ``data.sources`` one loader per evaluated source, each scored on its own and in the combined table."""
+    ``data.sources`` one loader per evaluated source, each scored on its own and in the combined table. Under DDP
+    (``world`` > 1) each rank reads every ``world``-th sample from ``rank`` on: its share of the split."""
     workers = loader_workers(workers)
 
     def loader(ds: SegDataset) -> DataLoader:
-        return DataLoader(ds, batch_size=batch_size, sampler=size_ordered(ds), num_workers=workers,
+        order = size_ordered(ds) or list(range(len(ds)))
+        return DataLoader(ds, batch_size=batch_size, sampler=order[rank::world], num_workers=workers,
                           collate_fn=Collate(taxonomy.ignore_index), worker_init_fn=worker_init if workers else None,
                           generator=torch.Generator().manual_seed(seed))
 

@@ -7,7 +7,7 @@ from typing import Iterator, Sequence
 import torch
 from torch.utils.data import Sampler
 
-from .errors import DataError
+from hiertree.data.errors import DataError
 
 __all__ = ["EpochSampler"]
 

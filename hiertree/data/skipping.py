@@ -5,12 +5,12 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from .errors import DataError
-from .folder import MaskFolder
-from .sources import Mixture
+from hiertree.data.errors import DataError
+from hiertree.data.folder import MaskFolder
+from hiertree.data.sources import Mixture
 
 if TYPE_CHECKING:
-    from . import SegDataset
+    from hiertree.data import SegDataset
 
 __all__ = ["drop_bad_samples"]
 

@@ -13,12 +13,12 @@ import bisect
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from ..labels import LabelMap, LabelMapError
-from ..options import SyntheticOptions, defaults, validate_options
-from .errors import DataError
+from hiertree.tree.labels import LabelMap, LabelMapError
+from hiertree.config.options import SyntheticOptions, defaults, validate_options
+from hiertree.data.errors import DataError
 
 if TYPE_CHECKING:
-    from ..taxonomy import Taxonomy
+    from hiertree.tree.taxonomy import Taxonomy
 
 __all__ = ["Source", "resolve_sources", "Mixture", "Relabelled", "load_mask"]
 

@@ -11,18 +11,17 @@ The roles are generic body parts; which taxonomy leaf a role becomes is the call
 from __future__ import annotations
 
 import colorsys
-import difflib
 import math
 from typing import TYPE_CHECKING, Mapping
 
 import cv2
 import numpy as np
 
-from ..options import SyntheticOptions, check_args, defaults
-from .errors import DataError
+from hiertree.config.options import SyntheticOptions, check_args, defaults, suggest
+from hiertree.data.errors import DataError
 
 if TYPE_CHECKING:
-    from ..taxonomy import Taxonomy
+    from hiertree.tree.taxonomy import Taxonomy
 
 __all__ = ["ROLES", "FIGURE_ROLES", "SyntheticFigures", "role_map_from_names"]
 
@@ -40,11 +39,6 @@ _SHOES = np.array([[25, 25, 25], [90, 60, 35], [225, 225, 225], [60, 60, 70]], n
 _HAIR = np.array([[20, 15, 10], [70, 45, 25], [150, 110, 60], [200, 170, 110], [140, 140, 140]], np.float64)
 
 
-def _suggest(word: str, options: list[str] | tuple[str, ...]) -> str:
-    close = difflib.get_close_matches(str(word), list(options), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 def role_map_from_names(taxonomy: "Taxonomy", names: Mapping[str, str]) -> dict[str, int]:
     """Turn ``{role: leaf_name}`` (as written in a config) into ``{role: leaf_id}`` for ``taxonomy``.
 
@@ -57,7 +51,7 @@ def role_map_from_names(taxonomy: "Taxonomy", names: Mapping[str, str]) -> dict[
     for role, leaf in names.items():
         if role not in _RID:
             raise DataError(
-                f"synthetic roles: unknown role {role!r}{_suggest(role, ROLES)}; roles are {', '.join(ROLES)}"
+                f"synthetic roles: unknown role {role!r}{suggest(role, ROLES)}; roles are {', '.join(ROLES)}"
             )
         if not isinstance(leaf, str):
             raise DataError(f"synthetic roles: key {role!r}: expected a leaf name, got {leaf!r}")
@@ -65,7 +59,7 @@ def role_map_from_names(taxonomy: "Taxonomy", names: Mapping[str, str]) -> dict[
             kind = "an inner class, not a leaf" if leaf in taxonomy.graph else "not a class"
             raise DataError(
                 f"synthetic roles: key {role!r}: {leaf!r} is {kind} of taxonomy {taxonomy.name!r}"
-                f"{_suggest(leaf, leaves)}; leaves are {', '.join(leaves)}"
+                f"{suggest(leaf, leaves)}; leaves are {', '.join(leaves)}"
             )
         out[role] = leaves.index(leaf)
     if "background" not in out:
@@ -81,7 +75,7 @@ def _lut(role_to_leaf: Mapping[str, int] | None) -> np.ndarray:
         return np.arange(len(ROLES), dtype=np.uint8)
     for role, leaf in role_to_leaf.items():
         if role not in _RID:
-            raise DataError(f"role_to_leaf: unknown role {role!r}{_suggest(role, ROLES)}; roles are {', '.join(ROLES)}")
+            raise DataError(f"role_to_leaf: unknown role {role!r}{suggest(role, ROLES)}; roles are {', '.join(ROLES)}")
         if isinstance(leaf, bool) or not isinstance(leaf, (int, np.integer)) or not 0 <= leaf <= 255:
             raise DataError(f"role_to_leaf: key {role!r}: a leaf id is an integer 0..255, got {leaf!r}")
     if "background" not in role_to_leaf:

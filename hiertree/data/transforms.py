@@ -10,16 +10,21 @@ keeps a label that was drawn at that very image pixel. The nearest variant is Op
 
 from __future__ import annotations
 
+import os
 import random
 from typing import Any, Sequence
 
-import albumentations as A
-import cv2
-import numpy as np
-import torch
+# albumentations asks PyPI for a newer version at import; this is the one module that imports it, so the one place
+# that says "don't" (a closed network would wait for the timeout)
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from ..options import DataOptions, check_args, defaults
-from .errors import DataError
+import albumentations as A  # noqa: E402
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from hiertree.config.options import DataOptions, check_args, defaults
+from hiertree.data.errors import DataError
 
 __all__ = [
     "IMAGENET_MEAN",

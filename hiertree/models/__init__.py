@@ -1,7 +1,7 @@
-"""Models: a timm encoder, a DeepLab decoder and one head per taxonomy level."""
+"""Models: a timm encoder (:mod:`.encoder`), a DeepLab decoder (:mod:`.decoder`), one head per taxonomy level
+(:mod:`.hierseg`), and the offline ImageNet weights converter (:mod:`.weights`)."""
 
-from hiertree.inference import decode
 from hiertree.models.encoder import Encoder, EncoderError
 from hiertree.models.hierseg import MODEL_DEFAULTS, HierSegModel, load_model
 
-__all__ = ["Encoder", "EncoderError", "HierSegModel", "MODEL_DEFAULTS", "decode", "load_model"]
+__all__ = ["Encoder", "EncoderError", "HierSegModel", "MODEL_DEFAULTS", "load_model"]

@@ -51,7 +51,7 @@ class DeepLabDecoder(nn.Module):
     """ASPP on the deepest map; with ``skip`` the result is upsampled and fused with a low-level map.
 
     Every setting comes from :class:`~hiertree.models.HierSegModel`, already checked against
-    :class:`~hiertree.options.ModelOptions` (defaults and ranges are declared there, not here).
+    :class:`~hiertree.config.options.ModelOptions` (defaults and ranges are declared there, not here).
     """
 
     def __init__(

@@ -8,7 +8,7 @@ import timm
 import torch
 from torch import nn
 
-from hiertree.options import ModelOptions, check_args
+from hiertree.config.options import ModelOptions, check_args
 
 __all__ = ["Encoder", "EncoderError"]
 
@@ -22,7 +22,7 @@ def _resolve_weights(spec: str | None, name: str) -> str | None:
     if spec is None or str(spec).lower() in ("", "none", "null", "random"):
         return None
     try:
-        from hiertree.weights import resolve_encoder_weights
+        from hiertree.models.weights import resolve_encoder_weights
     except ImportError:  # the converter is optional machinery
         return str(spec)
     return resolve_encoder_weights(str(spec), name)

@@ -10,17 +10,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hiertree.checkpoint import CheckpointError, load_backoff, load_checkpoint
-from hiertree.inference import coarse_logits_from_leaves, decode, resolve_backoff
+from hiertree.checkpoint import CheckpointError, calibrated_threshold, load_checkpoint
+from hiertree.inference.decoding import coarse_logits_from_leaves, resolve_backoff
 from hiertree.models.decoder import DeepLabDecoder
 from hiertree.models.encoder import Encoder
-from hiertree.options import ModelOptions, defaults, validate_options
-from hiertree.padding import pad_amount
-from hiertree.taxonomy import Taxonomy
+from hiertree.config.options import ModelOptions, defaults, validate_options
+from hiertree.inference.padding import pad_amount
+from hiertree.tree.taxonomy import Taxonomy
 
 __all__ = ["HierSegModel", "MODEL_DEFAULTS", "load_model"]
 
-#: The declared model defaults (:class:`~hiertree.options.ModelOptions`) as a plain dict, kept for callers.
+#: The declared model defaults (:class:`~hiertree.config.options.ModelOptions`) as a plain dict, kept for callers.
 MODEL_DEFAULTS: dict[str, Any] = defaults(ModelOptions)
 
 
@@ -34,7 +34,7 @@ class HierSegModel(nn.Module):
     """
 
     def __init__(self, taxonomy: Taxonomy, **options: Any) -> None:
-        """``options``: any :class:`~hiertree.options.ModelOptions` field by name (``encoder=``,
+        """``options``: any :class:`~hiertree.config.options.ModelOptions` field by name (``encoder=``,
         ``decoder_channels=``, ...); the others keep their declared defaults. ``self.config`` is the validated
         options as a plain dict. Unknown names or refused values raise ValueError naming them."""
         super().__init__()
@@ -83,68 +83,90 @@ class HierSegModel(nn.Module):
             logits = [z[..., : -(-h // r), : -(-w // r)] for z in logits]
         return logits
 
-    #: The back-off threshold calibrated on a split (``eval.py --calibrate-backoff``), set by :func:`load_model`.
-    backoff_threshold: float | None = None
-
-    def resolve_backoff(self, backoff: float | str | None) -> float | None:
-        """A threshold from ``backoff``: a number in [0, 1], ``"auto"`` (the calibrated one) or None."""
-        return resolve_backoff(backoff, self.backoff_threshold, self.taxonomy)
+    def resolve_backoff(self, backoff: float | str | None, hflip: bool = False,
+                        scales: tuple[float, ...] = (1.0,)) -> float | None:
+        """A threshold from ``backoff``: a number in [0, 1], ``"auto"`` (the one calibrated for this checkpoint,
+        ``eval.py --calibrate-backoff``; refused for weights changed since :func:`load_model`, or for another
+        test-time augmentation than the calibration's) or None."""
+        calibrated = None
+        if backoff == "auto":
+            if self.checkpoint_dir is None or self._loaded_as != self._fingerprint():
+                raise ValueError("backoff='auto' needs a model loaded by load_model and unchanged since: its "
+                                 "calibration belongs to the checkpoint's weights; give a threshold in [0, 1]")
+            calibrated = calibrated_threshold(self.checkpoint_dir, hflip, scales, required=True)
+        return resolve_backoff(backoff, calibrated, self.taxonomy)
 
     #: The checkpoint folder :func:`load_model` read this model from (None for a model built in code).
     checkpoint_dir: Path | None = None
     _loaded_as: tuple | None = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Copies (``copy.deepcopy``, pickling) leave the cached runner behind: it holds a copy of this very model,
+        or an ONNX Runtime session that cannot be copied."""
+        state = super().__getstate__()
+        state.pop("_runner_cache", None)
+        return state
+
     def _fingerprint(self) -> tuple:
         """Storage and in-place version of every tensor: changes when weights are trained, loaded or moved."""
         return tuple((t.data_ptr(), t._version) for t in (*self.parameters(), *self.buffers()))
 
-    def _runner(self, backend: str, device: torch.device) -> Any:
-        """The network as a runner: ONNX Runtime (graph cached with the checkpoint) or this model in PyTorch."""
-        from hiertree.backends import cached_onnx_runner, choose_backend
-        from hiertree.runners import TorchRunner
+    def _runner(self, backend: str, device: torch.device, quantize: str | None = None,
+                calibration: Any = None) -> Any:
+        """The network as a runner, chosen as ``hiertree-predict`` chooses it
+        (:func:`~hiertree.inference.backends.make_runner`): ONNX Runtime with the graph cached beside the checkpoint,
+        or PyTorch (batch norms folded on a CPU). Built once per weights, backend, device and quantization."""
+        from hiertree.inference.backends import make_runner
 
+        key = (backend, str(device), quantize, self._fingerprint())
+        cached = getattr(self, "_runner_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
         unchanged = self.checkpoint_dir is not None and self._loaded_as == self._fingerprint()
-        chosen = choose_backend(backend, device)
-        if chosen == "onnx" and not unchanged:
-            if backend == "onnx":
-                raise ValueError("backend='onnx' needs a model loaded by load_model and unchanged since (its ONNX graph "
-                                 "is cached with the checkpoint); use backend='torch', or export it with hiertree-export")
-            chosen = "torch"
-        if chosen == "torch":
-            return TorchRunner(self, device)
-        cached = getattr(self, "_onnx", None)
-        if cached is None or cached[0] != self._loaded_as:
-            import copy
-
-            build = lambda: copy.deepcopy(self).cpu()  # noqa: E731 - exported once per checkpoint
-            self._onnx = (self._loaded_as, cached_onnx_runner(self.checkpoint_dir, self.taxonomy, self.flat, build))
-        return self._onnx[1]
+        if not unchanged and (backend == "onnx" or quantize == "int8"):
+            raise ValueError("backend='onnx' (and quantize='int8') need a model loaded by load_model and unchanged "
+                             "since (its ONNX graph is cached with the checkpoint); use backend='torch', or export it "
+                             "with hiertree-export")
+        runner = make_runner(backend if unchanged else "torch", device, self.checkpoint_dir, self.taxonomy, self.flat,
+                             lambda: self, quantize=quantize, calibration=calibration)
+        self._runner_cache = (key, runner)
+        return runner
 
     @torch.no_grad()
     def predict(self, images: "torch.Tensor | np.ndarray | list[np.ndarray]", probabilities: bool = False,
-                backoff: float | str | None = None, backend: str = "auto") -> Any:
-        """Tree-consistent label maps per level, each head's raw argmax, optionally per-level probabilities.
+                backoff: float | str | None = None, backend: str = "auto", quantize: str | None = None,
+                max_side: int | None = None, large: str = "shrink", hflip: bool = False,
+                scales: tuple[float, ...] = (1.0,)) -> Any:
+        """Tree-consistent label maps per level, optionally per-level probabilities and back-off nodes.
 
         A tensor batch (NCHW, 0..255) gives ``{"levels", "leaf", "raw"[, "probs"]}`` as tensors. A numpy
         image (HxW, HxWx1, HxWx3 or HxWx4, uint8) or a list of them, of any sizes, goes through
-        :func:`hiertree.predict.predict_images` and gives numpy maps at each image's own size (one dict
+        :func:`hiertree.inference.predictor.predict_images` and gives numpy maps at each image's own size (one dict
         per image; a single dict for a single image). ``backoff`` (a threshold in [0, 1], or ``"auto"`` for the
         calibrated one) adds ``"nodes"``: per pixel the leaf or its first ancestor that is that sure.
-        ``backend`` (numpy images): ``auto`` runs ONNX Runtime on a CPU when it is installed and the model is a
-        checkpoint's, unchanged since :func:`load_model` (the graph is exported once and cached with the checkpoint);
-        ``torch`` always runs this model; ``onnx`` insists.
+        Both go through the predictor ``hiertree-predict`` uses, so the same images give the same labels:
+        ``backend`` ``auto`` runs ONNX Runtime on a CPU when the model is a checkpoint's, unchanged since
+        :func:`load_model` (the graph is exported once and cached with the checkpoint), else PyTorch with folded
+        batch norms; ``torch`` always runs PyTorch, ``onnx`` insists; ``quantize="int8"`` runs the int8 graph
+        (calibrated on the first images). Images whose longer side exceeds ``max_side`` are shrunk for the
+        network (``large="shrink"``) or cut into overlapping windows (``"tile"``); ``hflip`` and ``scales`` average
+        mirrored and rescaled views.
         """
-        threshold = self.resolve_backoff(backoff)
-        if isinstance(images, (np.ndarray, list, tuple)):
-            from hiertree.image_predict import predict_images
+        from hiertree.inference.predictor import Views, predict_batch, predict_images
 
-            device = next(self.parameters()).device
+        threshold = self.resolve_backoff(backoff, hflip, tuple(scales))
+        views = Views(hflip=hflip, scales=tuple(scales), max_side=max_side, large=large)
+        device = next(self.parameters()).device
+        if isinstance(images, (np.ndarray, list, tuple)):
             single = isinstance(images, np.ndarray)
-            out = predict_images(self._runner(backend, device), [images] if single else list(images), device=device,
-                                 probabilities=probabilities, backoff=threshold)
+            batch = [images] if single else list(images)
+            runner = self._runner(backend, device, quantize, calibration=lambda: batch[:8])
+            out = predict_images(runner, batch, device=device, probabilities=probabilities, backoff=threshold,
+                                 views=views)
             return out[0] if single else out
-        logits = self(images)
-        return decode(logits, self.taxonomy, flat=self.flat, probabilities=probabilities, backoff=threshold)
+        frames = lambda: [im.permute(1, 2, 0).clamp(0, 255).byte().cpu().numpy() for im in images[:8]]  # noqa: E731
+        return predict_batch(self._runner(backend, device, quantize, calibration=frames), images, views, probabilities,
+                             threshold)
 
 
 def load_model(path: str | Path, prefer: str = "best", map_location: str | torch.device = "cpu",
@@ -184,8 +206,6 @@ def load_model(path: str | Path, prefer: str = "best", map_location: str | torch
             f"(missing {missing[:5]}, unexpected {unexpected[:5]}); was it written by another hiertree version?"
         )
     model.config["encoder_weights"] = ck["config"]["model"].get("encoder_weights")
-    calibration = load_backoff(ck["dir"])
-    model.backoff_threshold = None if calibration is None else float(calibration["threshold"])
     if channels_last:  # inference-only models (eval/predict CLIs): oneDNN convolutions ~1.3x faster on CPU, same
         # outputs up to float rounding; off by default since safetensors refuses to save such (non-contiguous) tensors
         model = model.to(memory_format=torch.channels_last)

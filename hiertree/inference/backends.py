@@ -1,0 +1,290 @@
+"""Which network runs a checkpoint's predictions, and the ONNX graph cached beside the checkpoint.
+
+``auto`` picks ONNX Runtime on a CPU when ``onnxruntime`` and ``onnx`` are installed (the same network, about
+1.5-2x faster on a small CPU) and eager PyTorch otherwise or on a GPU; ``torch`` and ``onnx`` force one. The log
+says which ran and why. The ONNX graph is exported once per checkpoint and cached under
+``<checkpoint>/.hiertree-cache/``, named by a key of everything it depends on (the SHA-256 of the checkpoint's
+weights, taxonomy and config -- the tree-consistent decoding is baked in from the taxonomy -- the hiertree, torch
+and onnx versions, the input layout, the opset). The key is also written into the file and checked when it is
+opened, so a file from another checkpoint, taxonomy or version is rebuilt, never used; the newest
+:data:`KEEP_GRAPHS` files of a folder are kept, older ones removed. Processes that find the same graph missing
+export it once: the first holds a lock file in the cache folder, the others wait for it and then open its file.
+When the checkpoint folder is read-only the cache goes to ``$HIERTREE_CACHE`` (default ``~/.cache/hiertree``),
+and the log says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from hiertree import version
+from hiertree.checkpoint import file_sha256
+from hiertree.inference.onnx_graph import OPSET, export_onnx, stamp_metadata
+from hiertree.inference.runners import OnnxRunner, TorchRunner, missing_onnx_packages, onnx_missing
+
+__all__ = ["BACKENDS", "QUANTIZE", "BackendError", "backend_choice", "choose_backend", "onnx_cache_meta", "onnx_cache_path", "cached_onnx_runner",
+           "make_runner", "user_cache_dir"]
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "torch", "onnx")
+#: ``--quantize``: none (float32, the default) or int8 (ONNX Runtime static quantization; see docs/outputs.md for
+#: what it costs in mIoU before choosing it).
+QUANTIZE = (None, "none", "int8")
+#: What the cached graph takes and returns; part of the cache key, so a change of layout never reuses a file.
+INPUT_LAYOUT = "images float32 Nx3xHxW 0..255 -> logits_L* float32 NxCxHxW, leaf int64 NxHxW"
+#: Files of the checkpoint's folder the graph depends on: weights, the tree decoded in it, the architecture.
+GRAPH_INPUTS = ("model.safetensors", "taxonomy.yaml", "config.yaml")
+#: Graph files kept per cache folder (the newest); older ones are removed when a new one is written.
+KEEP_GRAPHS = 4
+_CACHE_FOLDER = ".hiertree-cache"
+
+
+class BackendError(RuntimeError):
+    """A backend that cannot be had (unknown name, ONNX Runtime missing, ONNX on a GPU)."""
+
+
+def backend_choice(backend: str, device: torch.device) -> tuple[str, str]:
+    """``(torch or onnx, why)`` for ``backend`` (``auto``/``torch``/``onnx``) on ``device``; BackendError where
+    ``onnx`` cannot run (a package missing, not a CPU) or the name is unknown."""
+    if backend not in BACKENDS:
+        raise BackendError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    missing = missing_onnx_packages()
+    if backend == "onnx":
+        if missing:
+            raise BackendError(onnx_missing(missing))
+        if device.type != "cpu":
+            raise BackendError(f"the onnx backend runs on the CPU; use --device cpu or --backend torch (got {device})")
+        return "onnx", "ONNX Runtime on the CPU (backend onnx)"
+    if backend == "torch":
+        return "torch", f"PyTorch on {device} (backend torch)"
+    if device.type != "cpu":
+        return "torch", f"PyTorch on {device} (backend auto: ONNX Runtime is used on a CPU only)"
+    if missing:
+        return "torch", f"PyTorch, not the faster ONNX Runtime (backend auto): {onnx_missing(missing)}"
+    return "onnx", "ONNX Runtime on the CPU (backend auto: faster than PyTorch there)"
+
+
+def choose_backend(backend: str, device: torch.device) -> str:
+    """``torch`` or ``onnx`` (:func:`backend_choice`); the log says which and why once per process, as a warning
+    where ``auto`` falls back to PyTorch for a missing package."""
+    chosen, why = backend_choice(backend, device)
+    fallback = backend == "auto" and device.type == "cpu" and chosen == "torch"
+    _say(logging.WARNING if fallback else logging.INFO, f"network runs in {why}")
+    return chosen
+
+
+@functools.lru_cache(maxsize=None)
+def _say(level: int, text: str) -> None:
+    """Log ``text`` once per process: a model's predict calls choose their backend again each time."""
+    log.log(level, "%s", text)
+
+
+def onnx_cache_meta(ck_dir: str | Path) -> dict[str, str]:
+    """Everything the cached graph of checkpoint ``ck_dir`` depends on; ``key`` hashes the rest."""
+    from importlib.metadata import PackageNotFoundError, version as dist_version
+
+    try:
+        onnx_version = dist_version("onnx")
+    except PackageNotFoundError:
+        onnx_version = "absent"
+    digests = {f"{Path(name).stem}_sha256": file_sha256(Path(ck_dir) / name) for name in GRAPH_INPUTS
+               if (Path(ck_dir) / name).is_file()}
+    digests["weights_sha256"] = digests.pop("model_sha256")
+    return _keyed({"hiertree_version": version.__version__, "torch_version": torch.__version__,
+                   "onnx_version": onnx_version, "opset": str(OPSET), "layout": INPUT_LAYOUT, **digests})
+
+
+def _keyed(meta: dict[str, str]) -> dict[str, str]:
+    """``meta`` plus ``hiertree_cache_key``, a hash of everything else in it."""
+    body = {k: v for k, v in meta.items() if k != "hiertree_cache_key"}
+    return {**body, "hiertree_cache_key": hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:20]}
+
+
+def user_cache_dir() -> Path:
+    """``$HIERTREE_CACHE``, else ``$XDG_CACHE_HOME/hiertree``, else ``~/.cache/hiertree``."""
+    if os.environ.get("HIERTREE_CACHE"):
+        return Path(os.environ["HIERTREE_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "hiertree"
+
+
+def _writable(folder: Path) -> bool:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".probe-"):
+            return True
+    except OSError:
+        return False
+
+
+def onnx_cache_path(ck_dir: str | Path, meta: dict[str, str]) -> Path:
+    """Where the graph of ``ck_dir`` is cached: beside it, or in the user cache when the folder is read-only
+    (a folder per checkpoint there, so keeping the newest files of one never removes another's)."""
+    ck_dir = Path(ck_dir)
+    name = f"predict-{meta['hiertree_cache_key']}.onnx"
+    here = ck_dir / _CACHE_FOLDER
+    if _writable(here):
+        return here / name
+    where = hashlib.sha256(str(ck_dir.resolve()).encode()).hexdigest()[:16]
+    elsewhere = user_cache_dir() / "onnx" / where
+    log.warning("checkpoint folder %s is read-only; caching its ONNX graph in %s instead", ck_dir, elsewhere)
+    if not _writable(elsewhere):
+        raise BackendError(f"cannot cache the ONNX graph: neither {here} nor {elsewhere} is writable; "
+                           "set HIERTREE_CACHE to a writable folder or use --backend torch")
+    return elsewhere / name
+
+
+@contextlib.contextmanager
+def _export_lock(folder: Path) -> Iterator[None]:
+    """Hold ``folder/.export.lock``: one process exports, the others wait here (no lock where fcntl is absent)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: two cold processes may both export; the atomic replace keeps files whole
+        yield
+        return
+    with open(folder / ".export.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _prune(folder: Path, keep: Path) -> None:
+    """Remove all but the newest :data:`KEEP_GRAPHS` graph files of ``folder`` (never ``keep``)."""
+    graphs = sorted(folder.glob("predict-*.onnx"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in [g for g in graphs if g != keep][KEEP_GRAPHS - 1:]:
+        with contextlib.suppress(OSError):
+            old.unlink()
+            log.info("removed an old cached ONNX graph: %s", old)
+
+
+def _export(build_model: Callable[[], nn.Module], path: Path, meta: dict[str, str]) -> None:
+    """Export to a temporary file beside ``path`` and move it in place (a killed export leaves no half file)."""
+    log.info("exporting the ONNX graph once for this checkpoint: %s", path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".export-", suffix=".onnx")
+    os.close(fd)
+    try:
+        model = copy.deepcopy(build_model()).cpu().float().to(memory_format=torch.contiguous_format)
+        export_onnx(model, tmp, opset=OPSET, output="predict", metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _quantize(src: Path, path: Path, meta: dict[str, str], calibration: Callable[[], Sequence[np.ndarray]]) -> None:
+    """ONNX Runtime static int8 quantization of the graph ``src`` (QDQ, per-channel int8 weights, uint8
+    activations), its activation ranges calibrated on ``calibration()`` (RGB uint8 images)."""
+    try:
+        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+    except ImportError as err:
+        raise BackendError(f"int8 quantization needs onnxruntime's quantization tools ({err}); "
+                           "reinstall onnxruntime (pip install --force-reinstall onnxruntime)") from None
+    images = [np.ascontiguousarray(a.transpose(2, 0, 1)[None], dtype=np.float32) for a in calibration()]
+    if not images:
+        raise BackendError("int8 quantization needs calibration images; give at least one readable image")
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.feeds = iter({"images": x} for x in images)
+
+        def get_next(self) -> dict | None:
+            return next(self.feeds, None)
+
+    log.info("quantizing the ONNX graph to int8, calibrated on %d image(s): %s", len(images), path)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".quantize-") as tmp:
+        pre, out = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        stamp_metadata(out, meta)
+        os.replace(out, path)
+
+
+def _open_cached(path: Path, meta: dict[str, str], taxonomy: Any, flat: bool, threads: int | None,
+                 quiet: bool = False) -> OnnxRunner | None:
+    """The runner of a cached file whose embedded key is ``meta``'s, else None (the file is then rebuilt);
+    ``quiet``: a second look (under the export lock) says nothing the first one has not said."""
+    if not path.is_file():
+        return None
+    try:
+        runner = OnnxRunner(path, taxonomy, flat, threads)
+        if runner.metadata.get("hiertree_cache_key") == meta["hiertree_cache_key"]:
+            return runner
+        if not quiet:
+            log.warning("cached ONNX graph %s belongs to another checkpoint or version; rebuilding it", path)
+    except Exception as err:  # a truncated or foreign file: ONNX Runtime's errors have no common base class
+        if not quiet:
+            log.warning("cached ONNX graph %s cannot be opened (%s); rebuilding it", path, str(err).splitlines()[0][:200])
+    return None
+
+
+def cached_onnx_runner(ck_dir: str | Path, taxonomy: Any, flat: bool, build_model: Callable[[], nn.Module],
+                       threads: int | None = None, quantize: str | None = None,
+                       calibration: Callable[[], Sequence[np.ndarray]] | None = None) -> OnnxRunner:
+    """An :class:`OnnxRunner` for checkpoint ``ck_dir``, exporting (``build_model()`` -> a CPU model) on a cache miss.
+
+    A cached file whose embedded key differs from this checkpoint's (another checkpoint, another hiertree or
+    torch version, or a file that is not readable as ONNX) is rebuilt. ``quantize="int8"`` runs a statically
+    quantized copy, calibrated once on ``calibration()`` (RGB uint8 images) and cached beside the float graph.
+    """
+    if quantize not in QUANTIZE:
+        raise BackendError(f"unknown quantization {quantize!r}; choose one of {', '.join(map(str, QUANTIZE))}")
+    meta = onnx_cache_meta(ck_dir)
+    path = onnx_cache_path(ck_dir, meta)
+    runner = _open_cached(path, meta, taxonomy, flat, threads)
+    if runner is None:
+        with _export_lock(path.parent):
+            runner = _open_cached(path, meta, taxonomy, flat, threads, quiet=True)  # another process may have built it
+            if runner is None:
+                _export(build_model, path, meta)
+                _prune(path.parent, keep=path)
+                runner = OnnxRunner(path, taxonomy, flat, threads)
+    if quantize in (None, "none"):
+        return runner
+    qmeta = _keyed({**meta, "quantize": quantize})
+    qpath = path.with_name(f"predict-{quantize}-{qmeta['hiertree_cache_key']}.onnx")
+    quantized = _open_cached(qpath, qmeta, taxonomy, flat, threads)
+    if quantized is None:
+        if calibration is None:
+            raise BackendError("int8 quantization needs calibration images the first time (they are cached after)")
+        with _export_lock(path.parent):
+            quantized = _open_cached(qpath, qmeta, taxonomy, flat, threads, quiet=True)
+            if quantized is None:
+                _quantize(path, qpath, qmeta, calibration)
+                _prune(path.parent, keep=qpath)
+                quantized = OnnxRunner(qpath, taxonomy, flat, threads)
+    return quantized
+
+
+def make_runner(backend: str, device: torch.device, ck_dir: str | Path | None, taxonomy: Any, flat: bool,
+                build_model: Callable[[], nn.Module], quantize: str | None = None,
+                calibration: Callable[[], Sequence[np.ndarray]] | None = None) -> TorchRunner | OnnxRunner:
+    """The one runner choice of every predict path (``HierSegModel.predict``, ``hiertree-predict``): the runner
+    ``backend`` names on ``device`` for checkpoint ``ck_dir``. ``build_model()`` is called only when the network is
+    needed in PyTorch (the torch backend, or an ONNX cache miss; never modified: the graph and the folded runner
+    are made from copies). ``quantize="int8"`` needs ONNX."""
+    chosen = choose_backend(backend, device)
+    if quantize == "int8" and chosen != "onnx":
+        raise BackendError("--quantize int8 runs in ONNX Runtime on a CPU; use --backend onnx (or auto) on --device cpu")
+    if chosen == "onnx":
+        if ck_dir is None:
+            raise BackendError("the onnx backend caches its graph beside a checkpoint; this model has none")
+        return cached_onnx_runner(ck_dir, taxonomy, flat, build_model, quantize=quantize, calibration=calibration)
+    return TorchRunner(build_model(), device)

@@ -1,0 +1,245 @@
+"""One predictor for every way in: ``HierSegModel.predict``, :func:`predict_images`, ``hiertree-predict`` and
+evaluation (test-time augmentation, large images) all run a *runner* (:mod:`hiertree.inference.runners`, chosen by
+:func:`hiertree.inference.backends.make_runner`) through :func:`log_probs`, then decode.
+
+:class:`Views` says what one prediction averages and how large images go: flips and scales, and ``max_side``, the
+longest side the network sees in one pass; an image above it is either cut into overlapping windows at full
+resolution (``large="tile"``, what evaluation does) or shrunk for the network with its logits upsampled back
+(``large="shrink"``, what ``hiertree-predict`` does by default: far cheaper on a 4000 x 3000 photo).
+
+:func:`predict_images` takes RGB (or grayscale / RGBA) uint8 arrays of any size, batches images of one size
+together (never padding one to another's size), and returns tree-consistent per-level label maps at each image's
+original size; logits are upsampled a strip of rows at a time, so a large photo does not need gigabytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from hiertree.config.options import EvalOptions, check_args
+from hiertree.images import to_rgb
+from hiertree.inference.decoding import decode
+from hiertree.inference.runners import TorchRunner
+from hiertree.inference.sliding import sliding_window_logits
+
+__all__ = ["Views", "log_probs", "predict_batch", "predict_images", "as_runner"]
+
+LARGE = ("tile", "shrink")
+
+
+@dataclass(frozen=True)
+class Views:
+    """What a prediction averages (``hflip``, ``scales``) and how an image whose longer side exceeds ``max_side``
+    goes through the network: ``large="tile"`` (``window`` x ``window`` tiles overlapping by ``overlap``) or
+    ``"shrink"``; ``max_side=None``: every image in one pass."""
+
+    hflip: bool = False
+    scales: tuple[float, ...] = (1.0,)
+    max_side: int | None = None
+    large: str = "tile"
+    window: int = 1024
+    overlap: float = 0.25
+
+    def __post_init__(self) -> None:
+        if self.large not in LARGE:
+            raise ValueError(f"large={self.large!r}: choose 'tile' (overlapping windows) or 'shrink'")
+        checked = check_args(EvalOptions, "Views", scales=list(self.scales), window=self.window, overlap=self.overlap,
+                             **({"max_side": self.max_side} if self.max_side is not None else {}))
+        object.__setattr__(self, "scales", tuple(checked["scales"]))
+
+    @property
+    def single(self) -> bool:
+        """One plain pass: no flip, one scale of 1."""
+        return not self.hflip and self.scales == (1.0,)
+
+
+def as_runner(model: Any, device: str | torch.device = "cpu") -> Any:
+    """A runner as it is, a model wrapped as a :class:`~hiertree.inference.runners.TorchRunner`."""
+    if isinstance(model, torch.nn.Module):
+        return TorchRunner(model, device)
+    if not (callable(model) and hasattr(model, "taxonomy")):
+        raise TypeError(f"expected a HierSegModel or a runner, got {type(model).__name__}")
+    return model
+
+
+def _logits(runner: Any, x: torch.Tensor, views: Views) -> list[torch.Tensor]:
+    """One view's logits at ``x``'s size: in one pass, or tile by tile above ``max_side`` (``large="tile"``)."""
+    if views.max_side is not None and views.large == "tile" and max(x.shape[-2:]) > views.max_side:
+        return sliding_window_logits(runner, x, views.window, views.overlap)
+    return runner(x)
+
+
+def log_probs(runner: Any, images: torch.Tensor, views: Views = Views()) -> list[torch.Tensor]:
+    """Per-level log of the probabilities averaged over ``views`` (flips, scales), at the input size; with a single
+    view, the logits themselves (decoding and scoring read them alike)."""
+    h, w = images.shape[-2:]
+    if views.single:
+        return [z.float() for z in _logits(runner, images.float(), views)]
+    total: list[torch.Tensor] | None = None
+    count = 0
+    for scale in views.scales:
+        x = images.float()
+        if scale != 1.0:
+            x = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
+        for flip in (False, True) if views.hflip else (False,):
+            probs = []
+            for z in _logits(runner, x.flip(-1) if flip else x, views):
+                z = z.float().flip(-1) if flip else z.float()
+                if scale != 1.0:
+                    z = F.interpolate(z, size=(h, w), mode="bilinear", align_corners=False)
+                probs.append(z.softmax(1))
+            total = probs if total is None else [a + b for a, b in zip(total, probs)]
+            count += 1
+    return [(p / count).clamp_min(1e-12).log() for p in total]
+
+
+def predict_batch(runner: Any, images: torch.Tensor, views: Views = Views(), probabilities: bool = False,
+                  backoff: float | None = None) -> dict[str, Any]:
+    """``{"levels", "leaf", "raw"[, "probs"][, "nodes"]}`` of a tensor batch (NCHW, 0..255), decoded as
+    :func:`hiertree.inference.decode` does."""
+    return decode(log_probs(runner, images, views), runner.taxonomy, flat=bool(runner.flat),
+                  probabilities=probabilities, backoff=backoff)
+
+
+_STRIP_PIXELS = 1 << 20  # decode about this many output pixels at a time
+
+
+def _label_dtype(num_classes: int) -> type:
+    return np.uint8 if num_classes <= 256 else np.int32
+
+
+def _net_size(h: int, w: int, max_side: int | None) -> tuple[int, int]:
+    """The size the network sees: the original one, or shrunk so the longest side is ``max_side``."""
+    if max_side is None or max(h, w) <= max_side:
+        return h, w
+    s = max_side / max(h, w)
+    return max(1, round(h * s)), max(1, round(w * s))
+
+
+def _rows_upsampled(z: torch.Tensor, out_h: int, out_w: int, y0: int, y1: int) -> torch.Tensor:
+    """Rows ``y0:y1`` of ``F.interpolate(z, (out_h, out_w), mode="bilinear", align_corners=False)``.
+
+    Interpolates rows by hand (same source coordinates as PyTorch) and columns with 1-D linear
+    interpolation, so only the strip is ever materialised.
+    """
+    c, h, w = z.shape
+    if h == out_h:
+        rows = z[:, y0:y1]
+    else:
+        y = (torch.arange(y0, y1, dtype=torch.float64, device=z.device) + 0.5) * (h / out_h) - 0.5
+        y = y.clamp_min(0)
+        lo = y.floor().long().clamp_max(h - 1)
+        hi = (lo + 1).clamp_max(h - 1)
+        t = (y - lo).to(z.dtype).view(1, -1, 1)
+        rows = z[:, lo] * (1 - t) + z[:, hi] * t
+    if w != out_w:
+        n = rows.shape[1]
+        rows = F.interpolate(rows.reshape(c * n, 1, w), size=out_w, mode="linear", align_corners=False).reshape(c, n, out_w)
+    return rows
+
+
+def _decode_image(logits: list[torch.Tensor], size: tuple[int, int], taxonomy: Any, flat: bool, probabilities: bool,
+                  backoff: float | None = None) -> dict[str, Any]:
+    """Per-level labels (probabilities, back-off nodes) of one image's logits [C_l, h, w], at ``size``, strip by strip."""
+    H, W = size
+    levels = [np.empty((H, W), _label_dtype(z.shape[0])) for z in logits]
+    leaf = np.empty((H, W), _label_dtype(taxonomy.num_leaves))
+    nodes = np.empty((H, W), _label_dtype(taxonomy.num_nodes)) if backoff is not None else None
+    probs = [np.empty((z.shape[0], H, W), np.float16) for z in logits] if probabilities else None
+    step = max(1, _STRIP_PIXELS // max(W, 1))
+    for y0 in range(0, H, step):
+        y1 = min(H, y0 + step)
+        strip = [_rows_upsampled(z.float(), H, W, y0, y1)[None] for z in logits]
+        out = decode(strip, taxonomy, flat=flat, probabilities=probabilities, backoff=backoff, raw=False)
+        for l, lab in enumerate(out["levels"]):
+            levels[l][y0:y1] = lab[0].cpu().numpy()
+        leaf[y0:y1] = out["leaf"][0].cpu().numpy()
+        if nodes is not None:
+            nodes[y0:y1] = out["nodes"][0].cpu().numpy()
+        if probs is not None:
+            for l, p in enumerate(out["probs"]):
+                probs[l][:, y0:y1] = p[0].cpu().numpy().astype(np.float16)
+    result: dict[str, Any] = {"levels": levels, "leaf": leaf, "size": (H, W)}
+    if probs is not None:
+        result["probs"] = probs
+    if nodes is not None:
+        result["nodes"] = nodes
+    return result
+
+
+def _from_leaf(leaf: torch.Tensor, taxonomy: Any) -> dict[str, Any]:
+    """The result of one image from its tree-consistent leaf map: every level through the taxonomy's LUTs."""
+    levels = [lab.numpy().astype(_label_dtype(taxonomy.num_classes(l)))
+              for l, lab in enumerate(taxonomy.levels_from_leaves(leaf.long()))]
+    return {"levels": levels, "leaf": leaf.numpy().astype(_label_dtype(taxonomy.num_leaves)), "size": tuple(leaf.shape)}
+
+
+def _groups(net_sizes: Sequence[tuple[int, int]], batch_size: int) -> list[list[int]]:
+    """Indices of images with one network size, at most ``batch_size`` at a time: nothing is ever padded."""
+    by_size: dict[tuple[int, int], list[int]] = {}
+    for i, size in enumerate(net_sizes):
+        by_size.setdefault(size, []).append(i)
+    return [idx[k : k + batch_size] for idx in by_size.values() for k in range(0, len(idx), batch_size)]
+
+
+@torch.no_grad()
+def predict_images(
+    model: Any,
+    images: Sequence[np.ndarray],
+    device: str | torch.device = "cpu",
+    batch_size: int = 4,
+    probabilities: bool = False,
+    max_side: int | None = None,
+    backoff: float | None = None,
+    views: Views | None = None,
+) -> list[dict[str, Any]]:
+    """Tree-consistent label maps for each image, at its original size.
+
+    ``model``: a :class:`~hiertree.models.HierSegModel` or a runner (:mod:`hiertree.inference.runners`).
+    Returns one dict per image, in input order: ``"levels"`` (per-level class-index maps, numpy HxW,
+    uint8 up to 256 classes), ``"leaf"`` (leaf-id map), ``"size"`` ``(H, W)`` and, with
+    ``probabilities=True``, ``"probs"`` (per-level float16 ``[C_l, H, W]``). Only images of one size share a
+    forward pass, so no image is padded to another's size and a batch mate never changes a result. ``views``
+    (default: one pass, images above ``max_side`` shrunk) adds flips, scales or tiling. ``backoff`` (a threshold
+    in [0, 1]) adds ``"nodes"``: the node-id map of :func:`hiertree.inference.backoff_nodes`.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"predict_images: batch_size must be a positive integer, got {batch_size!r}")
+    if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 8):
+        raise ValueError(f"predict_images: max_side must be None or an integer >= 8, got {max_side!r}")
+    views = views or Views(max_side=max_side, large="shrink")
+    rgb = [to_rgb(im, where=f"images[{i}]") for i, im in enumerate(images)]
+    runner = as_runner(model, device)
+    taxonomy, flat = runner.taxonomy, bool(runner.flat)
+    shrink = views.max_side if views.large == "shrink" else None
+    net_sizes = [_net_size(a.shape[0], a.shape[1], shrink) for a in rgb]
+    results: list[dict[str, Any] | None] = [None] * len(rgb)
+    for idx in _groups(net_sizes, batch_size):
+        h, w = net_sizes[idx[0]]
+        arrays = [rgb[i] if rgb[i].shape[:2] == (h, w) else _shrunk(rgb[i], h, w) for i in idx]
+        batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float()
+        if getattr(runner, "has_leaf", False) and not probabilities and backoff is None and views.single and \
+                _one_pass(views, h, w) and all(rgb[i].shape[:2] == (h, w) for i in idx):
+            for k, leaf in zip(idx, runner.leaf(batch)):  # labels only, at the network's size: decoded in the graph
+                results[k] = _from_leaf(leaf, taxonomy)
+            continue
+        logits = log_probs(runner, batch, views)
+        for k, i in enumerate(idx):
+            per_image = [z[k] for z in logits]
+            results[i] = _decode_image(per_image, rgb[i].shape[:2], taxonomy, flat, probabilities, backoff)
+    return results  # type: ignore[return-value]
+
+
+def _one_pass(views: Views, h: int, w: int) -> bool:
+    return views.max_side is None or views.large == "shrink" or max(h, w) <= views.max_side
+
+
+def _shrunk(a: np.ndarray, h: int, w: int) -> np.ndarray:
+    import cv2
+
+    return cv2.resize(a, (w, h), interpolation=cv2.INTER_AREA)
