@@ -22,17 +22,29 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.backoff_per_depth import PairAccumulator, compare  # noqa: E402
 from benchmarks.provenance import provenance  # noqa: E402
 from hiertree.config import DEFAULTS, apply_overrides, merge  # noqa: E402
 from hiertree.data import build_datasets  # noqa: E402
 from hiertree.data.loaders import val_loaders  # noqa: E402
-from hiertree.evaluation.backoff import GRID, CurveAccumulator, coverage, largest_target, promise  # noqa: E402
+from hiertree.evaluation.backoff import GRID, BackoffError, CurveAccumulator, coverage, largest_target, promise  # noqa: E402
 from hiertree.evaluation.evaluate import evaluate  # noqa: E402
 from hiertree.models import load_model  # noqa: E402
 
 
-def score(args: argparse.Namespace) -> tuple[dict, object, dict]:
-    """The split's evaluation (with the pooled back-off curve) and its per-image curves."""
+class _Both:
+    """Feeds one evaluation's back-off chains to the one-threshold curves and the per-depth tables."""
+
+    def __init__(self, *accumulators) -> None:
+        self.accumulators = accumulators
+
+    def update(self, *args) -> None:
+        for a in self.accumulators:
+            a.update(*args)
+
+
+def score(args: argparse.Namespace) -> tuple[dict, object, object]:
+    """The split's evaluation (with the pooled back-off curve), its per-image curves and per-depth tables."""
     model, ck = load_model(args.checkpoint, channels_last=True)
     saved = {k: v for k, v in ck["config"].items() if k in ("taxonomy", "data", "model", "eval")}
     cfg = apply_overrides(merge(DEFAULTS, saved, DEFAULTS, source=str(ck["dir"])), args.overrides)
@@ -41,26 +53,62 @@ def score(args: argparse.Namespace) -> tuple[dict, object, dict]:
     cfg["data"]["val_split"] = cfg["data"]["train_split"] = args.split
     _, val_ds = build_datasets(cfg["data"], ck["taxonomy"], seed=0)
     loader = val_loaders(val_ds, ck["taxonomy"], cfg["eval"]["batch_size"], 0)
-    curves = CurveAccumulator(ck["taxonomy"])
+    curves, pairs = CurveAccumulator(ck["taxonomy"]), PairAccumulator(ck["taxonomy"])
     result = evaluate(model, loader, ck["taxonomy"], model.encoder.mean.device, max_side=cfg["eval"]["max_side"],
-                      window=cfg["eval"]["window"], overlap=cfg["eval"]["overlap"], backoff=GRID, image_curves=curves)
-    return result, curves.curves(), ck
+                      window=cfg["eval"]["window"], overlap=cfg["eval"]["overlap"], backoff=GRID,
+                      image_curves=_Both(curves, pairs))
+    return result, curves.curves(), pairs.tables()
 
 
-def analyse(result: dict, curves, args: argparse.Namespace) -> dict:
+def _per_depth(pairs, args: argparse.Namespace) -> dict:
+    try:
+        return compare(pairs, args.target, args.delta, seed=0)
+    except BackoffError as err:
+        return {"error": str(err)}
+
+
+def analyse(result: dict, curves, pairs, args: argparse.Namespace) -> dict:
     made = promise(curves, args.target, args.delta, seed=0, split=args.split)
     cover = coverage(curves, args.target, args.delta, args.trials, seed=1, calibration_images=args.calibration_images)
+    cover_hb = coverage(curves, args.target, args.delta, args.trials, seed=1, calibration_images=args.calibration_images,
+                        bound="hb")
     mean_curve = [{"threshold": t, **{k: v for k, v in curves.summary(t).items() if k in (
         "mean_image_accuracy", "mean_image_specificity", "pooled_accuracy", "pooled_specificity", "leaf_share")}}
         for t in GRID[::5]]
-    return {"promise": made, "coverage": cover, "largest_target_whole_split": largest_target(curves, args.delta),
+    return {"promise": made, "coverage": cover, "coverage_hb": cover_hb, "largest_target_whole_split": largest_target(curves, args.delta),
+            "per_depth": _per_depth(pairs, args),
             "images": len(curves), "curve_mean_over_images": mean_curve,
             "levels": [{k: lv[k] for k in ("level", "mIoU", "pixel_accuracy")} for lv in result["tree"]["levels"]],
             "hierarchy": result["tree"]["hierarchy"], "pooled_curve": result["backoff"]}
 
 
+def _coverage_text(cov: dict, p: dict) -> str:
+    head = (f"**Coverage by simulation**: {cov['trials']} random draws of {cov['calibration_images']} calibration "
+            f"images, each promise scored on the other {cov['held_out_images']}: ")
+    if not cov["promises_made"]:
+        return head + f"no draw could certify accuracy {p['target']} (too few images for this promise)."
+    return head + (f"{cov['promises_made']} promises made, **{100 * cov['coverage']:.1f} % kept** (at least "
+                   f"{100 * (1 - p['delta']):.0f} % - 2 asked); mean threshold {cov['threshold_mean']:.3f}, mean "
+                   f"held-out accuracy {cov['held_out_accuracy_mean']:.4f}.")
+
+
+def _per_depth_text(pd: dict, held: dict) -> str:
+    if "error" in pd:
+        return f"Two thresholds chosen jointly under the same guarantee: {pd['error']}."
+    better = pd["held_out"]["mean_image_specificity"] > held["mean_image_specificity"] + 0.005
+    return (f"Two thresholds (a leaf below depth 1 kept when at least theta_leaf sure, an inner node below depth 1 when "
+            f"at least theta_inner sure), chosen jointly on the same calibration half under the same guarantee (one "
+            f"fixed-sequence path down theta_leaf per theta_inner in 0, 0.05, ..., 1, each at delta / 21), the "
+            f"certified pair with the highest calibration specificity (`benchmarks/backoff_per_depth.py`): theta_leaf "
+            f"{pd['pair']['theta_leaf']}, theta_inner {pd['pair']['theta_inner']}. On the held-out half: mean image "
+            f"accuracy {pd['held_out']['mean_image_accuracy']:.4f}, specificity "
+            f"{pd['held_out']['mean_image_specificity']:.4f}, against {held['mean_image_accuracy']:.4f} and "
+            f"{held['mean_image_specificity']:.4f} with the single threshold: "
+            f"{'per depth is more specific at the same promise' if better else 'per depth buys no specificity worth a second threshold here'}.")
+
+
 def markdown(report: dict, args: argparse.Namespace, command: str) -> str:
-    p, cov, hier = report["promise"], report["coverage"], report["hierarchy"]
+    p, cov, hier, pd = report["promise"], report["coverage"], report["hierarchy"], report["per_depth"]
     held, cal = p["held_out"], p["calibration"]
     prov = report["provenance"]
     lines = [f"# Back-off with a promise: {args.name}", "",
@@ -87,11 +135,10 @@ def markdown(report: dict, args: argparse.Namespace, command: str) -> str:
               f"- the largest accuracy a calibration on these {cal['images']} images can promise at delta "
               f"{p['delta']}: **{p['largest_target']:.3f}** (on all {report['images']} images: "
               f"{report['largest_target_whole_split']:.3f})", "",
-              f"**Coverage by simulation**: {cov['trials']} random draws of {cov['calibration_images']} calibration "
-              f"images, each promise scored on the other {cov['held_out_images']}: {cov['promises_made']} promises "
-              f"made, **{100 * cov['coverage']:.1f} % kept** (at least {100 * (1 - p['delta']):.0f} % - 2 asked); "
-              f"mean threshold {cov['threshold_mean']:.3f}, mean held-out accuracy {cov['held_out_accuracy_mean']:.4f}.",
-              "", "## Accuracy and specificity per threshold (all images, mean over images)", "",
+              _coverage_text(cov, p) + " With Hoeffding-Bentkus p-values instead: "
+              + _coverage_text(report["coverage_hb"], p).split(": ", 1)[1],
+              "", "## One threshold per depth?", "", _per_depth_text(pd, held), "",
+              "## Accuracy and specificity per threshold (all images, mean over images)", "",
               "| threshold | mean image accuracy | mean image specificity | pooled accuracy | still at a leaf |",
               "| --- | --- | --- | --- | --- |"]
     lines += [f"| {c['threshold']:.2f} | {c['mean_image_accuracy']:.4f} | {c['mean_image_specificity']:.4f} | "
@@ -112,8 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     parser.add_argument("overrides", nargs="*", help="data.*=value for the split (e.g. data.synthetic.num_val=2000)")
     args = parser.parse_args(argv)
-    result, curves, _ = score(args)
-    report = analyse(result, curves, args)
+    result, curves, pairs = score(args)
+    report = analyse(result, curves, pairs, args)
     command = shlex.join([Path(sys.executable).name, *sys.argv])
     report.update(date=f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC}", command=command, provenance=provenance())
     out = Path(args.out)

@@ -55,6 +55,8 @@ def _eval_parser() -> argparse.ArgumentParser:
     parser.add_argument("--calibration-split", metavar="SPLIT", help="calibrate on this split and score the promise on "
                         "--split (default: the two halves of --split, by image)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split of images into halves (0)")
+    parser.add_argument("--bound", choices=("wsr", "hb"), default="wsr", help="p-values of the calibration: wsr "
+                        "(betting, adapts to the spread of the images' risks; default) or hb (Hoeffding-Bentkus)")
     add_verbosity(parser)
     parser.add_argument("overrides", nargs="*", help="data.*=value overrides for the dataset")
     return parser
@@ -142,9 +144,10 @@ def _calibrate(args: argparse.Namespace, model: Any, ck: dict, cfg: dict, device
         other = CurveAccumulator(ck["taxonomy"])
         _score(args, model, ck, cfg, device, args.calibration_split, image_curves=other)
         record = promise(other.curves(), args.calibrate_backoff, args.delta, split=args.calibration_split,
-                         held_out=curves.curves(), held_out_split=split)
+                         held_out=curves.curves(), held_out_split=split, bound=args.bound)
     else:
-        record = promise(curves.curves(), args.calibrate_backoff, args.delta, seed=args.seed, split=split)
+        record = promise(curves.curves(), args.calibrate_backoff, args.delta, seed=args.seed, split=split,
+                         bound=args.bound)
     record.update(weights_sha256=file_sha256(ck["dir"] / "model.safetensors"),
                   tta={"hflip": result["hflip"], "scales": result["scales"]})
     record["stored"] = str(save_backoff(ck["dir"], record))

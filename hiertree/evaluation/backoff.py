@@ -6,9 +6,11 @@ each image's node accuracy* is at least ``P``. An image's node accuracy is the s
 whose back-off node is right (the true leaf or one of its ancestors). The unit of sampling is the image: the
 pixels of one image rise and fall together, so a promise over 50 million pixels of 410 images is a promise
 over 410 draws. The method is Learn-then-Test (Angelopoulos et al., 2021): the thresholds are tested in a fixed
-sequence from the most cautious (θ = 1) down, each null hypothesis "the mean risk at θ exceeds ``1 - P``" with
-the Hoeffding-Bentkus p-value of the per-image risks (Bates et al., 2021), stopping at the first that is not
-rejected at ``delta``; fixed-sequence testing needs no multiplicity correction.
+sequence from the most cautious (θ = 1) down, each null hypothesis "the mean risk at θ exceeds ``1 - P``" with a
+p-value of the per-image risks, stopping at the first that is not rejected at ``delta``; fixed-sequence testing
+needs no multiplicity correction. The p-value is the betting one of Waudby-Smith & Ramdas (2020), which adapts to
+how much the images' risks spread (``bound="wsr"``, the default), or Hoeffding-Bentkus (Bates et al., 2021;
+``bound="hb"``), which needs only their mean.
 
 **Specificity** (Deng et al., "Hedging your bets", CVPR 2012): the information gain of the predicted node
 relative to the root, ``(log K - log |leaves under the node|) / log K`` with ``K`` leaves (1 at a leaf, 0 at the
@@ -30,7 +32,8 @@ import torch
 from hiertree.metrics import backoff_pairs
 from hiertree.tree.taxonomy import Taxonomy
 
-__all__ = ["GRID", "BackoffError", "ImageCurves", "CurveAccumulator", "hb_pvalue", "min_images", "calibrate",
+__all__ = ["GRID", "BOUNDS", "BackoffError", "ImageCurves", "CurveAccumulator", "hb_pvalue", "wsr_pvalue", "pvalue", "min_images",
+           "calibrate",
            "largest_target", "split_images", "coverage", "promise", "info_gain"]
 
 #: The thresholds scanned: 0, 0.01, ..., 1.
@@ -173,6 +176,34 @@ def hb_pvalue(risk: float, alpha: float, n: int) -> float:
     return min(1.0, hoeffding, bentkus)
 
 
+def wsr_pvalue(risks: np.ndarray, alpha: float, delta: float, seed: int = 0) -> float:
+    """Betting p-value of "the mean of these i.i.d. losses in [0, 1] exceeds ``alpha``" (Waudby-Smith & Ramdas,
+    "Estimating means of bounded random variables by betting", 2020; as Learn-then-Test uses it): the capital
+    ``prod (1 - nu_i (x_i - alpha))`` of bets sized by the running variance of the losses seen before is a
+    non-negative supermartingale when the mean is at least ``alpha``, so ``1 / max capital`` is a valid p-value
+    (Ville's inequality). It adapts to the spread of the losses: far tighter than Hoeffding-Bentkus when the
+    images' risks are close to each other. The images are taken in a seeded random order."""
+    x = np.asarray(risks, dtype=np.float64)[np.random.default_rng(seed).permutation(len(risks))]
+    n = len(x)
+    t = np.arange(1, n + 1)
+    mean = (np.cumsum(x) + 0.5) / (t + 1)
+    var = (np.cumsum((x - mean) ** 2) + 0.25) / (t + 1)
+    var = np.concatenate([[0.25], var[:-1]])  # predictable: the variance of the losses before each bet
+    nu = np.minimum(np.sqrt(2 * math.log(1 / delta) / (n * var)), 1.0)
+    log_capital = np.cumsum(np.log1p(-nu * (x - alpha)))
+    return float(min(1.0, math.exp(-max(0.0, log_capital.max()))))
+
+
+#: The p-values a calibration can test with: ``wsr`` (betting, adapts to the spread of the per-image risks, the
+#: default) or ``hb`` (Hoeffding-Bentkus, needs only the mean and the count).
+BOUNDS = ("wsr", "hb")
+
+
+def pvalue(risks: np.ndarray, alpha: float, delta: float, bound: str = "wsr") -> float:
+    """The p-value of "the mean of the per-image ``risks`` exceeds ``alpha``" by ``bound`` (:data:`BOUNDS`)."""
+    return wsr_pvalue(risks, alpha, delta) if bound == "wsr" else hb_pvalue(float(risks.mean()), alpha, len(risks))
+
+
 def min_images(target: float, delta: float) -> int:
     """Images a calibration needs before it can promise ``target`` at ``delta`` at all: with every image perfect,
     the p-value is ``target ** n`` (at least this many; a model that errs needs more)."""
@@ -185,39 +216,42 @@ def _check(target: float, delta: float) -> None:
             raise BackoffError(f"{name} must be in (0, 1), got {value!r}; e.g. --calibrate-backoff 0.9 --delta 0.1")
 
 
-def calibrate(curves: ImageCurves, target: float, delta: float = 0.1) -> dict[str, Any]:
-    """The smallest threshold certified for ``target`` at ``delta`` by fixed-sequence testing from θ = 1 down; a
-    :class:`BackoffError` naming the images needed, or the largest target these images support, when none is."""
+def calibrate(curves: ImageCurves, target: float, delta: float = 0.1, bound: str = "wsr") -> dict[str, Any]:
+    """The smallest threshold certified for ``target`` at ``delta`` by fixed-sequence testing from θ = 1 down, each
+    with the ``bound``'s p-value of the per-image risks (:data:`BOUNDS`); a :class:`BackoffError` naming the images
+    needed, or the largest target these images support, when none is."""
     _check(target, delta)
+    if bound not in BOUNDS:
+        raise BackoffError(f"unknown bound {bound!r}; choose one of {', '.join(BOUNDS)}")
     n, alpha = len(curves), 1.0 - target
     if n < min_images(target, delta):
         raise BackoffError(f"the calibration split has {n} images; promising accuracy {target} at delta {delta} needs "
                            f"at least {min_images(target, delta)} (more when the model errs): calibrate on a larger split")
-    risks = 1.0 - curves.accuracy().mean(0)  # [G]
+    risks = 1.0 - curves.accuracy()  # [n, G]
     order = np.argsort(-curves.thresholds)  # most cautious first
     certified, pvalues = None, {}
     for g in order:
-        p = hb_pvalue(float(risks[g]), alpha, n)
+        p = pvalue(risks[:, g], alpha, delta, bound)
         pvalues[float(curves.thresholds[g])] = p
         if p > delta:
             break
         certified = int(g)
     if certified is None:
-        best = largest_target(curves, delta)
+        best = largest_target(curves, delta, bound)
         raise BackoffError(f"no threshold is certified for accuracy {target} at delta {delta} on {n} images: the "
                            f"largest accuracy these images let this model promise is {best:.3f}; ask for at most that")
     return {"threshold": float(curves.thresholds[certified]), "target": target, "delta": delta, "images": n,
-            "calibration_mean_image_accuracy": float(1.0 - risks[certified]),
+            "bound": bound, "calibration_mean_image_accuracy": float(1.0 - risks[:, certified].mean()),
             "p_value": pvalues[float(curves.thresholds[certified])]}
 
 
-def largest_target(curves: ImageCurves, delta: float = 0.1) -> float:
+def largest_target(curves: ImageCurves, delta: float = 0.1, bound: str = "wsr") -> float:
     """The largest accuracy a calibration on ``curves`` certifies at ``delta`` (at the most cautious threshold)."""
-    risk = float(1.0 - curves.accuracy()[:, int(np.argmax(curves.thresholds))].mean())
+    risks = 1.0 - curves.accuracy()[:, int(np.argmax(curves.thresholds))]
     lo, hi = 0.0, 1.0  # accuracies: lo certified, hi not
     for _ in range(40):
         mid = (lo + hi) / 2
-        if hb_pvalue(risk, 1.0 - mid, len(curves)) <= delta:
+        if pvalue(risks, 1.0 - mid, delta, bound) <= delta:
             lo = mid
         else:
             hi = mid
@@ -232,7 +266,7 @@ def split_images(ids: Sequence[str], seed: int = 0, share: float = 0.5) -> np.nd
 
 
 def coverage(curves: ImageCurves, target: float, delta: float = 0.1, trials: int = 1000, seed: int = 0,
-             calibration_images: int | None = None) -> dict:
+             calibration_images: int | None = None, bound: str = "wsr") -> dict:
     """How often the promise holds on images the calibration never saw: ``trials`` random draws of
     ``calibration_images`` images (default half), calibrate on them, score the mean image accuracy of all the
     others at the chosen threshold. With a large pool the others stand for the population. Returns the share of
@@ -247,7 +281,7 @@ def coverage(curves: ImageCurves, target: float, delta: float = 0.1, trials: int
         mine = np.zeros(n, dtype=bool)
         mine[rng.choice(n, size, replace=False)] = True
         try:
-            theta = calibrate(curves.subset(mine), target, delta)["threshold"]
+            theta = calibrate(curves.subset(mine), target, delta, bound)["threshold"]
         except BackoffError:
             refused += 1
             continue
@@ -256,14 +290,15 @@ def coverage(curves: ImageCurves, target: float, delta: float = 0.1, trials: int
         chosen.append(theta)
         held.append(score)
     made = trials - refused
-    return {"trials": trials, "target": target, "delta": delta, "calibration_images": size, "held_out_images": n - size,
+    return {"trials": trials, "target": target, "delta": delta, "bound": bound, "calibration_images": size,
+            "held_out_images": n - size,
             "promises_made": made, "kept": int(kept), "coverage": kept / made if made else math.nan,
             "threshold_mean": float(np.mean(chosen)) if chosen else math.nan,
             "held_out_accuracy_mean": float(np.mean(held)) if held else math.nan}
 
 
 def promise(curves: ImageCurves, target: float, delta: float = 0.1, seed: int = 0, split: str = "val",
-            held_out: ImageCurves | None = None, held_out_split: str | None = None) -> dict[str, Any]:
+            held_out: ImageCurves | None = None, held_out_split: str | None = None, bound: str = "wsr") -> dict[str, Any]:
     """Calibrate on images and score the promise on images the calibration never saw: ``held_out`` (another
     split's curves) or, without it, the held-out half of ``curves`` split by image id (:func:`split_images`,
     ``seed``). Returns what ``backoff.json`` records (the caller adds the weights' digest and the TTA)."""
@@ -274,15 +309,16 @@ def promise(curves: ImageCurves, target: float, delta: float = 0.1, seed: int = 
         held_name = f"the other half of split {split!r} (split by image, seed {seed})"
     else:
         calibration, how, held_name = curves, f"every image of split {split!r}", f"split {held_out_split!r}"
-    chosen = calibrate(calibration, target, delta)
+    chosen = calibrate(calibration, target, delta, bound)
     scored = held_out.summary(chosen["threshold"])
     return {"threshold": chosen["threshold"], "target": target, "delta": delta,
             "promise": f"on new images like these, the mean over images of each image's node accuracy (the share of "
                        f"its leaf-labelled pixels whose back-off node is the true leaf or an ancestor) is at least "
                        f"{target}, with probability at least {1 - delta} over the calibration images",
-            "method": "Learn-then-Test: fixed-sequence tests from threshold 1 down, Hoeffding-Bentkus p-values of "
-                      "the per-image risks (the image is the unit of sampling)",
-            "largest_target": largest_target(calibration, delta),
+            "method": "Learn-then-Test: fixed-sequence tests from threshold 1 down, "
+                      + ("betting (Waudby-Smith-Ramdas)" if bound == "wsr" else "Hoeffding-Bentkus")
+                      + " p-values of the per-image risks (the image is the unit of sampling)",
+            "bound": bound, "largest_target": largest_target(calibration, delta, bound),
             "calibration": {"split": split, "images": len(calibration), "which": how,
                             "mean_image_accuracy": chosen["calibration_mean_image_accuracy"], "p_value": chosen["p_value"]},
             "held_out": {"which": held_name, **scored, "promise_kept": scored["mean_image_accuracy"] >= target},

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT.parent / "shared" / "datasets" / "pascal-part-sample"
@@ -163,3 +164,25 @@ def test_quality_tta_evaluates_like_the_engine(tmp_path, monkeypatch):
     assert seen["channels_last"] is True and seen["amp"] == "none" and seen["flat"] is False
     assert (seen["max_side"], seen["window"], seen["overlap"], seen["max_batches"]) == (300, 256, 0.5, 3)
     assert seen["hflip"] is True and tuple(seen["scales"]) == quality.TTA_SCALES
+
+
+def test_per_depth_tables_equal_the_single_threshold_on_the_diagonal(pascal):
+    """benchmarks/backoff_per_depth: with theta_leaf = theta_inner = t the two-threshold table is the one-threshold
+    back-off's (right pixels and credited gain from hiertree.metrics.backoff_pairs), for every t on both grids."""
+    from benchmarks.backoff_per_depth import INNER_GRID, PairAccumulator
+    from hiertree.evaluation.backoff import GRID, CurveAccumulator
+    from hiertree.inference import backoff_chain
+
+    torch.manual_seed(0)
+    logits = [torch.randn(2, n, 9, 11) * 3 for n in pascal.level_sizes]
+    target = torch.randint(0, pascal.num_nodes, (2, 9, 11))
+    chain, probs = backoff_chain(logits, pascal, flat=False)
+    pairs, single = PairAccumulator(pascal), CurveAccumulator(pascal)
+    pairs.update(chain, probs, target, ["a", "b"])
+    single.update(chain, probs, target, ["a", "b"])
+    tables, curves = pairs.tables(), single.curves()
+    assert list(tables.pixels) == list(curves.pixels)
+    for t in INNER_GRID:
+        i, j = GRID.index(t), INNER_GRID.index(t)
+        assert tables.right[:, i, j] == pytest.approx(curves.right[:, i]), t
+        assert tables.gain[:, i, j] == pytest.approx(curves.gain[:, i]), t

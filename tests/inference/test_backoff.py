@@ -183,7 +183,7 @@ def test_calibrate_then_predict_with_auto(backoff_run, tmp_path, capsys):
     from hiertree.checkpoint import file_sha256
     from hiertree.cli.eval import main as eval_main
     from hiertree.cli.predict import main as predict_main
-    from hiertree.evaluation.backoff import hb_pvalue, split_images
+    from hiertree.evaluation.backoff import split_images
 
     run, data = backoff_run
     out = tmp_path / "eval.json"
@@ -201,7 +201,7 @@ def test_calibrate_then_predict_with_auto(backoff_run, tmp_path, capsys):
     halves = split_images([f"v{i}" for i in range(40)], seed=0)
     cal, held = stored["calibration"], stored["held_out"]
     assert (cal["images"], held["images"]) == (int(halves.sum()), int((~halves).sum()))
-    assert hb_pvalue(1 - cal["mean_image_accuracy"], 0.7, cal["images"]) <= 0.1  # certified at the chosen threshold
+    assert stored["bound"] == "wsr" and cal["p_value"] <= 0.1  # certified at the chosen threshold
     assert held["promise_kept"] == (held["mean_image_accuracy"] >= 0.3) and 0 <= held["mean_image_specificity"] <= 1
     printed = capsys.readouterr().out
     assert "mistake severity" in printed and "back-off promise: node accuracy >= 0.3" in printed
@@ -362,7 +362,7 @@ def test_fixed_sequence_stops_at_the_first_uncertified_threshold():
     from hiertree.evaluation.backoff import calibrate, hb_pvalue
 
     curves = _population(300, seed=1)
-    chosen = calibrate(curves, target=0.9, delta=0.1)
+    chosen = calibrate(curves, target=0.9, delta=0.1, bound="hb")
     risks = 1 - curves.accuracy().mean(0)
     g = int(np.argmin(np.abs(curves.thresholds - chosen["threshold"])))
     assert all(hb_pvalue(risks[k], 0.1, 300) <= 0.1 for k in range(g, len(risks)))  # certified from 1 down to it
@@ -398,3 +398,18 @@ def test_coverage_over_random_halves_of_a_split():
     result = coverage(_population(400, seed=4), target=0.9, delta=0.1, trials=100, seed=0)
     assert result["promises_made"] >= 90 and result["coverage"] >= 0.88
     assert result["calibration_images"] == 200 and 0 < result["threshold_mean"] < 1
+
+
+def test_the_betting_pvalue_is_valid_under_the_null_and_tighter_when_risks_agree():
+    """Under the null (mean risk exactly alpha) p <= delta in at most about delta of the draws; with risks that all
+    sit just below alpha the betting p-value rejects where Hoeffding-Bentkus, which sees only the mean, cannot."""
+    import numpy as np
+
+    from hiertree.evaluation.backoff import hb_pvalue, wsr_pvalue
+
+    rng = np.random.default_rng(5)
+    rejected = sum(wsr_pvalue(rng.binomial(1, 0.1, 100).astype(float), 0.1, 0.1, seed=k) <= 0.1 for k in range(500))
+    assert rejected / 500 <= 0.12
+    close = np.full(100, 0.07) + rng.normal(0, 0.005, 100)  # every image's risk near 0.07, the promise at 0.1
+    assert wsr_pvalue(close, 0.1, 0.1) <= 0.1 < hb_pvalue(float(close.mean()), 0.1, 100)
+    assert wsr_pvalue(np.full(50, 0.5), 0.1, 0.1) == 1.0  # risks above the promise: no evidence
