@@ -59,3 +59,4 @@ def test_speed_lease_measures_both_models_every_lever_and_a_profile(tmp_path):
     assert 0 < sum(k["share"] for k in main["models"]["hiertree_profile"]) <= 1
     assert main["data_pipeline_img_s_per_worker"] > 0
     assert (out / "speed-workers-4.json").is_file() and (out / "speed-workers-8.json").is_file()
+

@@ -194,3 +194,14 @@ def test_the_trainer_step_under_bf16_autocast(tmp_path, setting):
     assert all(torch.isfinite(loss) for loss in window.losses) and [float(b) for b in window.bad] == [0.0, 0.0]
     assert all(p.dtype == torch.float32 for p in run.model.parameters())
     assert any(not torch.equal(v, run.model.state_dict()[k]) for k, v in before.items() if v.is_floating_point())
+
+
+def test_the_sync_check_runs_every_loss_setting(capsys):
+    """lease.sh gpu-check's second half (issue 28): the trainer's steps per loss setting, here on the CPU where
+    set_sync_debug_mode checks nothing, so that the first GPU only has to run it."""
+    from benchmarks.gpu.sync_check import SETTINGS, main
+
+    assert main(["--steps", "1", "data.synthetic.num_train=8", "data.synthetic.num_val=2", "data.crop=64",
+                 "data.synthetic.size=64", "model.decoder_channels=16", "train.device=cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert all(f"{name}: 1 steps on cpu" in printed for name in SETTINGS)
