@@ -3,6 +3,7 @@ weights, torch threads, the Pascal-Part taxonomy, one tiny trained run and one t
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,17 @@ def _restore_torch_threads():
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _restore_hiertree_logger():
+    """A CLI run in-process routes the ``hiertree`` logger to the terminal and stops its propagation
+    (:func:`hiertree.logs.setup_logging`); put it back so a later test's ``caplog`` still sees the records."""
+    logger = logging.getLogger("hiertree")
+    handlers, propagate, level = list(logger.handlers), logger.propagate, logger.level
+    yield
+    logger.handlers[:] = handlers
+    logger.propagate, logger.level = propagate, level
 
 
 @pytest.fixture

@@ -112,14 +112,13 @@ def test_schedules_by_hand():
     assert lrs({**cfg, "schedule": "onecycle", "warmup_steps": 1}, 3)[0] == pytest.approx(1 / 25)  # no zero division
 
 
-def test_onecycle_resumes_onto_a_longer_run_with_a_warning(tmp_path, capsys):
+def test_onecycle_resumes_onto_a_longer_run_with_a_warning(tmp_path, caplog):
     _train(tmp_path / "oc", "train.schedule=onecycle", "train.epochs=2")
-    capsys.readouterr()
+    caplog.clear()
     resumed = _train(tmp_path / "oc", "train.schedule=onecycle", "train.epochs=3", "train.resume=auto",
                      "train.resume_allow=[train.epochs]")  # lengthened on purpose: refused without the allowance
     assert resumed["steps"] == 6
-    err = capsys.readouterr().err
-    assert "written by a 2-epoch run, now train.epochs=3" in err
+    assert "written by a 2-epoch run, now train.epochs=3" in caplog.text
     _, _, state = _final(tmp_path / "oc")
     # the lr at step 6 of 6 on the 3-epoch curve: cosine down to lr/1e4 after a 1-step rise
     lr = load_config(ROOT / "configs/demo.yaml", TINY)["train"]["lr"]
