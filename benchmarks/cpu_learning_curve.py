@@ -1,7 +1,10 @@
 """Where a long CPU run stands: val mIoU per level against hours of training, read off its ``metrics.csv``.
 
 Training hours are the epochs' ``seconds`` minus their ``eval_seconds`` (evaluation is not training), summed over
-every invocation of the run (a resumed epoch's row carries the seconds before the stop). Writes
+every invocation of the run (a resumed epoch's row carries the seconds before the stop). A run that was paused
+(SIGSTOP) counts the pause in its ``seconds``: with ``--pauses`` (a TSV of paused intervals, start and end in epoch
+seconds) the hours come instead from the TensorBoard step times of the trajectory the run kept, minus the pauses
+and the evaluations that fall inside them. Writes
 ``benchmarks/results/learning-curve-<name>.{md,json}`` and the PNG (``--png``, default beside them) that the README
 shows, so the next budget can be read off it.
 
@@ -37,6 +40,68 @@ def curve(metrics_csv: Path) -> list[dict]:
     return points
 
 
+def _segments(tb_dir: Path) -> list[tuple[float, list[tuple[int, float]]]]:
+    """Per process of the run, in start order: its start time and its logged ``(step, wall time)`` pairs."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    segments = []
+    for events_file in tb_dir.glob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events_file), size_guidance={"scalars": 0})
+        acc.Reload()
+        if "step/lr" in acc.Tags()["scalars"]:
+            started = float(events_file.name.split(".")[3])
+            segments.append((started, [(e.step, e.wall_time) for e in acc.Scalars("step/lr")]))
+    return sorted(segments)
+
+
+def _overlap(start: float, end: float, intervals: list[tuple[float, float]]) -> float:
+    return sum(max(0.0, min(end, b) - max(start, a)) for a, b in intervals)
+
+
+def _kept_timeline(segments, steps_per_epoch: int) -> list[tuple[int, int, float, float, bool]]:
+    """``(step_from, step_to, wall_from, wall_to, starts_a_process)`` pieces of the trajectory the run kept.
+
+    A process resumed from the last whole epoch before the next one's first logged step; the steps it computed
+    after that checkpoint were lost and are not counted. Wall times between logged steps are interpolated.
+    """
+    pieces, resume = [], 0
+    for k, (started, events) in enumerate(segments):
+        stop = None
+        if k + 1 < len(segments):
+            stop = (segments[k + 1][1][0][0] - 1) // steps_per_epoch * steps_per_epoch
+        points = [(resume, started)] + [(s, w) for s, w in events if s > resume and (stop is None or s <= stop)]
+        later = [(s, w) for s, w in events if stop is not None and s > stop]
+        if stop is not None and later and points[-1][0] < stop:  # interpolate the wall time of the checkpoint
+            (s0, w0), (s1, w1) = points[-1], later[0]
+            points.append((stop, w0 + (w1 - w0) * (stop - s0) / (s1 - s0)))
+        pieces += [(a[0], b[0], a[1], b[1], i == 0) for i, (a, b) in enumerate(zip(points, points[1:]))]
+        resume = stop if stop is not None else resume
+    return pieces
+
+
+def curve_without_pauses(run: Path, pauses_tsv: Path) -> list[dict]:
+    """:func:`curve` with hours from the kept trajectory's step times, pauses and evaluations taken out."""
+    points = curve(run / "metrics.csv")
+    with open(run / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    steps_per_epoch = int(rows[0]["step"]) // int(rows[0]["epoch"])
+    evals = {int(r["step"]): float(r.get("eval_seconds") or 0) for r in rows}
+    pauses = [tuple(map(float, line.split("\t")[:2])) for line in pauses_tsv.read_text().splitlines() if line.strip()]
+    pieces = _kept_timeline(_segments(run / "tb"), steps_per_epoch)
+    for point in points:
+        seconds = 0.0
+        for s0, s1, w0, w1, starts_a_process in pieces:
+            if s0 >= point["step"]:
+                continue
+            if s1 > point["step"]:  # the last piece, cut at the point's step
+                w1, s1 = w0 + (w1 - w0) * (point["step"] - s0) / (s1 - s0), point["step"]
+            seconds += (w1 - w0) - _overlap(w0, w1, pauses)
+            # an evaluation runs after its epoch's last step, in that process (not in the next one's start-up)
+            seconds -= sum(e for step, e in evals.items() if s0 <= step < s1 and not (starts_a_process and step == s0))
+        point["hours"] = round(seconds / 3600, 5)
+    return points
+
+
 def plot(points: list[dict], path: Path, title: str, anchors: list[float] | None) -> None:
     import matplotlib
 
@@ -67,9 +132,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--png", default=None)
     parser.add_argument("--anchors", type=float, nargs="*", default=[0.835, 0.703, 0.598],
                         help="dotted lines per level (default: the flat smp DeepLabV3+ GPU anchor on val)")
+    parser.add_argument("--pauses", default=None,
+                        help="TSV of paused intervals (start, end in epoch seconds): hours from TensorBoard step times")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args(argv)
-    points = curve(Path(args.run) / "metrics.csv")
+    if args.pauses:
+        points = curve_without_pauses(Path(args.run), Path(args.pauses))
+    else:
+        points = curve(Path(args.run) / "metrics.csv")
     if not points:
         print(f"{args.run}/metrics.csv has no evaluated epoch yet", file=sys.stderr)
         return 2
@@ -78,8 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     plot(points, png, f"{args.name}: val mIoU vs CPU-hours (dotted: smp GPU anchor)", args.anchors)
     prov = provenance()
     lines = [f"# Learning curve: {args.name}", "", f"Run `{args.run}`, machine {prov['machine']['cpu']} "
-             f"({prov['machine']['cpu_count']} cores), commit {prov['git']['commit']}. Hours: training only (each "
-             "epoch's seconds minus its evaluation), summed over every invocation of the run. Val: native resolution, "
+             f"({prov['machine']['cpu_count']} cores), commit {prov['git']['commit']}. Hours: training only ("
+             + ("TensorBoard step times of the steps the run kept, minus the pauses in `" + args.pauses + "` and the "
+                "evaluations" if args.pauses else "each epoch's seconds minus its evaluation")
+             + "), summed over every invocation of the run. Val: native resolution, "
              "single scale, mIoU without background.", "", "| epoch | step | hours | " +
              " | ".join(f"L{k}" for k in range(len(points[0]["mIoU"]))) + " |",
              "| --- | --- | --- | " + " | ".join("---" for _ in points[0]["mIoU"]) + " |"]
