@@ -79,26 +79,34 @@ def _kept_timeline(segments, steps_per_epoch: int) -> list[tuple[int, int, float
     return pieces
 
 
-def curve_without_pauses(run: Path, pauses_tsv: Path) -> list[dict]:
-    """:func:`curve` with hours from the kept trajectory's step times, pauses and evaluations taken out."""
-    points = curve(run / "metrics.csv")
+def hours_at(run: Path, pauses_tsv: Path, steps: list[int]) -> list[float]:
+    """Hours of training to each of ``steps``: the kept trajectory's step times, pauses and evaluations taken out."""
     with open(run / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     steps_per_epoch = int(rows[0]["step"]) // int(rows[0]["epoch"])
     evals = {int(r["step"]): float(r.get("eval_seconds") or 0) for r in rows}
     pauses = [tuple(map(float, line.split("\t")[:2])) for line in pauses_tsv.read_text().splitlines() if line.strip()]
     pieces = _kept_timeline(_segments(run / "tb"), steps_per_epoch)
-    for point in points:
+    hours = []
+    for target in steps:
         seconds = 0.0
         for s0, s1, w0, w1, starts_a_process in pieces:
-            if s0 >= point["step"]:
+            if s0 >= target:
                 continue
-            if s1 > point["step"]:  # the last piece, cut at the point's step
-                w1, s1 = w0 + (w1 - w0) * (point["step"] - s0) / (s1 - s0), point["step"]
+            if s1 > target:  # the last piece, cut at the target step
+                w1, s1 = w0 + (w1 - w0) * (target - s0) / (s1 - s0), target
             seconds += (w1 - w0) - _overlap(w0, w1, pauses)
             # an evaluation runs after its epoch's last step, in that process (not in the next one's start-up)
             seconds -= sum(e for step, e in evals.items() if s0 <= step < s1 and not (starts_a_process and step == s0))
-        point["hours"] = round(seconds / 3600, 5)
+        hours.append(round(seconds / 3600, 5))
+    return hours
+
+
+def curve_without_pauses(run: Path, pauses_tsv: Path) -> list[dict]:
+    """:func:`curve` with hours from :func:`hours_at` (pauses and evaluations taken out)."""
+    points = curve(run / "metrics.csv")
+    for point, hours in zip(points, hours_at(run, pauses_tsv, [p["step"] for p in points])):
+        point["hours"] = hours
     return points
 
 

@@ -1,12 +1,14 @@
 """Turn a finished training run into a shipped model with its measured scores.
 
-Scores the run's best checkpoint on the val split at native resolution (single scale, and with flip TTA),
-publishes it as fp16 (``hiertree.cli.publish``) with a model card, scores the fp16 model too (it must stay
-within 0.002 mIoU of float32 at every level), and writes ``results-<name>.{json,md}``: machine, date,
-commit, command, epochs, training wall time, per-level mIoU and the raw heads' tree consistency.
+Scores the run's best checkpoint (or ``--checkpoint``, e.g. the newest of a run still going) on the val split
+at native resolution (single scale, and with flip TTA), publishes it as fp16 (``hiertree.cli.publish``) with a
+model card, scores the fp16 model too (it must stay within 0.002 mIoU of float32 at every level), calibrates its
+back-off promise (``eval.py --calibrate-backoff P``: half of val calibrates, the other half scores it), and writes
+``results-<name>.{json,md}``: machine, date, commit, command, epochs, training hours, per-level mIoU, the raw
+heads' tree consistency and the back-off promise.
 
     python benchmarks/ship_model.py --run runs/pp_cpu --data ../shared/datasets/pascal-part \\
-        --name pascal_part_lite0_cpu --command "python train.py ..."
+        --name pascal_part_lite0_cpu --command "python train.py ..." --pauses pauses.tsv
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.cpu_learning_curve import hours_at  # noqa: E402
 from benchmarks.provenance import device_name, provenance  # noqa: E402
 from hiertree.cli.eval import main as eval_main  # noqa: E402
 from hiertree.cli.publish import publish  # noqa: E402
@@ -34,9 +38,9 @@ LICENCE = ("Images: PASCAL VOC 2008-2010 (Flickr terms of use); labels derived f
            "merged to six person parts. Research use.")
 
 
-def _score(checkpoint: Path, data: str, out: Path, *flags: str) -> dict:
-    args = ["--checkpoint", str(checkpoint), "--data", data, "--split", "val", "--out", str(out), "--no-report",
-            "--quiet", *flags]
+def _score(checkpoint: Path, data: str | None, out: Path, *flags: str, overrides: tuple[str, ...] = ()) -> dict:
+    args = ["--checkpoint", str(checkpoint), *(["--data", data] if data else []), "--split", "val", "--out", str(out),
+            "--no-report", "--quiet", *flags, *overrides]
     if eval_main(args) != 0:
         raise SystemExit(f"evaluation failed: eval.py {' '.join(args)}")
     return json.loads(out.read_text())
@@ -46,13 +50,37 @@ def _levels(result: dict) -> list[float]:
     return [round(lv["mIoU"], 4) for lv in result["tree"]["levels"]]
 
 
-def _training(run: Path) -> dict:
-    rows = list(csv.DictReader(open(run / "metrics.csv")))
-    config = (run / "config.yaml").read_text()
-    train = sum(float(r["seconds"]) - float(r.get("eval_seconds") or 0) for r in rows)  # evaluation is not training
-    return {"epochs": int(float(rows[-1]["epoch"])), "steps": int(float(rows[-1]["step"])),
-            "train_seconds": round(train, 1), "train_hours": round(train / 3600, 2),
-            "seconds_with_evaluation": round(sum(float(r["seconds"]) for r in rows), 1), "config_yaml": config}
+def _checkpoint_step(checkpoint: Path) -> int:
+    """The step a run's checkpoint folder was written at (``ckpt-0001234`` -> 1234)."""
+    try:
+        return int(checkpoint.resolve().name.split("-")[-1])
+    except ValueError:
+        raise SystemExit(f"{checkpoint}: not a run's checkpoint folder (ckpt-<step>); pass --checkpoint") from None
+
+
+def _training(run: Path, step: int, pauses: Path | None) -> dict:
+    """Epochs, steps and hours of training up to ``step`` (evaluations excluded; pauses too with ``pauses``)."""
+    with open(run / "metrics.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    if pauses is not None:
+        train = hours_at(run, pauses, [step])[0] * 3600
+    else:
+        train = sum(float(r["seconds"]) - float(r.get("eval_seconds") or 0) for r in rows)
+    return {"epochs": int(float(rows[-1]["epoch"])), "steps": step, "train_seconds": round(train, 1),
+            "train_hours": round(train / 3600, 2), "pauses_excluded": pauses is not None,
+            "schedule_epochs": config["train"]["epochs"],
+            "seconds_with_evaluation_and_pauses": round(sum(float(r["seconds"]) for r in rows), 1),
+            "config_yaml": (run / "config.yaml").read_text()}
+
+
+def _trained(training: dict) -> str:
+    """How much training the shipped weights saw, and of which schedule."""
+    epochs, planned = training["epochs"], training["schedule_epochs"]
+    of = f"{epochs} epochs" if epochs >= planned else f"{epochs} of the schedule's {planned} epochs (the run goes on)"
+    excluded = "evaluations and pauses excluded" if training["pauses_excluded"] else "evaluations excluded"
+    return (f"{of}, {training['steps']} steps, {training['train_hours']:.2f} hours of training "
+            f"({training['train_seconds']:.0f} s, {excluded})")
 
 
 def _card(name: str, report: dict) -> str:
@@ -63,43 +91,72 @@ def _card(name: str, report: dict) -> str:
         f"# {name}: people parts (hiertree)", "",
         "Tree-consistent segmentation of people into body / upper and lower body / 7 parts "
         "(`Taxonomy.builtin(\"pascal_part\")`), one head per level, `tf_efficientnet_lite0` encoder.", "",
-        f"- trained on: Pascal-Part people, train split ({report['data']}), {report['training']['epochs']} epochs, "
-        f"{report['training']['steps']} steps, {report['training']['train_hours']:.2f} hours of training "
-        f"({report['training']['train_seconds']:.0f} s, evaluations excluded) on {report['machine']}",
+        f"- trained on: Pascal-Part people, train split ({report['data']}), {_trained(report['training'])} on "
+        f"{report['machine']}",
         f"- command: `{report['command']}`",
         *([f"- how it was trained: {report['note']}"] if report.get("note") else []),
         f"- date: {report['date']}, commit {report['commit']}",
         "- weights: float16 safetensors (loaded into a float32 model)", "",
-        "## Validation (410 images, native resolution, mIoU without background)", "",
+        f"## Validation ({report['val']['images']} images, native resolution, mIoU without background)", "",
         "| level | single scale | flip TTA | fp16 weights, single scale |", "| --- | --- | --- | --- |", *rows, "",
         f"Raw per-head argmax agrees with the tree on {report['val']['raw_consistency']:.4f} of pixels; "
         "decoded predictions are tree-consistent by construction.", "",
         "## Use", "", "```python", "from hiertree import HierSegModel",
         f"model = HierSegModel.from_pretrained(\"{name}\")", "out = model.predict(rgb_uint8_image)   # levels, leaf",
         "```", "", f"`hiertree-predict --checkpoint {name} photo.jpg --out preds/`", "",
+        *_backoff_section(report.get("backoff")),
         "## Licence of the data", "", LICENCE, ""])
 
 
-def ship(run: Path, data: str, name: str, pretrained: Path, results: Path, command: str, note: str = "") -> dict:
+def _backoff_section(record: dict | None) -> list[str]:
+    """The card's back-off paragraph: the promise, where it was calibrated, and how it scored on other images."""
+    if not record:
+        return []
+    cal, held, leaves = record["calibration"], record["held_out"], record["held_out_leaves_only"]
+    return ["## Back-off (`--backoff auto`)", "",
+            f"`backoff.json` promises: {record['promise']}. Threshold θ = {record['threshold']}, calibrated on "
+            f"{cal['images']} val images ({cal['which']}), δ = {record['delta']}, {record['method']}; the largest "
+            f"promise those images support at this δ: {record['largest_target']:.3f}.", "",
+            f"Scored on {held['images']} val images it never saw ({held['which']}): mean image accuracy "
+            f"{held['mean_image_accuracy']:.4f} ± {held['mean_image_accuracy_stderr']:.4f} (promise "
+            f"{'kept' if held['promise_kept'] else 'NOT kept'}; leaves only: {leaves['mean_image_accuracy']:.4f}), "
+            f"specificity {held['mean_image_specificity']:.4f} (information gain relative to the root, credited on "
+            f"correct pixels only; 1 = every pixel a correct leaf), {held['leaf_share']:.4f} of the pixels still at "
+            f"a leaf. The test split decides whether it holds on new images; the promise is made for images like "
+            f"these with probability {1 - record['delta']:.2f}.", ""]
+
+
+def ship(run: Path, data: str | None, name: str, pretrained: Path, results: Path, command: str, note: str = "",
+         checkpoint: Path | None = None, pauses: Path | None = None, backoff: float | None = 0.9,
+         delta: float = 0.1, overrides: tuple[str, ...] = ()) -> dict:
+    """Score, publish, score the fp16 weights, calibrate back-off, write the card and the results files."""
     work = results / f".ship-{name}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     t0 = time.time()
-    single = _score(run, data, work / "single.json")
-    flip = _score(run, data, work / "hflip.json", "--hflip")
+    checkpoint = (checkpoint or run / "best").resolve()
+    single = _score(checkpoint, data, work / "single.json", overrides=overrides)
+    flip = _score(checkpoint, data, work / "hflip.json", "--hflip", overrides=overrides)
     prov = provenance()
     report = {"name": name, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "machine": device_name(), "commit": (prov.get("git") or {}).get("commit") or prov["source_sha256"][:12],
-              "command": command, "note": note, "data": data, "training": _training(run),
+              "command": command, "note": note, "data": data, "checkpoint": checkpoint.name,
+              "training": _training(run, _checkpoint_step(checkpoint), pauses),
               "val": {"single_scale": _levels(single), "hflip": _levels(flip),
                       "raw_consistency": round(single["raw"]["consistency"], 4), "images": single["images"]},
               **prov}
     target = pretrained / name
     shutil.rmtree(target, ignore_errors=True)
-    publish(run, target, card="(scores follow)\n")
-    half = _score(target, data, work / "fp16.json")
+    publish(checkpoint, target, card="(scores follow)\n")
+    half = _score(target, data, work / "fp16.json", overrides=overrides)
     report["val"]["fp16_single_scale"] = _levels(half)
     report["val"]["fp16_max_abs_diff"] = max(abs(a - b) for a, b in zip(_levels(half), _levels(single)))
+    if backoff is not None:  # writes target/backoff.json, tied to the fp16 weights' digest
+        calibrated = _score(target, data, work / "backoff.json", "--calibrate-backoff", str(backoff), "--delta", str(delta),
+                            overrides=overrides)
+        report["backoff"] = calibrated["backoff_promise"]
+        report["backoff"]["command"] = " ".join(["python eval.py --checkpoint", name, *(["--data", data] if data else []),
+                                                 f"--split val --calibrate-backoff {backoff} --delta {delta}", *overrides])
     report["eval_seconds"] = round(time.time() - t0, 1)
     (target / "README.md").write_text(_card(name, report))
     (results / f"results-{name}.json").write_text(json.dumps(report, indent=2, default=str))
@@ -113,16 +170,23 @@ def ship(run: Path, data: str, name: str, pretrained: Path, results: Path, comma
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", required=True, help="the training run folder")
-    parser.add_argument("--data", required=True, help="the dataset folder (its val split is scored)")
+    parser.add_argument("--data", default=None, help="the dataset folder (its val split is scored; default: the run's)")
     parser.add_argument("--name", required=True, help="the shipped model's name, e.g. pascal_part_lite0")
     parser.add_argument("--pretrained", default=str(ROOT / "pretrained"), help="where shipped models live")
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))
     parser.add_argument("--command", default="", help="the training command, for the card and results")
     parser.add_argument("--note", default="", help="what the card should say about the recipe and the run")
+    parser.add_argument("--checkpoint", default=None, help="a checkpoint folder of the run (default: its best)")
+    parser.add_argument("--pauses", default=None, help="TSV of the run's paused intervals: hours without them "
+                                                       "(benchmarks/cpu_learning_curve.py)")
+    parser.add_argument("--backoff", type=float, default=0.9, help="the node accuracy to promise (back-off)")
+    parser.add_argument("--delta", type=float, default=0.1, help="the risk that the promise fails")
+    parser.add_argument("overrides", nargs="*", help="data.*=value overrides for every evaluation")
     args = parser.parse_args(argv)
     torch.set_grad_enabled(False)
     report = ship(Path(args.run), args.data, args.name, Path(args.pretrained), Path(args.results), args.command,
-                  args.note)
+                  args.note, Path(args.checkpoint) if args.checkpoint else None,
+                  Path(args.pauses) if args.pauses else None, args.backoff, args.delta, tuple(args.overrides))
     print(json.dumps(report["val"], indent=2))
     return 0
 
