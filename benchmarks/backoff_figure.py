@@ -16,6 +16,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from hiertree.checkpoint import calibrated_threshold  # noqa: E402
 from hiertree.tree.colors import colorize, overlay  # noqa: E402
 from hiertree.images import read_image  # noqa: E402
 from hiertree.models import load_model  # noqa: E402
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     row = np.concatenate([panels[0], gap, panels[1], gap, panels[2]], axis=1)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(args.out, np.ascontiguousarray(row[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 85])
-    shown = model.backoff_threshold if backoff == "auto" else backoff
+    shown = calibrated_threshold(ck["dir"], required=True) if backoff == "auto" else backoff
     share = float((pred["nodes"] >= tax.num_leaves).mean())
     print(f"wrote {args.out} (threshold {shown}; {share:.1%} of pixels backed off to an inner node)")
     return 0

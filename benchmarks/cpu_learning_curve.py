@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = Path(args.out)
     png = (Path(args.png) if args.png else out / f"learning-curve-{args.name}.png").resolve()
-    plot(points, png, f"{args.name}: val mIoU vs CPU-hours (dotted: smp GPU anchor)", args.anchors)
+    plot(points, png, f"{args.name} (dotted: smp GPU anchor)", args.anchors)
     prov = provenance()
     lines = [f"# Learning curve: {args.name}", "", f"Run `{args.run}`, machine {prov['machine']['cpu']} "
              f"({prov['machine']['cpu_count']} cores), commit {prov['git']['commit']}. Hours: training only ("

@@ -74,6 +74,14 @@ def _training(run: Path, step: int, pauses: Path | None) -> dict:
             "config_yaml": (run / "config.yaml").read_text()}
 
 
+def _machine(machine: dict | str) -> str:
+    """``AMD EPYC, 2 cores, 2 torch threads`` (a device name as it is)."""
+    if not isinstance(machine, dict):
+        return str(machine)
+    return f"{machine['cpu']}, {machine['cpu_count']} cores, {machine['torch_threads']} torch threads, " + (
+        f"GPU {machine['cuda']}" if machine.get("cuda") else "no GPU")
+
+
 def _trained(training: dict) -> str:
     """How much training the shipped weights saw, and of which schedule."""
     epochs, planned = training["epochs"], training["schedule_epochs"]
@@ -92,7 +100,7 @@ def _card(name: str, report: dict) -> str:
         "Tree-consistent segmentation of people into body / upper and lower body / 7 parts "
         "(`Taxonomy.builtin(\"pascal_part\")`), one head per level, `tf_efficientnet_lite0` encoder.", "",
         f"- trained on: Pascal-Part people, train split ({report['data']}), {_trained(report['training'])} on "
-        f"{report['machine']}",
+        f"{_machine(report['machine'])}",
         f"- command: `{report['command']}`",
         *([f"- how it was trained: {report['note']}"] if report.get("note") else []),
         f"- date: {report['date']}, commit {report['commit']}",
