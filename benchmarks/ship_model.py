@@ -191,10 +191,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delta", type=float, default=0.1, help="the risk that the promise fails")
     parser.add_argument("overrides", nargs="*", help="data.*=value overrides for every evaluation")
     args = parser.parse_args(argv)
-    torch.set_grad_enabled(False)
-    report = ship(Path(args.run), args.data, args.name, Path(args.pretrained), Path(args.results), args.command,
-                  args.note, Path(args.checkpoint) if args.checkpoint else None,
-                  Path(args.pauses) if args.pauses else None, args.backoff, args.delta, tuple(args.overrides))
+    with torch.no_grad():
+        report = ship(Path(args.run), args.data, args.name, Path(args.pretrained), Path(args.results), args.command,
+                      args.note, Path(args.checkpoint) if args.checkpoint else None,
+                      Path(args.pauses) if args.pauses else None, args.backoff, args.delta, tuple(args.overrides))
     print(json.dumps(report["val"], indent=2))
     return 0
 

@@ -32,6 +32,7 @@ def test_ship_publishes_fp16_with_scores_and_a_calibrated_backoff(tiny_run, tmp_
     assert report["val"]["fp16_max_abs_diff"] <= 0.002
     stored = json.loads((shipped / "backoff.json").read_text())
     assert stored["weights_sha256"] == file_sha256(shipped / "model.safetensors") and stored["target"] == 0.03
+    assert torch.is_grad_enabled()  # the script leaves the process's grad mode as it found it
     card = (shipped / "README.md").read_text()
     assert "## Back-off (`--backoff auto`)" in card and f"θ = {stored['threshold']}" in card
     assert "1 epochs, 2 steps" in card and "40 images" in card
