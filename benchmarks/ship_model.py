@@ -187,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", default=None, help="a checkpoint folder of the run (default: its best)")
     parser.add_argument("--pauses", default=None, help="TSV of the run's paused intervals: hours without them "
                                                        "(benchmarks/cpu_learning_curve.py)")
-    parser.add_argument("--backoff", type=float, default=0.9, help="the node accuracy to promise (back-off)")
+    parser.add_argument("--backoff", type=lambda v: None if v == "none" else float(v), default=0.9,
+                        help="the node accuracy to promise (back-off), or none (a split too small to calibrate on)")
     parser.add_argument("--delta", type=float, default=0.1, help="the risk that the promise fails")
     parser.add_argument("overrides", nargs="*", help="data.*=value overrides for every evaluation")
     args = parser.parse_args(argv)
