@@ -26,13 +26,18 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.provenance import provenance  # noqa: E402
 
 
+def training_seconds(row: dict) -> float:
+    """One metrics.csv epoch's seconds without its evaluation (pauses still in: see :func:`hours_at`)."""
+    return float(row["seconds"]) - float(row.get("eval_seconds") or 0)
+
+
 def curve(metrics_csv: Path) -> list[dict]:
     """``{"epoch", "step", "hours", "mIoU": [L0, L1, ...]}`` for each evaluated epoch, in order."""
     with open(metrics_csv, newline="") as f:
         rows = list(csv.DictReader(f))
     points, hours = [], 0.0
     for row in rows:
-        hours += (float(row["seconds"]) - float(row.get("eval_seconds") or 0)) / 3600
+        hours += training_seconds(row) / 3600
         levels = sorted(k for k in row if k.startswith("mIoU/L") and row[k] not in ("", None))
         if levels:
             points.append({"epoch": int(row["epoch"]), "step": int(row["step"]), "hours": round(hours, 3),

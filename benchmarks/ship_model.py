@@ -28,7 +28,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.cpu_learning_curve import hours_at  # noqa: E402
+from benchmarks.cpu_learning_curve import hours_at, training_seconds  # noqa: E402
 from benchmarks.provenance import device_name, provenance  # noqa: E402
 from hiertree.cli.eval import main as eval_main  # noqa: E402
 from hiertree.cli.publish import publish  # noqa: E402
@@ -62,16 +62,16 @@ def _training(run: Path, step: int, pauses: Path | None) -> dict:
     """Epochs, steps and hours of training up to ``step`` (evaluations excluded; pauses too with ``pauses``)."""
     with open(run / "metrics.csv", newline="") as f:
         rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
-    config = yaml.safe_load((run / "config.yaml").read_text())
+    config_yaml = (run / "config.yaml").read_text()
     if pauses is not None:
         train = hours_at(run, pauses, [step])[0] * 3600
     else:
-        train = sum(float(r["seconds"]) - float(r.get("eval_seconds") or 0) for r in rows)
+        train = sum(training_seconds(r) for r in rows)
     return {"epochs": int(float(rows[-1]["epoch"])), "steps": step, "train_seconds": round(train, 1),
             "train_hours": round(train / 3600, 2), "pauses_excluded": pauses is not None,
-            "schedule_epochs": config["train"]["epochs"],
+            "schedule_epochs": yaml.safe_load(config_yaml)["train"]["epochs"],
             "seconds_with_evaluation_and_pauses": round(sum(float(r["seconds"]) for r in rows), 1),
-            "config_yaml": (run / "config.yaml").read_text()}
+            "config_yaml": config_yaml}
 
 
 def _machine(machine: dict | str) -> str:
