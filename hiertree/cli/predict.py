@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -11,6 +10,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from hiertree.cli.common import fail, warn
 from hiertree.device import DeviceError, resolve_device
 from hiertree.images import ImageError, find_images, read_image
 from hiertree.inference.backends import BACKENDS, BackendError, backend_choice, make_runner
@@ -20,6 +20,8 @@ from hiertree.logs import add_verbosity, logging_from_args
 from hiertree.tree.colors import colorize, overlay
 
 __all__ = ["main", "write_outputs", "write_node_legend", "OUTPUT_KINDS"]
+
+PROG = "hiertree-predict"
 
 
 def _unique_stems(paths: Sequence[Path]) -> list[str]:
@@ -114,7 +116,7 @@ def write_node_legend(out_dir: Path, taxonomy: Any) -> Path:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hiertree-predict", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog=PROG, description=main.__doc__)
     parser.add_argument("--checkpoint", required=True, help="checkpoint folder, a run folder (uses its best) or a "
                         "shipped model's name")
     parser.add_argument("inputs", nargs="+", metavar="IMAGES_OR_FOLDERS", help="image files and/or folders (not recursive)")
@@ -256,13 +258,12 @@ def main(argv: list[str] | None = None) -> int:
         if threshold is not None:
             write_node_legend(out, taxonomy)
         skipped = _predict_all(args, runner, taxonomy, threshold, out, paths, outputs,
-                               warn=lambda text: print(f"hiertree-predict: warning: {text}", file=sys.stderr))
+                               warn=lambda text: warn(PROG, text))
         if skipped:
             raise ImageError(f"{skipped} of {len(paths)} image(s) could not be read and were skipped (named above); "
                                f"the other {len(paths) - skipped} were written to {out}")
     except (ImageError, CheckpointError, BackendError, DeviceError, ValueError, OSError) as err:
-        print(f"hiertree-predict: error: {err}", file=sys.stderr)
-        return 2
+        return fail(PROG, err)
     why = backend_choice(args.backend, device)[1]
     print(f"hiertree-predict: {len(paths)} image(s), {taxonomy.num_levels} level(s) each, {runner.name} backend: {why} "
           f"-> {out}")

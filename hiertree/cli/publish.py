@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
@@ -21,8 +20,12 @@ import yaml
 from safetensors.torch import save_file
 
 from hiertree.checkpoint import CheckpointError, load_checkpoint
+from hiertree.cli.common import fail
+from hiertree.models.hub import card_data, with_front_matter
 
 __all__ = ["publish", "main"]
+
+PROG = "hiertree-publish"
 
 _MAX_FILE_BYTES = 16_000_000  # what a shipped file may weigh (git hosting, package size)
 
@@ -44,8 +47,8 @@ def publish(checkpoint: str | Path, out_dir: str | Path, card: str | None = None
     if ck["metrics"] is not None:
         (out / "metrics.json").write_text(json.dumps(ck["metrics"], indent=2))
     readme = card if card is not None else _own_card(ck["dir"])
-    if readme:
-        (out / "README.md").write_text(readme)
+    if readme:  # with the front matter the Hub reads (library, task, per-level mIoU)
+        (out / "README.md").write_text(with_front_matter(readme, card_data(ck["taxonomy"], ck["metrics"], model_name=out.name)))
     big = [p.name for p in out.iterdir() if p.stat().st_size > _MAX_FILE_BYTES]
     if big:
         raise CheckpointError(f"{out}: {big} exceed {_MAX_FILE_BYTES // 1_000_000} MB; ship a smaller model")
@@ -59,7 +62,7 @@ def _own_card(folder: Path) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     """Publish a checkpoint as an fp16 model folder (weights, config, taxonomy, model card)."""
-    parser = argparse.ArgumentParser(prog="hiertree-publish", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog=PROG, description=main.__doc__)
     parser.add_argument("--checkpoint", required=True, help="checkpoint folder, or a run folder (uses its best)")
     parser.add_argument("--out", required=True, help="new folder to write, e.g. pretrained/my_model")
     parser.add_argument("--card", help="Markdown file to ship as README.md (default: the checkpoint's own card)")
@@ -68,8 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         card = Path(args.card).read_text() if args.card else None
         out = publish(args.checkpoint, args.out, card)
     except (CheckpointError, OSError) as err:
-        print(f"hiertree-publish: error: {err}", file=sys.stderr)
-        return 2
+        return fail(PROG, err)
     size = sum(p.stat().st_size for p in out.iterdir()) / 1e6
     print(f"hiertree-publish: wrote {out} ({size:.1f} MB: {', '.join(sorted(p.name for p in out.iterdir()))})")
     return 0

@@ -10,9 +10,11 @@ from hiertree.logs import add_verbosity, logging_from_args
 
 __all__ = ["main"]
 
+PROG = "hiertree-stats"
+
 
 def _stats_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hiertree-stats", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog=PROG, description=main.__doc__)
     parser.add_argument("--config", "-c", help="YAML config whose data (and data.sources) to count; default: the defaults")
     parser.add_argument("--data", help="a dataset folder instead of the config's data (kind folder)")
     parser.add_argument("--taxonomy", help="built-in taxonomy name or YAML (default: the config's)")
@@ -46,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
                   "both": [("train", train_ds), ("val", val_ds)]}[args.split]
         result = {name: dataset_stats(ds, taxonomy, args.max_images) for name, ds in splits}
     except (ConfigError, DataError, TaxonomyError) as err:
-        return fail(err)
+        return fail(PROG, err)
     for name, stats in result.items():
         print(format_stats(stats, f"{name} split, taxonomy {taxonomy.name!r}:"))
     if args.json:

@@ -7,10 +7,12 @@ import os
 import shlex
 import sys
 
-from hiertree.cli.common import fail
+from hiertree.cli.common import EXIT_SIGNAL_BASE, fail
 from hiertree.logs import add_verbosity, logging_from_args
 
 __all__ = ["main"]
+
+PROG = "hiertree-train"
 
 
 def _train_errors() -> tuple[type[Exception], ...]:
@@ -29,7 +31,7 @@ def _train_errors() -> tuple[type[Exception], ...]:
 
 def main(argv: list[str] | None = None) -> int:
     """Train from a YAML config plus ``key=value`` overrides (overrides win)."""
-    parser = argparse.ArgumentParser(prog="hiertree-train", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog=PROG, description=main.__doc__)
     parser.add_argument("--config", "-c", help="YAML config (see configs/); defaults apply to missing keys")
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved config (defaults <- file <- overrides) as YAML and exit")
@@ -49,9 +51,9 @@ def main(argv: list[str] | None = None) -> int:
 
         result = train(cfg, command=command)
     except _train_errors() as err:
-        return fail(err)
+        return fail(PROG, err)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the run
         print(f"hiertree: run folder {result['run_dir']} (best checkpoint: {result['run_dir']}/best)")
     if result["stopped"]:  # 128 + signal number, as a shell reports a signalled job: 130 SIGINT, 143 SIGTERM
-        return 128 + int(result["signal"] or 15)
+        return EXIT_SIGNAL_BASE + int(result["signal"] or 15)
     return 0

@@ -20,7 +20,7 @@ from hiertree.config import options
 from hiertree.config.options import OptionError, describe_value, suggest
 from hiertree.config.yaml_unique import DuplicateKeyError, load_unique
 
-__all__ = ["DEFAULTS", "ConfigError", "load_config", "apply_overrides", "merge", "dump_config"]
+__all__ = ["DEFAULTS", "PRESETS", "ConfigError", "presets", "resolve_config", "load_config", "apply_overrides", "merge", "dump_config"]
 
 
 class ConfigError(ValueError):
@@ -100,13 +100,31 @@ def apply_overrides(cfg: dict, overrides: Iterable[str]) -> dict:
     return cfg
 
 
+#: the configs that ship inside the package (``hiertree-train --config demo``); the repository's ``configs/`` is this folder
+PRESETS = Path(__file__).resolve().parent / "presets"
+
+
+def presets() -> list[str]:
+    """Names of the bundled configs: ``load_config(name)`` and ``hiertree-train --config name`` find them anywhere."""
+    return sorted(p.stem for p in PRESETS.glob("*.yaml"))
+
+
+def resolve_config(path: str | Path) -> Path:
+    """A config file: ``path`` itself, or the bundled preset of that name (``demo``, ``pascal_part_cpu``, ...)."""
+    given = Path(path)
+    if given.is_file():
+        return given
+    preset = PRESETS / f"{given.name}.yaml"
+    if given.name == str(path) and given.suffix == "" and preset.is_file():
+        return preset
+    raise ConfigError(f"config file {str(path)!r} does not exist (nor is it a bundled preset: {', '.join(presets())})")
+
+
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> dict:
-    """Defaults ← YAML file ← overrides (CLI overrides win)."""
+    """Defaults ← YAML file (or bundled preset, by name) ← overrides (CLI overrides win)."""
     cfg = copy.deepcopy(DEFAULTS)
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist")
+        path = resolve_config(path)
         try:
             data = load_unique(path.read_text(encoding="utf-8")) or {}
         except DuplicateKeyError as err:

@@ -14,6 +14,7 @@ from hiertree.checkpoint import CheckpointError, calibrated_threshold, load_chec
 from hiertree.inference.decoding import coarse_logits_from_leaves, resolve_backoff
 from hiertree.models.decoder import DeepLabDecoder
 from hiertree.models.encoder import Encoder
+from hiertree.models.hub import push_to_hub, resolve_pretrained, save_pretrained
 from hiertree.config.options import ModelOptions, defaults, validate_options
 from hiertree.inference.padding import pad_amount
 from hiertree.tree.taxonomy import Taxonomy
@@ -57,10 +58,24 @@ class HierSegModel(nn.Module):
         return cls(taxonomy, **cfg)
 
     @classmethod
-    def from_pretrained(cls, path: str, map_location: str | torch.device = "cpu", prefer: str = "best") -> "HierSegModel":
-        """Rebuild a trained model from a checkpoint or run folder alone (no network, no other file)."""
-        model, _ = load_model(path, prefer=prefer, map_location=map_location)
+    def from_pretrained(cls, name_or_path: str | Path, map_location: str | torch.device = "cpu", prefer: str = "best",
+                        revision: str | None = None, cache_dir: str | Path | None = None) -> "HierSegModel":
+        """A trained model from a checkpoint, run or :meth:`save_pretrained` folder, a shipped model's name, or a Hub
+        repo id (``"org/name"``, fetched with ``huggingface_hub``; only the local Hub cache under ``HF_HUB_OFFLINE=1``)."""
+        model, _ = load_model(resolve_pretrained(name_or_path, revision, cache_dir), prefer=prefer, map_location=map_location)
         return model
+
+    def save_pretrained(self, save_directory: str | Path, **options: Any) -> Path:
+        """Write this model in the Hugging Face Hub layout (``model.safetensors``, ``config.json``, ``README.md`` with
+        the Hub's front matter); :meth:`from_pretrained` loads it back. ``options``: ``metrics=`` (an evaluation
+        result, for the card's per-level mIoU), ``card=`` (Markdown body), ``dtype=``, ``license=``, ``datasets=``,
+        ``tags=`` (:func:`hiertree.models.hub.save_pretrained`)."""
+        return save_pretrained(self, save_directory, **options)
+
+    def push_to_hub(self, repo_id: str, **options: Any) -> str:
+        """:meth:`save_pretrained` into a temporary folder and upload it to the Hub repo ``repo_id`` (network and a
+        token needed); ``options`` as :func:`hiertree.models.hub.push_to_hub` takes them. Returns the commit URL."""
+        return push_to_hub(self, repo_id, **options)
 
     def forward(self, images: torch.Tensor, upsample: bool = True) -> list[torch.Tensor]:
         """Logits per level, at input size (``upsample=True``) or at the decoder's stride."""

@@ -16,11 +16,12 @@ encoder ``tf_efficientnet_lite{N}``. CLI: ``hiertree-convert-weights lite0 [--ou
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import re
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -238,7 +239,8 @@ def convert_efficientnet_lite(variant: str = "lite0", out: str | Path | None = N
         os.chmod(tmp, 0o644)  # a cache file, readable like any other download
         os.replace(tmp, path)  # atomic: concurrent readers never see a half-written file
     except OSError as err:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a tmp path under a file, say: nothing was written to remove
+            tmp.unlink(missing_ok=True)
         raise WeightsError(
             f"cannot write {str(path)!r} ({err.strerror or err}); pass out=... / --out or set HIERTREE_WEIGHTS_DIR "
             "to a writable directory"

@@ -116,7 +116,7 @@ def test_error_inside_a_data_loader_worker_is_one_cli_line(tmp_path, capsys):
                        "train.num_workers=1", f"train.out_dir={tmp_path / 'run'}"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1, err
-    assert err[0].startswith("hiertree: error: ") and "Traceback" not in err[0] and "worker" not in err[0]
+    assert err[0].startswith("hiertree-train: error: ") and "Traceback" not in err[0] and "worker" not in err[0]
     assert "corrupt.jpg" in err[0] or "bad_value.png" in err[0]
     assert "skip_bad" in err[0] or "remove" in err[0] or "values" in err[0]
 
@@ -175,5 +175,5 @@ def test_eval_flags_are_checked_and_named(tmp_path, checkpoint, capsys, args, ne
     out = tmp_path / "e.json"
     assert eval_main(["--checkpoint", str(checkpoint), "--out", str(out), *args]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith(f"hiertree: error: {needle}") and "\n" not in err and "train.device" not in err, err
+    assert err.startswith(f"hiertree-eval: error: {needle}") and "\n" not in err and "train.device" not in err, err
     assert not out.exists()

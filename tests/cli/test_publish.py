@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from huggingface_hub import ModelCard
 from safetensors import safe_open
 
 from hiertree import checkpoint as ckpt
@@ -42,7 +43,10 @@ def test_published_weights_are_fp16_and_predict_like_fp32(run, tmp_path):
     assert torch.float16 in dtypes and torch.float32 not in dtypes
     full, _ = load_model(run)
     half, ck = load_model(out)
-    assert ck["config"]["model"]["encoder_weights"] is None and (out / "README.md").read_text() == "# card\n"
+    assert ck["config"]["model"]["encoder_weights"] is None
+    card = ModelCard.load(out / "README.md")  # the checkpoint's card under the front matter the Hub reads
+    assert card.text.strip() == "# card" and card.data.library_name == "hiertree"
+    assert card.data.pipeline_tag == "image-segmentation" and card.data.model_name == "shipped"
     assert next(half.parameters()).dtype == torch.float32  # loaded into a float32 model
     x = torch.randint(0, 256, (1, 3, 96, 80)).float()
     with torch.no_grad():

@@ -314,3 +314,16 @@ def test_shipped_configs_load_their_values(name):
         assert node == expect and type(node) is type(expect), (key, node)
     # keys the file does not set keep the defaults
     assert cfg["train"]["seed"] == DEFAULTS["train"]["seed"] and cfg["eval"]["scales"] == DEFAULTS["eval"]["scales"]
+
+
+def test_bundled_presets_load_by_name_from_anywhere(tmp_path, monkeypatch):
+    from hiertree.config import PRESETS, presets, resolve_config
+
+    monkeypatch.chdir(tmp_path)  # no configs/ folder here: the name alone finds the bundled file
+    assert {"demo", "pascal_part_cpu"} <= set(presets())
+    assert resolve_config("demo") == PRESETS / "demo.yaml"
+    assert load_config("demo")["data"]["kind"] == "synthetic"
+    with pytest.raises(ConfigError, match="'nothing' does not exist \\(nor is it a bundled preset: .*demo"):
+        load_config("nothing")
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config("sub/demo")  # a path is a path: no preset lookup

@@ -251,5 +251,5 @@ def test_cli(tmp_path, capsys):
     assert convert_main(["lite0", "--out", str(out)]) == 0
     assert capsys.readouterr().out.strip() == f"efficientnet-lite0-pypi\t{out}"
     assert out.is_file()
-    assert convert_main(["lite9"]) == 1
+    assert convert_main(["lite9"]) == 2
     assert "supported: lite0, lite1, lite2" in capsys.readouterr().err
