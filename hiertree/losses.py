@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import torch
@@ -185,11 +186,13 @@ def _check_class_weights(weights: Sequence[Sequence[float]] | None, sizes: list[
 class HierarchicalLoss(nn.Module):
     """Weighted per-level cross-entropy plus optional consistency and tree-min terms.
 
-    ``total = ce_weight * sum_l level_weights[l] * CE_l + consistency_weight * KL + tree_min_weight * TM``
-    where KL is :func:`consistency_kl` averaged over adjacent level pairs and TM is
-    :func:`tree_min_loss`. ``forward`` returns ``(total, parts)``; each part is its *weighted*
-    contribution (``ce/L0``, ``ce/L1``, ..., ``consistency`` and ``tree_min`` when their weight is
-    non-zero), so the parts other than ``total`` add up to ``total``.
+    ``total = ce_weight * sum_l level_weights[l] * CE_l + consistency_weight * KL + tree_min_weight * TM
+    + distill_weight * D`` where KL is :func:`consistency_kl` averaged over adjacent level pairs, TM is
+    :func:`tree_min_loss` and D is :meth:`distillation` from a teacher's logits (``forward(..., teacher=)``).
+    With ``ohem_keep < 1`` the levels in ``ohem_levels`` average their cross-entropy over only that share of the
+    batch's labelled pixels, the hardest ones (online hard-example mining). ``forward`` returns ``(total, parts)``; each part is its *weighted*
+    contribution (``ce/L0``, ``ce/L1``, ..., ``consistency``, ``tree_min`` and ``distill`` when their weight
+    is non-zero), so the parts other than ``total`` add up to ``total``.
 
     Lower-resolution loss: when a level's logits are smaller (or larger) than the mask, the leaf
     mask is resized to the logits by picking the label at each cell's centre (nearest-exact: values
@@ -230,6 +233,12 @@ class HierarchicalLoss(nn.Module):
         self.label_smoothing = opts["label_smoothing"]
         self.pseudo_weight = opts["partial_pseudo_weight"]
         self.pseudo_threshold = opts["partial_pseudo_threshold"]
+        self.ohem_keep = opts["ohem_keep"]
+        self.ohem_levels = set(range(self.num_levels) if opts["ohem_levels"] is None else opts["ohem_levels"])
+        if any(l >= self.num_levels for l in self.ohem_levels):
+            raise ValueError(f"ohem_levels {sorted(self.ohem_levels)}: taxonomy {taxonomy.name!r} has levels "
+                             f"0..{self.num_levels - 1}")
+        self.distill_weight = opts["distill_weight"]
         self.sizes = [taxonomy.num_classes(l) for l in range(self.num_levels)]
         for l in range(self.num_levels - 1):
             self.register_buffer(f"_parent_index_{l}", taxonomy.parent_index(l), persistent=False)
@@ -281,6 +290,8 @@ class HierarchicalLoss(nn.Module):
         """Cross-entropy of one level, a partial label's -log of its summed probability included, per labelled pixel."""
         target = self._targets_at(mask, tuple(x.shape[2:]), cache)[level]
         weight = getattr(self, f"_class_weight_{level}") if self.class_weights else None
+        if self.ohem_keep < 1 and level in self.ohem_levels:
+            return self._mined_ce(x, level, target, weight, mask, cache, partial)
         ce_sum = F.cross_entropy(x.float(), target, weight=weight, ignore_index=self.ignore_index, reduction="sum",
                                  label_smoothing=self.label_smoothing)
         exact = target != self.ignore_index
@@ -298,6 +309,35 @@ class HierarchicalLoss(nn.Module):
             count = count + is_partial.sum()
         return ce_sum / count.clamp_min(1)  # 0, not nan, for all-ignore
 
+    def _mined_ce(self, x: Tensor, level: int, target: Tensor, weight: Tensor | None, mask: Tensor, cache: dict,
+                  partial: bool) -> Tensor:
+        """OHEM: the level's cross-entropy (partial labels' terms included) averaged over the ``ohem_keep`` share of
+        the batch's labelled pixels with the highest loss; the others add nothing (their gradient is 0)."""
+        pixel = F.cross_entropy(x.float(), target, weight=weight, ignore_index=self.ignore_index, reduction="none",
+                                label_smoothing=self.label_smoothing)
+        labelled = target != self.ignore_index
+        if partial and level in self.partial_levels:
+            nodes = self._nodes_at(mask, tuple(x.shape[2:]), cache)
+            is_partial = getattr(self, f"_partial_{level}")[self._table_index(nodes)]
+            logp = F.log_softmax(x.float(), dim=1)
+            nll = -logp.masked_fill(~self._allowed(nodes, level), float("-inf")).logsumexp(1)
+            pixel = pixel + torch.where(is_partial, nll, 0.0)
+            labelled = labelled | is_partial
+        losses = pixel[labelled]
+        if losses.numel() == 0:
+            return pixel.sum() * 0.0
+        keep = max(1, math.ceil(self.ohem_keep * losses.numel()))
+        return losses.topk(keep, sorted=False).values.mean()
+
+    def distillation(self, logits: Sequence[Tensor], teacher: Sequence[Tensor]) -> Tensor:
+        """Mean over levels and pixels of KL(teacher || model): the teacher's per-level softmax (``teacher``: its
+        logits or log-probabilities, at the model's logits' size) as soft targets; needs no labels."""
+        total = logits[0].new_zeros((), dtype=torch.float32)
+        for z, t in zip(logits, teacher, strict=True):
+            log_t = F.log_softmax(t.float(), dim=1)
+            total = total + (log_t.exp() * (log_t - F.log_softmax(z.float(), dim=1))).sum(1).mean()
+        return total / len(logits)
+
     def _pseudo_nll(self, logp: Tensor, open_classes: Tensor, is_partial: Tensor) -> Tensor:
         """Per pixel, -log p of the model's own best class among those its partial label leaves open, where that
         class holds ``pseudo_threshold`` of the open classes' probability (0 elsewhere). The choice is detached:
@@ -308,10 +348,40 @@ class HierarchicalLoss(nn.Module):
             confident = (best - inside.logsumexp(1)).exp() >= self.pseudo_threshold
         return -logp.gather(1, pick.unsqueeze(1)).squeeze(1) * (is_partial & confident)
 
-    def forward(self, logits: Sequence[Tensor], leaf_mask: Tensor, partial: bool | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    def _cross_level_terms(self, logits: Sequence[Tensor], leaf_mask: Tensor, cache: dict, partial: bool) -> dict[str, Tensor]:
+        """The weighted consistency and tree-min terms (those switched on), which need every level at one size."""
+        parts: dict[str, Tensor] = {}
+        if (self.consistency_weight > 0 or self.tree_min_weight > 0) and len({tuple(x.shape[2:]) for x in logits}) > 1:
+            raise ValueError(
+                f"consistency/tree-min need all levels at one resolution, got {[tuple(x.shape[2:]) for x in logits]}; "
+                "resize the heads to a common size or disable these terms"
+            )
+        if self.consistency_weight > 0:
+            kl = logits[0].new_zeros((), dtype=torch.float32)
+            if self.num_levels > 1:
+                kl = sum(  # the children groups live on the logits' device once (no copy per step)
+                    _consistency_kl(logits[l], logits[l + 1], self.taxonomy.children(l, device=logits[l].device))
+                    for l in range(self.num_levels - 1)
+                ) / (self.num_levels - 1)
+            parts["consistency"] = self.consistency_weight * kl
+        if self.tree_min_weight > 0:
+            size = tuple(logits[0].shape[2:])
+            targets = self._targets_at(leaf_mask, size, cache)
+            allowed, valid = None, None
+            if partial:
+                nodes = self._nodes_at(leaf_mask, size, cache)
+                allowed = [self._allowed(nodes, l) if l in self.partial_levels else None for l in range(self.num_levels)]
+                valid = (nodes >= 0) & (nodes < self.taxonomy.num_nodes)
+            tm = _tree_min(logits, targets, self._parents(), self.ignore_index, allowed, valid, check=self.check_targets)
+            parts["tree_min"] = self.tree_min_weight * tm
+        return parts
+
+    def forward(self, logits: Sequence[Tensor], leaf_mask: Tensor, partial: bool | None = None,
+                teacher: Sequence[Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """``logits``: one [B, C_l, h, w] map per level; ``leaf_mask``: LongTensor [B, H, W] of node ids (leaf
         masks are node masks). ``partial``: whether any pixel may be labelled at an inner node; ``None`` asks
-        the mask (one host sync); ``False`` skips the partial-label terms (the trainer knows per batch)."""
+        the mask (one host sync); ``False`` skips the partial-label terms (the trainer knows per batch).
+        ``teacher``: a teacher's per-level logits at the logits' size, for the ``distill_weight`` term."""
         if len(logits) != self.num_levels:
             raise ValueError(
                 f"got {len(logits)} logit maps but taxonomy {self.taxonomy.name!r} has {self.num_levels} levels; "
@@ -344,32 +414,14 @@ class HierarchicalLoss(nn.Module):
             parts[f"ce/L{l}"] = part
             total = total + part
 
-        cross_level = self.consistency_weight > 0 or self.tree_min_weight > 0
-        if cross_level and len({tuple(x.shape[2:]) for x in logits}) > 1:
-            raise ValueError(
-                f"consistency/tree-min need all levels at one resolution, got {[tuple(x.shape[2:]) for x in logits]}; "
-                "resize the heads to a common size or disable these terms"
-            )
-        if self.consistency_weight > 0:
-            if self.num_levels > 1:
-                kl = sum(  # the children groups live on the logits' device once (no copy per step)
-                    _consistency_kl(logits[l], logits[l + 1], self.taxonomy.children(l, device=logits[l].device))
-                    for l in range(self.num_levels - 1)
-                ) / (self.num_levels - 1)
-            else:
-                kl = total.new_zeros(())
-            parts["consistency"] = self.consistency_weight * kl
-            total = total + parts["consistency"]
-        if self.tree_min_weight > 0:
-            size = tuple(logits[0].shape[2:])
-            targets = self._targets_at(leaf_mask, size, cache)
-            allowed, valid = None, None
-            if partial:
-                nodes = self._nodes_at(leaf_mask, size, cache)
-                allowed = [self._allowed(nodes, l) if l in self.partial_levels else None for l in range(self.num_levels)]
-                valid = (nodes >= 0) & (nodes < self.taxonomy.num_nodes)
-            tm = _tree_min(logits, targets, self._parents(), self.ignore_index, allowed, valid, check=self.check_targets)
-            parts["tree_min"] = self.tree_min_weight * tm
-            total = total + parts["tree_min"]
+        parts.update(self._cross_level_terms(logits, leaf_mask, cache, partial))
+        if self.distill_weight > 0:
+            if teacher is None:
+                raise ValueError("distill_weight > 0 needs the teacher's logits (forward(..., teacher=...)); the "
+                                 "trainer passes them when train.teacher is set")
+            parts["distill"] = self.distill_weight * self.distillation(logits, teacher)
+        for name in ("consistency", "tree_min", "distill"):
+            if name in parts:
+                total = total + parts[name]
         parts["total"] = total
         return total, parts

@@ -298,3 +298,60 @@ def test_partial_pseudo_label_known_answer():
     assert float(off) == pytest.approx(math.log(1.5), abs=1e-6)  # -log(6/9)
     assert float(on(logits, mask)[1]["ce/L2"]) == pytest.approx(math.log(1.5) + math.log(3.0), abs=1e-6)  # + -log(3/9)
     assert float(below(logits, mask)[1]["ce/L2"]) == pytest.approx(math.log(1.5), abs=1e-6)  # torso holds 3/6 < 0.6
+
+
+# ---------------------------------------------------------------------- hard-pixel mining, self-distillation
+def _two_pixels():
+    """Two torso pixels at L2: one certain (logit 10 on torso), one uniform (loss ln 7); L0/L1 uniform."""
+    l2 = torch.zeros(1, 7, 1, 2)
+    l2[0, 2, 0, 0] = 10.0
+    return [torch.zeros(1, 2, 1, 2), torch.zeros(1, 3, 1, 2), l2], torch.tensor([[[2, 2]]])
+
+
+def test_ohem_keeps_the_hardest_share_of_the_level():
+    logits, mask = _two_pixels()
+    easy = math.log(1 + 6 * math.exp(-10.0))
+    _, plain = HierarchicalLoss(TAX, consistency_weight=0.0)(logits, mask)
+    _, mined = HierarchicalLoss(TAX, consistency_weight=0.0, ohem_keep=0.5, ohem_levels=[2])(logits, mask)
+    assert plain["ce/L2"].item() == pytest.approx((easy + math.log(7)) / 2, abs=1e-6)
+    assert mined["ce/L2"].item() == pytest.approx(math.log(7), abs=1e-6)  # the uniform pixel alone
+    assert mined["ce/L0"].item() == pytest.approx(plain["ce/L0"].item())  # levels not listed are not mined
+    _, every = HierarchicalLoss(TAX, consistency_weight=0.0, ohem_keep=0.5)(logits, mask)  # null: every level
+    assert every["ce/L0"].item() == pytest.approx(math.log(2), abs=1e-6)
+
+
+def test_ohem_keep_one_equals_the_plain_mean_and_mined_pixels_get_no_gradient():
+    g = torch.Generator().manual_seed(3)
+    logits = [torch.randn(2, c, 5, 5, generator=g) for c in TAX.level_sizes]
+    mask = torch.randint(0, 7, (2, 5, 5), generator=g)
+    mask[0, 0, :] = IGN
+    _, plain = HierarchicalLoss(TAX)(logits, mask)
+    _, all_kept = HierarchicalLoss(TAX, ohem_keep=1.0, ohem_levels=[2])(logits, mask)
+    assert all_kept["ce/L2"].item() == pytest.approx(plain["ce/L2"].item(), rel=1e-6)
+    leaf = logits[2].clone().requires_grad_(True)
+    HierarchicalLoss(TAX, consistency_weight=0.0, level_weights=[0, 0, 1], ohem_keep=0.2, ohem_levels=[2])(
+        [logits[0], logits[1], leaf], mask)[0].backward()
+    touched = leaf.grad.abs().sum(1) > 0
+    assert touched.sum().item() == math.ceil(0.2 * (mask != IGN).sum().item())  # 20 % of the labelled pixels
+    assert not touched[0, 0].any()  # ignored pixels are never mined
+
+
+def test_ohem_levels_out_of_range_are_refused():
+    with pytest.raises(ValueError, match="ohem_levels \\[3\\]: taxonomy 'pascal_part' has levels 0..2"):
+        HierarchicalLoss(TAX, ohem_keep=0.5, ohem_levels=[3])
+
+
+def test_distillation_known_answer_and_zero_for_the_same_predictions():
+    logits = one_pixel_logits()  # L0 [1/4, 3/4], L1 and L2 uniform
+    loss = HierarchicalLoss(TAX, consistency_weight=0.0, ce_weight=0.0, distill_weight=2.0)
+    _, same = loss(logits, TORSO, teacher=[z.clone() for z in logits])
+    assert same["distill"].item() == pytest.approx(0.0, abs=1e-7)
+    teacher = [pixel([LN3, 0.0]), pixel([0.0] * 3), pixel([0.0] * 7)]  # L0 [3/4, 1/4]: KL = 1/2 ln 3 at L0 only
+    total, parts = loss(logits, TORSO, teacher=teacher)
+    assert parts["distill"].item() == pytest.approx(2.0 * (0.5 * LN3) / 3, abs=1e-6)  # mean over the 3 levels
+    assert total.item() == pytest.approx(parts["distill"].item())
+
+
+def test_distillation_without_a_teacher_is_refused():
+    with pytest.raises(ValueError, match="needs the teacher's logits"):
+        HierarchicalLoss(TAX, distill_weight=1.0)(one_pixel_logits(), TORSO)

@@ -244,6 +244,15 @@ class LossOptions(_Section):
     partial_pseudo_threshold: Float = _opt(
         0.9, "that pseudo-label counts only where its probability, renormalised over the classes under the label, "
         "reaches this", ge=0, le=1)
+    ohem_keep: Float = _opt(
+        1.0, "hard-pixel mining: each level in loss.ohem_levels averages its cross-entropy over only this share of "
+        "the batch's labelled pixels, the hardest (highest loss) ones; 1: every pixel (off)", gt=0, le=1)
+    ohem_levels: Annotated[Optional[list[Annotated[int, Field(ge=0)]]], BeforeValidator(_as_list)] = _opt(
+        None, "levels (0 = coarsest) that loss.ohem_keep mines; null: every level", expected="a list of level indices",
+        example=[2], min_length=1)
+    distill_weight: Float = _opt(
+        0.0, "self-distillation: weight of the KL from the teacher's per-level probabilities (train.teacher) to the "
+        "model's, on every pixel; 0: off", ge=0)
 
 
 class TrainOptions(_Section):
@@ -283,6 +292,16 @@ class TrainOptions(_Section):
         [], "config keys a resume may change although the run then no longer computes what the original would "
         "(e.g. [train.epochs] to lengthen a run: its schedule jumps); keys not listed refuse the resume",
         expected="a list of dotted config keys (may be empty)", resume_safe=True)
+    init_from: OptPathText = _opt(
+        None, "fine-tune: the weights of this checkpoint, run folder (its best) or shipped model are loaded before the "
+        "first step (same taxonomy and architecture); optimizer and schedule start afresh; null: model.encoder_weights",
+        expected="a checkpoint, run folder or shipped model name (str)", example="pascal_part_lite0_cpu", min_length=1)
+    teacher: OptPathText = _opt(
+        None, "self-distillation teacher (loss.distill_weight > 0): a checkpoint, run folder or shipped model whose "
+        "predictions, averaged with its mirrored ones when train.teacher_hflip, the model learns from",
+        expected="a checkpoint, run folder or shipped model name (str)", example="pascal_part_lite0_cpu", min_length=1)
+    teacher_hflip: bool = _opt(True, "the teacher predicts each crop and its mirror and averages them (flip test-time "
+                               "augmentation: a better teacher for twice its forward cost)")
     resume: OptPathText = _opt(None, "a run or checkpoint folder, or auto (the out_dir's last checkpoint if any)",
                                expected="'auto' or a run or checkpoint folder (str)", example="auto", min_length=1, resume_safe=True)
     progress: bool = _opt(True, "progress bars", resume_safe=True)

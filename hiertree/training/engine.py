@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from hiertree.training import distributed
@@ -40,7 +41,7 @@ from hiertree.evaluation.evaluate import evaluate
 from hiertree.inference.decoding import decode
 from hiertree.losses import HierarchicalLoss
 from hiertree.metrics import format_scores
-from hiertree.models import HierSegModel
+from hiertree.models import HierSegModel, load_model
 from hiertree.training.run_state import Layout, Progress, TrainingError, check_resumable, restore, train_state
 from hiertree.tree.taxonomy import Taxonomy
 from hiertree.training.tblog import TrainLogger
@@ -92,7 +93,7 @@ def _run(run: "_Run", stop: "_StopFlag") -> dict:
 
 def _epochs(run: "_Run", progress: Progress, stop: "_StopFlag") -> str | None:
     """Epochs until the end, ``train.max_steps`` or a signal; returns what stopped the run early, if anything."""
-    tcfg, stopped = run.cfg["train"], None
+    stopped = None
     for epoch in range(progress.epoch, run.epochs):
         outcome = _train_epoch(run, progress, epoch, stop)
         if run.distributed:
@@ -187,6 +188,7 @@ class _Run:
     last_metrics: dict | None = None
     phases: "StepPhases" = field(default_factory=lambda: StepPhases(None))  # off unless a benchmark times the steps
     running_stats: list[torch.Tensor] | None = None  # the BatchNorm buffers a bad step puts back
+    teacher: torch.nn.Module | None = None  # train.teacher (self-distillation), eval mode, no gradients
 
     @property
     def main(self) -> bool:
@@ -218,7 +220,8 @@ def _setup(cfg: dict, command: str, model: torch.nn.Module | None) -> _Run:
     run_dir = Path(cfg["train"]["out_dir"])
     data = _data(cfg, place, run_dir)
     model = _model(cfg, model, place, data.taxonomy)
-    return _Run(cfg, command, run_dir, place=place, data=data, model=model, optim=_optim(cfg, model, place, data))
+    return _Run(cfg, command, run_dir, place=place, data=data, model=model, optim=_optim(cfg, model, place, data),
+                teacher=_teacher(cfg, place, data.taxonomy))
 
 
 def _place(tcfg: dict) -> _Place:
@@ -251,10 +254,68 @@ def _data(cfg: dict, place: _Place, run_dir: Path) -> _Data:
 def _model(cfg: dict, model: torch.nn.Module | None, place: _Place, taxonomy: Taxonomy) -> torch.nn.Module:
     """The config's HierSegModel (or a benchmark's own), frozen as train.* asks, on the device in its layout."""
     tcfg = cfg["train"]
-    model = (model if model is not None else HierSegModel.from_config(taxonomy, cfg["model"])).to(place.device)
+    # train.init_from replaces every weight: no ImageNet encoder to load first
+    mcfg = {**cfg["model"], "encoder_weights": None} if tcfg["init_from"] else cfg["model"]
+    model = (model if model is not None else HierSegModel.from_config(taxonomy, mcfg)).to(place.device)
+    if tcfg["init_from"]:
+        _init_from(model, tcfg["init_from"], taxonomy)
     if tcfg["frozen_stages"] or tcfg["freeze_encoder_bn"]:
         _encoder_of(model).freeze(tcfg["frozen_stages"], tcfg["freeze_encoder_bn"])
     return model.to(memory_format=torch.channels_last) if place.channels_last else model
+
+
+def _init_from(model: torch.nn.Module, source: str, taxonomy: Taxonomy) -> None:
+    """``train.init_from``: every weight of a checkpoint (its best in a run folder) or shipped model, loaded before the
+    first step; the tree must be the same and every tensor must fit (output stride and dropout may differ)."""
+    ck = load_checkpoint(source, prefer="best")
+    if ck["taxonomy"] != taxonomy:
+        raise TrainingError(f"train.init_from={source!r}: its taxonomy {ck['taxonomy'].name!r} (levels "
+                            f"{ck['taxonomy'].level_sizes}) differs from this run's {taxonomy.name!r} (levels "
+                            f"{taxonomy.level_sizes}); fine-tune from a checkpoint of the same tree")
+    try:
+        missing, unexpected = unwrap(model).load_state_dict(ck["state_dict"], strict=False)
+    except RuntimeError as err:
+        first = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), str(err))
+        raise TrainingError(f"train.init_from={source!r}: its weights do not fit this config's model ({first}); "
+                            f"set model.* as in {ck['dir']}/config.yaml") from None
+    if missing or unexpected:
+        raise TrainingError(f"train.init_from={source!r}: its weights do not match this config's model (missing "
+                            f"{missing[:5]}, unexpected {unexpected[:5]}); set model.* as in {ck['dir']}/config.yaml")
+    log.info("initialised every weight from %s", ck["dir"])
+
+
+def _teacher(cfg: dict, place: _Place, taxonomy: Taxonomy) -> torch.nn.Module | None:
+    """``train.teacher`` in eval mode without gradients, when ``loss.distill_weight`` asks for one."""
+    weight, source = cfg["loss"]["distill_weight"], cfg["train"]["teacher"]
+    if (weight > 0) != bool(source):
+        raise TrainingError("self-distillation needs both loss.distill_weight > 0 and train.teacher (a checkpoint, run "
+                            f"folder or shipped model); got loss.distill_weight={weight}, train.teacher={source!r}")
+    if not source:
+        return None
+    teacher, info = load_model(source, map_location=place.device, channels_last=place.channels_last)
+    if info["taxonomy"] != taxonomy:
+        raise TrainingError(f"train.teacher={source!r}: its taxonomy {info['taxonomy'].name!r} differs from this "
+                            f"run's {taxonomy.name!r}; a teacher must predict the same tree")
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher.eval()
+
+
+def _teacher_logits(run: "_Run", images: torch.Tensor, sizes: list[torch.Size]) -> list[torch.Tensor] | None:
+    """The teacher's per-level log-probabilities at the model's logits' sizes (mean of the image and its mirror
+    with ``train.teacher_hflip``), or None without a teacher."""
+    if run.teacher is None:
+        return None
+    views = [images, images.flip(-1)] if run.cfg["train"]["teacher_hflip"] else [images]
+    with torch.no_grad():
+        probs = None
+        for k, view in enumerate(views):
+            out = run.teacher(view, upsample=run.cfg["loss"]["full_resolution"])
+            out = [F.interpolate(z.float(), size=s[2:], mode="bilinear", align_corners=False)
+                   if z.shape[2:] != s[2:] else z.float() for z, s in zip(out, sizes)]
+            out = [z.softmax(1).flip(-1) if k else z.softmax(1) for z in out]
+            probs = out if probs is None else [a + b for a, b in zip(probs, out)]
+        return [(p / len(views)).clamp_min(1e-8).log() for p in probs]
 
 
 def _optim(cfg: dict, model: torch.nn.Module, place: _Place, data: _Data) -> _Optim:
@@ -521,7 +582,9 @@ def _step(run: _Run, batch: dict, window: _Window, batch_in_epoch: int) -> None:
     before = [b.clone() for b in stats]  # the forward moves them: a bad step puts them back (on the device)
     with autocast_for(run.place.device, run.place.amp):
         logits = run.forward(images, upsample=run.cfg["loss"]["full_resolution"])
-        loss, parts = run.optim.criterion([z.float() for z in logits], masks, partial=batch.get("partial"))
+        teacher = _teacher_logits(run, images, [z.shape for z in logits])
+        extra = {} if teacher is None else {"teacher": teacher}  # a loss without distillation need not take it
+        loss, parts = run.optim.criterion([z.float() for z in logits], masks, partial=batch.get("partial"), **extra)
     run.phases.mark("forward")
     bad = (~torch.isfinite(loss.detach())).float()
     if run.distributed:

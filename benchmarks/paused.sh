@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Run a command while a background training job is paused, and log the pause for the hours it trained.
+#   benchmarks/paused.sh runs/long.pgid runs/pauses.tsv -- python -m pytest -q
+# The job's process group (its id in the first file, as `setsid nohup ... & echo $! > file` leaves it) gets
+# SIGSTOP, the command runs, then SIGCONT; the pause's start and end (epoch seconds, tab-separated) are appended to
+# the TSV that benchmarks/cpu_learning_curve.py and cpu_lever_arms.py take as --pauses. Two torch jobs at once on
+# 2 cores slow both ~20x (OpenMP spin-waiting): this keeps one at a time. The job resumes even if the command fails.
+set -uo pipefail
+pgid_file=$1 pauses=$2
+shift 2
+[[ ${1:-} == "--" ]] && shift
+pgid=$(cat "$pgid_file")
+start=$(date +%s.%N)
+kill -STOP -- "-$pgid" 2>/dev/null || echo "paused.sh: no process group $pgid (job not running); running the command anyway" >&2
+trap 'kill -CONT -- "-$pgid" 2>/dev/null; printf "%s\t%s\n" "$start" "$(date +%s.%N)" >> "$pauses"' EXIT
+"$@"
