@@ -37,9 +37,12 @@ class PairTables:
 
 
 class PairAccumulator:
-    def __init__(self, taxonomy) -> None:
+    def __init__(self, taxonomy, scope: str = "predicted") -> None:
         names = taxonomy.node_names
-        self.taxonomy = taxonomy
+        self.taxonomy, self.scope = taxonomy, scope
+        fg = torch.zeros(taxonomy.num_nodes, dtype=torch.bool)
+        fg[taxonomy.foreground_nodes()] = True
+        self.foreground = fg  # the pixels counted (hiertree.evaluation.backoff.SCOPES): by true leaf or predicted node
         right = [[float(names[n] == names[t] or names[n] in taxonomy.ancestors(names[t]))
                   for n in range(taxonomy.num_nodes)] for t in range(taxonomy.num_leaves)]
         self.right = torch.tensor(right, dtype=torch.float64)
@@ -52,6 +55,10 @@ class PairAccumulator:
     def update(self, chain: torch.Tensor, probs: torch.Tensor, target: torch.Tensor, ids) -> None:
         for b, image_id in enumerate(ids):
             keep = (target[b] >= 0) & (target[b] < self.taxonomy.num_leaves)
+            if self.scope == "foreground":
+                keep &= self.foreground[target[b].clamp(0, self.taxonomy.num_nodes - 1).cpu()].to(keep.device)
+            elif self.scope == "predicted":  # the chain's last node (depth 1) is the same at every threshold
+                keep &= self.foreground[chain[-1, b].cpu()].to(keep.device)
             if not bool(keep.any()):
                 continue
             t, c, p = target[b][keep].cpu().long(), chain[:, b][:, keep].cpu(), probs[:, b][:, keep].cpu().double()

@@ -27,7 +27,7 @@ from benchmarks.provenance import provenance  # noqa: E402
 from hiertree.config import DEFAULTS, apply_overrides, merge  # noqa: E402
 from hiertree.data import build_datasets  # noqa: E402
 from hiertree.data.loaders import val_loaders  # noqa: E402
-from hiertree.evaluation.backoff import GRID, BackoffError, CurveAccumulator, coverage, largest_target, promise  # noqa: E402
+from hiertree.evaluation.backoff import GRID, SCOPES, BackoffError, CurveAccumulator, coverage, largest_target, promise  # noqa: E402
 from hiertree.evaluation.evaluate import evaluate  # noqa: E402
 from hiertree.models import load_model  # noqa: E402
 
@@ -53,7 +53,7 @@ def score(args: argparse.Namespace) -> tuple[dict, object, object]:
     cfg["data"]["val_split"] = cfg["data"]["train_split"] = args.split
     _, val_ds = build_datasets(cfg["data"], ck["taxonomy"], seed=0)
     loader = val_loaders(val_ds, ck["taxonomy"], cfg["eval"]["batch_size"], 0)
-    curves, pairs = CurveAccumulator(ck["taxonomy"]), PairAccumulator(ck["taxonomy"])
+    curves, pairs = CurveAccumulator(ck["taxonomy"], scope=args.scope), PairAccumulator(ck["taxonomy"], scope=args.scope)
     result = evaluate(model, loader, ck["taxonomy"], model.encoder.mean.device, max_side=cfg["eval"]["max_side"],
                       window=cfg["eval"]["window"], overlap=cfg["eval"]["overlap"], backoff=GRID,
                       image_curves=_Both(curves, pairs))
@@ -137,6 +137,14 @@ def markdown(report: dict, args: argparse.Namespace, command: str) -> str:
               f"{report['largest_target_whole_split']:.3f})", "",
               _coverage_text(cov, p) + " With Hoeffding-Bentkus p-values instead: "
               + _coverage_text(report["coverage_hb"], p).split(": ", 1)[1],
+              "", "## The promises to choose from", "",
+              "Each promise calibrated on the same half, scored on the held-out half (`eval.py --calibrate-backoff` "
+              "prints this ladder too): the stricter the promise, the more pixels leave their leaf for a parent.", "",
+              "| promise P | threshold | held-out mean image accuracy | still at a leaf | specificity |",
+              "| --- | --- | --- | --- | --- |",
+              *[f"| {r['target']} | {r['threshold']} | {r['held_out_mean_image_accuracy']:.4f} | "
+                f"{r['held_out_leaf_share']:.4f} | {r['held_out_mean_image_specificity']:.4f} |" if r["threshold"] is not None
+                else f"| {r['target']} | - | (not supported by these images) | | |" for r in p["ladder"]],
               "", "## One threshold per depth?", "", _per_depth_text(pd, held), "",
               "## Accuracy and specificity per threshold (all images, mean over images)", "",
               "| threshold | mean image accuracy | mean image specificity | pooled accuracy | still at a leaf |",
@@ -154,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", required=True)
     parser.add_argument("--target", type=float, default=0.9)
     parser.add_argument("--delta", type=float, default=0.1)
+    parser.add_argument("--scope", choices=sorted(SCOPES), default="predicted", help="the pixels the promise counts")
     parser.add_argument("--trials", type=int, default=1000)
     parser.add_argument("--calibration-images", type=int, default=None, help="per draw (default: half the split)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))

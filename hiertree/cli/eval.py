@@ -53,6 +53,11 @@ def _eval_parser() -> argparse.ArgumentParser:
                            "with probability 1 - delta, the image the unit (Learn-then-Test), calibrated on half of "
                            "the split's images and scored on the other half (or --calibration-split); stored with "
                            "the checkpoint (backoff.json) for --backoff auto")
+    parser.add_argument("--backoff-scope", choices=("predicted", "foreground", "all"), default="predicted",
+                        help="which pixels the promise counts: predicted (default: the pixels the model calls a person, "
+                        "the taxonomy's foreground: when it names a part, how often that part or its parent is right), "
+                        "foreground (the person's pixels by the truth, missed ones included) or all (every labelled "
+                        "pixel, background included); docs/backoff.md says why")
     parser.add_argument("--delta", type=float, default=0.1, help="the risk that the calibrated promise fails (0.1)")
     parser.add_argument("--calibration-split", metavar="SPLIT", help="calibrate on this split and score the promise on "
                         "--split (default: the two halves of --split, by image)")
@@ -143,7 +148,7 @@ def _calibrate(args: argparse.Namespace, model: Any, ck: dict, cfg: dict, device
 
     split = result["split"]
     if args.calibration_split:
-        other = CurveAccumulator(ck["taxonomy"])
+        other = CurveAccumulator(ck["taxonomy"], scope=args.backoff_scope)
         _score(args, model, ck, cfg, device, args.calibration_split, image_curves=other)
         record = promise(other.curves(), args.calibrate_backoff, args.delta, split=args.calibration_split,
                          held_out=curves.curves(), held_out_split=split, bound=args.bound)
@@ -167,13 +172,27 @@ def _print_backoff(result: dict) -> None:
         print(f"held out ({held['images']} images, {held['which']}): mean image accuracy "
               f"{held['mean_image_accuracy']:.4f} ± {held['mean_image_accuracy_stderr']:.4f} "
               f"({'kept' if held['promise_kept'] else 'NOT kept'}), specificity {held['mean_image_specificity']:.4f}, "
-              f"still at a leaf {held['leaf_share']:.4f}")
+              f"still at a leaf {held['leaf_share']:.4f} (counted: {record.get('scope', 'all')} pixels)")
+        _print_ladder(record.get("ladder", []))
         return
     if "backoff" in result:
         point = result["backoff"][0]
         print(f"back-off at {point['threshold']}: accuracy {point['accuracy']:.4f}, specificity "
               f"{point['specificity']:.4f}, still at a leaf {point['leaf_coverage']:.4f}; predicted per level: "
               + ", ".join(f"{k} {v:.4f}" for k, v in point.get("level_shares", {}).items()))
+
+
+def _print_ladder(rows: list[dict]) -> None:
+    """The promises a user can choose from: threshold, and on the held-out images accuracy and detail kept."""
+    if not rows:
+        return
+    print("promise  threshold  held-out accuracy  still at a leaf  specificity")
+    for r in rows:
+        if r["threshold"] is None:
+            print(f"{r['target']:<8} {'-':<10} (these images cannot support it)")
+            continue
+        print(f"{r['target']:<8} {r['threshold']:<10} {r['held_out_mean_image_accuracy']:<18.4f} "
+              f"{r['held_out_leaf_share']:<16.4f} {r['held_out_mean_image_specificity']:.4f}")
 
 
 def _eval_run(args: argparse.Namespace) -> tuple[dict, dict, Any, Any, Any, list]:
@@ -183,7 +202,7 @@ def _eval_run(args: argparse.Namespace) -> tuple[dict, dict, Any, Any, Any, list
 
     model, ck, cfg, device = _setup(args)
     hflip, scales = args.hflip or cfg["eval"]["hflip"], list(args.scales or cfg["eval"]["scales"])
-    curves = CurveAccumulator(ck["taxonomy"]) if args.calibrate_backoff is not None else None
+    curves = CurveAccumulator(ck["taxonomy"], scope=args.backoff_scope) if args.calibrate_backoff is not None else None
     split = cfg["data"]["val_split"]
     result, val_ds, skipped = _score(args, model, ck, cfg, device, split, _backoff_thresholds(args, ck, hflip, scales),
                                      curves)

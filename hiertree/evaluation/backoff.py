@@ -2,8 +2,9 @@
 
 **The promise.** For a target ``P`` and a risk level ``delta``, :func:`calibrate` picks the smallest threshold
 θ such that, with probability at least ``1 - delta`` over the calibration images, the *mean over new images of
-each image's node accuracy* is at least ``P``. An image's node accuracy is the share of its leaf-labelled pixels
-whose back-off node is right (the true leaf or one of its ancestors). The unit of sampling is the image: the
+each image's node accuracy* is at least ``P``. An image's node accuracy is the share of its pixels in scope
+(:data:`SCOPES`: by default the pixels the model calls foreground, for people what it calls a person) whose
+back-off node is right (the true leaf or one of its ancestors). The unit of sampling is the image: the
 pixels of one image rise and fall together, so a promise over 50 million pixels of 410 images is a promise
 over 410 draws. The method is Learn-then-Test (Angelopoulos et al., 2021): the thresholds are tested in a fixed
 sequence from the most cautious (θ = 1) down, each null hypothesis "the mean risk at θ exceeds ``1 - P``" with a
@@ -32,12 +33,26 @@ import torch
 from hiertree.metrics import backoff_pairs
 from hiertree.tree.taxonomy import Taxonomy
 
-__all__ = ["GRID", "BOUNDS", "BackoffError", "ImageCurves", "CurveAccumulator", "hb_pvalue", "wsr_pvalue", "pvalue", "min_images",
+__all__ = ["GRID", "SCOPES", "LADDER", "ladder", "BOUNDS", "BackoffError", "ImageCurves", "CurveAccumulator", "hb_pvalue", "wsr_pvalue", "pvalue", "min_images",
            "calibrate",
            "largest_target", "split_images", "coverage", "promise", "info_gain"]
 
 #: The thresholds scanned: 0, 0.01, ..., 1.
 GRID: tuple[float, ...] = tuple(round(i / 100, 2) for i in range(101))
+
+#: Which pixels an image's node accuracy counts: ``predicted`` (the default) the pixels whose back-off node is foreground
+#: (``Taxonomy.foreground_nodes``: what the model calls a person, the precision view: the risk back-off controls, from
+#: the leaves' accuracy at θ = 0 to the foreground's precision at θ = 1), ``foreground`` the pixels whose true leaf is
+#: foreground (for people every ``body`` pixel by the truth; the pixels the model misses cap what it can promise),
+#: ``all`` every leaf-labelled pixel (background included, which any model gets right).
+SCOPES: dict[str, str] = {
+    "predicted": "pixels the model calls foreground (for people: a person)",
+    "foreground": "pixels that are foreground by the truth (for people: the person's pixels)",
+    "all": "leaf-labelled pixels (background included)",
+}
+
+#: The promises ``eval.py --calibrate-backoff`` also tabulates for a user to choose from.
+LADDER: tuple[float, ...] = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
 
 
 class BackoffError(ValueError):
@@ -75,6 +90,7 @@ class ImageCurves:
     gain: np.ndarray  # [n, G]
     at_leaf: np.ndarray  # [n, G]
     at_depth: np.ndarray  # [n, G, D]
+    scope: str = "all"  # which pixels were counted (:data:`SCOPES`)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -83,7 +99,7 @@ class ImageCurves:
         keep = np.asarray(keep)
         return ImageCurves([i for i, k in zip(self.ids, keep) if k] if keep.dtype == bool else [self.ids[i] for i in keep],
                            self.thresholds, self.pixels[keep], self.right[keep], self.gain[keep], self.at_leaf[keep],
-                           self.at_depth[keep])
+                           self.at_depth[keep], self.scope)
 
     def accuracy(self) -> np.ndarray:
         """[n, G]: each image's node accuracy at each threshold."""
@@ -107,20 +123,30 @@ class ImageCurves:
 
     def save(self, path: Path) -> None:
         np.savez_compressed(path, ids=np.array(self.ids), thresholds=self.thresholds, pixels=self.pixels,
-                            right=self.right, gain=self.gain, at_leaf=self.at_leaf, at_depth=self.at_depth)
+                            right=self.right, gain=self.gain, at_leaf=self.at_leaf, at_depth=self.at_depth,
+                            scope=np.array(self.scope))
 
     @classmethod
     def load(cls, path: Path) -> "ImageCurves":
         with np.load(path) as f:
             return cls([str(i) for i in f["ids"]], f["thresholds"], f["pixels"], f["right"], f["gain"], f["at_leaf"],
-                       f["at_depth"])
+                       f["at_depth"], str(f["scope"]) if "scope" in f.files else "all")
 
 
 class CurveAccumulator:
     """Collects :class:`ImageCurves` image by image from back-off chains (``hiertree.inference.backoff_chain``)."""
 
-    def __init__(self, taxonomy: Taxonomy, thresholds: Sequence[float] = GRID) -> None:
-        self.taxonomy, self.thresholds = taxonomy, np.asarray(thresholds, dtype=np.float64)
+    def __init__(self, taxonomy: Taxonomy, thresholds: Sequence[float] = GRID, scope: str = "predicted") -> None:
+        if scope not in SCOPES:
+            raise BackoffError(f"unknown back-off scope {scope!r}; choose one of {', '.join(SCOPES)}")
+        self.taxonomy, self.thresholds, self.scope = taxonomy, np.asarray(thresholds, dtype=np.float64), scope
+        fg = torch.tensor(taxonomy.foreground_nodes(), dtype=torch.long)
+        if scope != "all" and len(fg) == 0:
+            raise BackoffError(f"taxonomy {taxonomy.name!r} has no foreground node (every top-level node is in "
+                               "exclude_from_miou): use the back-off scope 'all'")
+        # the counted (true leaf, back-off node) pairs: rows are true leaves, columns back-off nodes
+        self._rows_kept = fg[fg < taxonomy.num_leaves] if scope == "foreground" else torch.arange(taxonomy.num_leaves)
+        self._cols_kept = fg if scope == "predicted" else torch.arange(taxonomy.num_nodes)
         right, gain, depth = _tables(taxonomy)
         self._right, self._gain = torch.from_numpy(right), torch.from_numpy(gain)
         self._depth = torch.from_numpy(depth)
@@ -133,8 +159,13 @@ class CurveAccumulator:
         for b, image_id in enumerate(ids):
             pairs = backoff_pairs(t, self.thresholds.tolist(), chain[:, b:b + 1], probs[:, b:b + 1],
                                   target[b:b + 1]).double().cpu()  # [G, L, N]
+            counted = torch.zeros_like(pairs)  # the scope's pixels only
+            counted[:, self._rows_kept[:, None], self._cols_kept[None, :]] = pairs[:, self._rows_kept[:, None],
+                                                                                   self._cols_kept[None, :]]
+            # back-off only climbs towards the top-level node, so the pixels in scope are the same at every threshold
+            pairs = counted
             pixels = int(pairs[0].sum())
-            if pixels == 0:  # no leaf-labelled pixel: the image says nothing about node accuracy
+            if pixels == 0:  # no pixel in scope (no person in the image): it says nothing about node accuracy
                 continue
             at_node = pairs.sum(1)  # [G, N]
             at_depth = torch.stack([at_node[:, self._depth == d].sum(1) for d in range(t.num_levels)], 1)
@@ -147,7 +178,7 @@ class CurveAccumulator:
             raise BackoffError("no image with leaf-labelled pixels was scored: nothing to calibrate back-off on")
         ids, pixels, right, gain, leaf, depth = zip(*self._rows)
         return ImageCurves(list(ids), self.thresholds, np.array(pixels), np.stack(right), np.stack(gain),
-                           np.stack(leaf), np.stack(depth))
+                           np.stack(leaf), np.stack(depth), self.scope)
 
 
 # ---------------------------------------------------------------------- the guarantee
@@ -312,8 +343,9 @@ def promise(curves: ImageCurves, target: float, delta: float = 0.1, seed: int = 
     chosen = calibrate(calibration, target, delta, bound)
     scored = held_out.summary(chosen["threshold"])
     return {"threshold": chosen["threshold"], "target": target, "delta": delta,
+            "scope": curves.scope,
             "promise": f"on new images like these, the mean over images of each image's node accuracy (the share of "
-                       f"its leaf-labelled pixels whose back-off node is the true leaf or an ancestor) is at least "
+                       f"its {SCOPES[curves.scope]} whose back-off node is the true leaf or an ancestor) is at least "
                        f"{target}, with probability at least {1 - delta} over the calibration images",
             "method": "Learn-then-Test: fixed-sequence tests from threshold 1 down, "
                       + ("betting (Waudby-Smith-Ramdas)" if bound == "wsr" else "Hoeffding-Bentkus")
@@ -322,4 +354,24 @@ def promise(curves: ImageCurves, target: float, delta: float = 0.1, seed: int = 
             "calibration": {"split": split, "images": len(calibration), "which": how,
                             "mean_image_accuracy": chosen["calibration_mean_image_accuracy"], "p_value": chosen["p_value"]},
             "held_out": {"which": held_name, **scored, "promise_kept": scored["mean_image_accuracy"] >= target},
-            "held_out_leaves_only": held_out.summary(0.0)}
+            "held_out_leaves_only": held_out.summary(0.0),
+            "ladder": ladder(calibration, held_out, delta=delta, bound=bound)}
+
+
+def ladder(calibration: ImageCurves, held_out: ImageCurves, targets: Sequence[float] = LADDER, delta: float = 0.1,
+           bound: str = "wsr") -> list[dict[str, Any]]:
+    """For each promise in ``targets``: the threshold calibrated on ``calibration`` (None where the images cannot
+    support it) and, on ``held_out``, the node accuracy and the share of the scope's pixels still at a leaf: the
+    curve a user picks a promise from (detail kept against how sure the labels are)."""
+    rows = []
+    for target in targets:
+        try:
+            theta = calibrate(calibration, target, delta, bound)["threshold"]
+        except BackoffError:
+            rows.append({"target": target, "threshold": None})
+            continue
+        scored = held_out.summary(theta)
+        rows.append({"target": target, "threshold": theta, "held_out_mean_image_accuracy": scored["mean_image_accuracy"],
+                     "held_out_leaf_share": scored["leaf_share"],
+                     "held_out_mean_image_specificity": scored["mean_image_specificity"]})
+    return rows

@@ -143,6 +143,29 @@ def _backoff_curve(curve: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def backoff_ladder_figure(rows: list[dict[str, Any]], path: Path, scope: str = "foreground") -> None:
+    """The promises a user picks from: per promised accuracy P, the held-out accuracy and the share of the scope's
+    pixels still at a leaf (the detail the promise costs)."""
+    plt = _pyplot()
+    made = [r for r in rows if r.get("threshold") is not None]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    targets = [r["target"] for r in made]
+    ax.plot(targets, [r["held_out_leaf_share"] for r in made], marker="o", color="#4c72b0", label="still at a leaf")
+    ax.plot(targets, [r["held_out_mean_image_accuracy"] for r in made], marker="s", color="#dd8452",
+            label="node accuracy (held out)")
+    ax.plot(targets, targets, ls=":", color="grey", label="the promise")
+    for r in made:
+        ax.annotate(f"θ {r['threshold']:.2f}", (r["target"], r["held_out_leaf_share"]), fontsize=7,
+                    textcoords="offset points", xytext=(0, 6), ha="center")
+    ax.set_xlabel("promised mean image node accuracy P")
+    ax.set_ylabel(f"share of {scope} pixels")
+    ax.set_title("back-off: the promise against the detail kept")
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def _iou_bars(tree: dict[str, Any], taxonomy: Taxonomy, path: Path) -> None:
     plt = _pyplot()
     sizes = [len(lv["classes"]) for lv in tree["levels"]]
@@ -287,6 +310,10 @@ def write_report(
     if result.get("backoff") and len(result["backoff"]) > 1:
         _backoff_curve(result["backoff"], out / "backoff_curve.png")
         figures.append("backoff_curve.png")
+    promise = result.get("backoff_promise") or {}
+    if any(r.get("threshold") is not None for r in promise.get("ladder", [])):
+        backoff_ladder_figure(promise["ladder"], out / "backoff_ladder.png", promise.get("scope", "all"))
+        figures.append("backoff_ladder.png")
     path = out / "report.md"
     path.write_text(_markdown(result, tree, raw, figures, taxonomy.exclude_from_miou))
     return path

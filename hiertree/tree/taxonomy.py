@@ -452,6 +452,14 @@ class Taxonomy:
         """Names left out of the headline mIoU wherever they are a class (YAML ``exclude_from_miou``), tree order."""
         return self._excluded
 
+    def foreground_nodes(self) -> list[int]:
+        """Node ids of the foreground: every node (leaves and inner nodes) that is not in ``exclude_from_miou`` nor
+        below a node that is (Pascal-Part people: ``body`` and everything under it; ``background`` is not). The pixels
+        back-off's promise is about by default; leaves come first (ids below ``num_leaves``)."""
+        excluded = set(self._excluded)
+        return [i for i, n in enumerate(self._node_names)
+                if n not in excluded and not excluded.intersection(self.ancestors(n))]
+
     def miou_mask(self, level: int) -> torch.Tensor:
         """BoolTensor [num_classes(level)]: True for the classes the headline mIoU of ``level`` averages."""
         excluded = set(self._excluded)

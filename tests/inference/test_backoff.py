@@ -188,7 +188,7 @@ def test_calibrate_then_predict_with_auto(backoff_run, tmp_path, capsys):
     run, data = backoff_run
     out = tmp_path / "eval.json"
     assert eval_main(["--checkpoint", str(run), "--data", str(data), "--split", "val", "--out", str(out),
-                      "--no-report", "--calibrate-backoff", "0.3", "--device", "cpu"]) == 0
+                      "--no-report", "--calibrate-backoff", "0.3", "--device", "cpu", "--backoff-scope", "all"]) == 0
     result = json.loads(out.read_text())
     curve = result["backoff"]  # the whole split's pooled curve, for the report
     assert [p["threshold"] for p in curve][:3] == [0.0, 0.01, 0.02] and len(curve) == 101
@@ -228,7 +228,7 @@ def test_backoff_bad_inputs_on_the_command_line(backoff_run, tmp_path, capsys):
 
     run, data = backoff_run
     common = ["--checkpoint", str(run), "--data", str(data), "--split", "val", "--no-report", "--device", "cpu",
-              "--out", str(tmp_path / "e.json")]
+              "--out", str(tmp_path / "e.json"), "--backoff-scope", "all"]
     assert eval_main(common + ["--calibrate-backoff", "1.5"]) == 2
     assert "P (the promised accuracy) must be in (0, 1), got 1.5" in capsys.readouterr().err
     assert eval_main(common + ["--calibrate-backoff", "0.5", "--delta", "0"]) == 2
@@ -272,7 +272,7 @@ def test_report_shows_severity_and_the_backoff_curve(backoff_run, tmp_path):
 
     run, data = backoff_run
     assert eval_main(["--checkpoint", str(run), "--data", str(data), "--split", "val", "--out", str(tmp_path / "e.json"),
-                      "--report", str(tmp_path / "rep"), "--report-samples", "0", "--calibrate-backoff", "0.3",
+                      "--report", str(tmp_path / "rep"), "--report-samples", "0", "--calibrate-backoff", "0.3", "--backoff-scope", "all",
                       "--device", "cpu"]) == 0
     text = (tmp_path / "rep" / "report.md").read_text()
     assert "## How bad the mistakes are" in text and "mistake severity:" in text and "| 0.50 |" in text
@@ -413,3 +413,103 @@ def test_the_betting_pvalue_is_valid_under_the_null_and_tighter_when_risks_agree
     close = np.full(100, 0.07) + rng.normal(0, 0.005, 100)  # every image's risk near 0.07, the promise at 0.1
     assert wsr_pvalue(close, 0.1, 0.1) <= 0.1 < hb_pvalue(float(close.mean()), 0.1, 100)
     assert wsr_pvalue(np.full(50, 0.5), 0.1, 0.1) == 1.0  # risks above the promise: no evidence
+
+
+# ---------------------------------------------------------------------- the promise over the person's pixels
+def _scene():
+    """A 1x4 image, flat model. Truth: background, torso, torso, head. Predictions: background (sure) on the
+    background pixel and on the first torso pixel (a person pixel the model misses), the second torso pixel
+    torso at 0.4 / head 0.3 (upper_body 0.8), the head pixel head 0.9."""
+    rows = [[0.94, 0.01, 0.01, 0.01, 0.01, 0.01, 0.01], [0.94, 0.01, 0.01, 0.01, 0.01, 0.01, 0.01],
+            [0.1, 0.05, 0.4, 0.05, 0.3, 0.0, 0.1], [0.04, 0.01, 0.01, 0.01, 0.9, 0.01, 0.02]]
+    probs = torch.tensor(rows).clamp_min(1e-6)
+    logits = [probs.log().t().reshape(1, 7, 1, 4)]
+    return logits, torch.tensor([[[0, 2, 2, 4]]])
+
+
+@pytest.mark.parametrize("scope, at_zero, at_half, pixels", [
+    ("all", 3 / 4, 3 / 4, 4),  # background right, torso missed, torso right, head right; at 0.5 torso -> upper_body
+    ("foreground", 2 / 3, 2 / 3, 3),  # the three person pixels: one missed (called background) at every threshold
+    ("predicted", 2 / 2, 2 / 2, 2),  # the two pixels called a person: both right
+])
+def test_backoff_scope_counts_the_right_pixels(scope, at_zero, at_half, pixels):
+    from hiertree.evaluation.backoff import CurveAccumulator
+    from hiertree.inference import backoff_chain
+
+    logits, target = _scene()
+    chain, probs = backoff_chain(logits, TAX, True)
+    acc = CurveAccumulator(TAX, thresholds=[0.0, 0.5, 0.95], scope=scope)
+    acc.update(chain, probs, target, ["img"])
+    curves = acc.curves()
+    assert curves.scope == scope and int(curves.pixels[0]) == pixels
+    assert curves.accuracy()[0].tolist() == pytest.approx([at_zero, at_half, at_half])
+    # the torso pixel at 0.4 climbs to upper_body (0.8) at 0.5 and to body at 0.95: it leaves the leaves
+    leaves = curves.at_leaf[0].tolist()
+    assert leaves[0] - leaves[1] == 1 and leaves[1] - leaves[2] == 1
+
+
+def test_foreground_nodes_are_the_body_and_everything_under_it():
+    assert sorted(TAX.node_name(i) for i in TAX.foreground_nodes()) == sorted(
+        ["low_hand", "torso", "low_leg", "head", "up_leg", "up_hand", "body", "upper_body", "lower_body"])
+    flat = Taxonomy.from_yaml_text("tree: {background: 0, cat: 1}\nexclude_from_miou: [background, cat]")
+    from hiertree.evaluation.backoff import BackoffError, CurveAccumulator
+
+    with pytest.raises(BackoffError, match="no foreground node .* use the back-off scope 'all'"):
+        CurveAccumulator(flat, scope="foreground")
+    assert CurveAccumulator(flat, scope="all").scope == "all"
+
+
+def test_images_without_a_person_say_nothing_about_the_person_promise():
+    from hiertree.evaluation.backoff import CurveAccumulator
+    from hiertree.inference import backoff_chain
+
+    logits, _ = _scene()
+    chain, probs = backoff_chain(logits, TAX, True)
+    acc = CurveAccumulator(TAX, thresholds=[0.0], scope="foreground")
+    acc.update(chain, probs, torch.zeros(1, 1, 4, dtype=torch.long), ["empty"])
+    acc.update(chain, probs, _scene()[1], ["person"])
+    assert acc.curves().ids == ["person"]
+
+
+def test_ladder_lists_stricter_promises_with_higher_thresholds_and_less_detail():
+    import numpy as np
+
+    from hiertree.evaluation.backoff import ImageCurves, ladder
+
+    rng = np.random.default_rng(0)
+    grid = np.round(np.linspace(0, 1, 101), 2)
+    n = 400
+    base = rng.uniform(0.55, 0.75, n)  # accuracy at threshold 0; climbs linearly to 1 at threshold 1
+    right = (base[:, None] + (1 - base[:, None]) * grid[None, :]) * 100
+    leaf = 100 * (1 - grid)[None, :].repeat(n, 0)
+    zeros = np.zeros((n, len(grid)))
+    curves = ImageCurves([f"i{k}" for k in range(n)], grid, np.full(n, 100.0), right, zeros, leaf,
+                         np.zeros((n, len(grid), 3)), "foreground")
+    half = np.arange(n) < n // 2
+    rows = ladder(curves.subset(half), curves.subset(~half), targets=(0.6, 0.7, 0.8, 0.9), delta=0.1)
+    thresholds = [r["threshold"] for r in rows]
+    assert thresholds == sorted(thresholds) and thresholds[0] < thresholds[-1]
+    shares = [r["held_out_leaf_share"] for r in rows]
+    assert shares == sorted(shares, reverse=True)
+    assert all(r["held_out_mean_image_accuracy"] >= r["target"] for r in rows)
+
+
+def test_the_ladder_is_printed_and_drawn(backoff_run, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    from hiertree.cli.eval import main as eval_main
+    from hiertree.evaluation.report import backoff_ladder_figure
+
+    run, data = backoff_run
+    assert eval_main(["--checkpoint", str(run), "--data", str(data), "--split", "val", "--out", str(tmp_path / "e.json"),
+                      "--no-report", "--calibrate-backoff", "0.3", "--backoff-scope", "all", "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "promise  threshold  held-out accuracy  still at a leaf" in printed
+    assert "0.95     -          (these images cannot support it)" in printed  # beyond this tiny model's reach
+    stored = json.loads((run / "best" / "backoff.json").read_text())
+    assert [r["target"] for r in stored["ladder"]] == [0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95]
+    assert stored["scope"] == "all" and "its leaf-labelled pixels (background included) whose" in stored["promise"]
+    rows = [{"target": 0.7, "threshold": 0.2, "held_out_mean_image_accuracy": 0.72, "held_out_leaf_share": 0.8},
+            {"target": 0.8, "threshold": 0.6, "held_out_mean_image_accuracy": 0.81, "held_out_leaf_share": 0.5},
+            {"target": 0.9, "threshold": None}]
+    backoff_ladder_figure(rows, tmp_path / "ladder.png")
+    assert (tmp_path / "ladder.png").stat().st_size > 1000
