@@ -74,3 +74,14 @@ def test_readme_layout_names_every_subpackage_and_top_module():
     assert len(modules) <= 8
     top = {line.split()[0] for line in block.splitlines() if line and not line.startswith(" ")}
     assert {t.rstrip("/") for t in top if t.endswith("/")} <= {p.name for p in ROOT.iterdir() if p.is_dir()}
+
+
+def test_architecture_doc_draws_the_contracts_layer_order():
+    """The layer order lives in pyproject's first contract; docs/architecture.md's drawing must say the same."""
+    import tomllib
+
+    contract = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"][0]
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    block = text.split("From the top down:", 1)[1].split("```", 2)[1]
+    drawn = [" | ".join(part.strip() for part in line[:41].split("|")) for line in block.strip().splitlines()]
+    assert drawn == [" | ".join(p.strip() for p in layer.split("|")) for layer in contract["layers"]]

@@ -15,14 +15,11 @@ from hiertree.inference.decoding import coarse_logits_from_leaves, resolve_backo
 from hiertree.models.decoder import DeepLabDecoder
 from hiertree.models.encoder import Encoder
 from hiertree.models.hub import push_to_hub, resolve_pretrained, save_pretrained
-from hiertree.config.options import ModelOptions, defaults, validate_options
+from hiertree.config.options import ModelOptions, validate_options
 from hiertree.inference.padding import pad_amount
 from hiertree.tree.taxonomy import Taxonomy
 
-__all__ = ["HierSegModel", "MODEL_DEFAULTS", "load_model"]
-
-#: The declared model defaults (:class:`~hiertree.config.options.ModelOptions`) as a plain dict, kept for callers.
-MODEL_DEFAULTS: dict[str, Any] = defaults(ModelOptions)
+__all__ = ["HierSegModel", "load_model"]
 
 
 class HierSegModel(nn.Module):

@@ -12,12 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from hiertree.checkpoint import save_checkpoint
 from hiertree.cli.eval import main as eval_main
 from hiertree.cli.train import main as train_main
-from hiertree.config import load_config
-from hiertree.models import HierSegModel
-from hiertree.tree.taxonomy import Taxonomy
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = ["model.decoder_channels=16", "model.skip_channels=8", "model.encoder_weights=null", "train.progress=false", "train.warmup_steps=1",
@@ -25,11 +21,6 @@ SMALL = ["model.decoder_channels=16", "model.skip_channels=8", "model.encoder_we
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # eval.py leaves torch's default thread count
-
-
-@pytest.fixture(scope="module")
-def pp() -> Taxonomy:
-    return Taxonomy.load("pascal_part")
 
 
 def _mask(h: int, w: int) -> np.ndarray:

@@ -130,16 +130,14 @@ def test_longest_has_one_default_everywhere(tmp_path):
     assert inspect.signature(eval_transform).parameters["longest"].default is declared
     roles = {"background": "background", "head": "head", "torso": "torso"}
     train, val = build_datasets({"kind": "synthetic", "synthetic": {"num_train": 2, "num_val": 1, "size": 32, "roles": roles}},
-                                Taxonomy.builtin("pascal_part"))
+                                Taxonomy.builtin("pascal_part"))  # the declaration itself, without the shared fixture
     assert "LongestMaxSize" not in repr(train.transform) and val.transform.is_identity
 
 
-def test_model_config_is_the_validated_options():
-    from hiertree.models import MODEL_DEFAULTS, HierSegModel
-    from hiertree.tree.taxonomy import Taxonomy
+def test_model_config_is_the_validated_options(pascal):
+    from hiertree.models import HierSegModel
 
-    assert MODEL_DEFAULTS == ModelOptions().model_dump()
-    tax = Taxonomy.builtin("pascal_part")
+    tax = pascal
     model = HierSegModel(tax, decoder_channels=16, skip_channels=8, aspp_rates=(3, 6), dropout=0)
     assert model.config == ModelOptions(decoder_channels=16, skip_channels=8, aspp_rates=[3, 6], dropout=0.0).model_dump()
     assert type(model.config) is dict and model.config["dropout"] == 0.0

@@ -24,7 +24,6 @@ from hiertree.data import (
     size_ordered,
     train_transform,
 )
-from hiertree.tree.taxonomy import Taxonomy
 
 SHARED = Path(__file__).parents[2].parent / "shared" / "datasets"
 SAMPLE = SHARED / "pascal-part-sample"
@@ -37,11 +36,6 @@ PALETTE = np.array(  # class -> RGB, far apart so the class can be read back fro
 )
 ROLES_CFG = {"background": "background", "head": "head", "torso": "torso", "upper_arm": "up_hand",
              "forearm": "low_hand", "hand": "low_hand", "thigh": "up_leg", "shin": "low_leg", "foot": "low_leg"}
-
-
-@pytest.fixture(scope="module")
-def tax():
-    return Taxonomy.builtin("pascal_part")
 
 
 def colour_coded(h, w, block, seed=0, values=range(7)):
@@ -159,9 +153,9 @@ def test_random_choices_of_the_ops_are_independent():
         assert 0.3 < (h != v).mean() < 0.7  # independent decisions disagree about half the time, not never
 
 
-def test_a_one_pixel_side_is_a_data_error_naming_the_sample(tax):
+def test_a_one_pixel_side_is_a_data_error_naming_the_sample(pascal):
     image, mask = np.zeros((1, 40, 3), np.uint8), np.zeros((1, 40), np.uint8)
-    ds = SegDataset([(image, mask, "thin")], train_transform(8, scale=(0.5, 2.0), longest=None, seed=0), tax)
+    ds = SegDataset([(image, mask, "thin")], train_transform(8, scale=(0.5, 2.0), longest=None, seed=0), pascal)
     with pytest.raises(DataError, match=r"sample 'thin': augmentation failed on its 1x40 image"):
         for epoch in range(50):  # every draw below scale 1 makes a 0-pixel side
             ds[(epoch + 1) * len(ds)]
@@ -200,9 +194,9 @@ def test_normalize_to_tensor_known_values():
 
 # ---------------------------------------------------------------------- folder: real data
 @needs_sample
-def test_folder_reads_original_archive_layout(tax):
-    train = MaskFolder(SAMPLE, "train", tax)
-    assert len(train) == 16 and len(MaskFolder(SAMPLE, "val", tax)) == 8
+def test_folder_reads_original_archive_layout(pascal):
+    train = MaskFolder(SAMPLE, "train", pascal)
+    assert len(train) == 16 and len(MaskFolder(SAMPLE, "val", pascal)) == 8
     assert b"\r\n" in (SAMPLE / "train_id.txt").read_bytes()  # the list really is CRLF
     assert all("\r" not in i and i == i.strip() for i in train.ids)
     for k in range(len(train)):
@@ -215,9 +209,9 @@ def test_folder_reads_original_archive_layout(tax):
 
 @needs_sample
 @needs_png_copy
-def test_png_copy_masks_equal_original_npy_masks(tax):
-    original = MaskFolder(SAMPLE, "val", tax)
-    copy = MaskFolder(PNG_COPY, "val", tax)
+def test_png_copy_masks_equal_original_npy_masks(pascal):
+    original = MaskFolder(SAMPLE, "val", pascal)
+    copy = MaskFolder(PNG_COPY, "val", pascal)
     assert len(copy) == 410
     position = {sid: k for k, sid in enumerate(copy.ids)}
     common = [sid for sid in original.ids if sid in position]
@@ -231,8 +225,8 @@ def test_png_copy_masks_equal_original_npy_masks(tax):
 
 
 @needs_png_copy
-def test_png_copy_train_list(tax):
-    train = MaskFolder(PNG_COPY, "train", tax)
+def test_png_copy_train_list(pascal):
+    train = MaskFolder(PNG_COPY, "train", pascal)
     assert len(train) == 2826
     image, mask, sid = train[len(train) - 1]
     assert sid == train.ids[-1] and mask.shape == image.shape[:2] and mask.max() <= 6
@@ -263,10 +257,10 @@ def make_folder(root, ids, h=16, w=20, npy=False, newline="\n"):
 
 @pytest.mark.parametrize("newline", ["\n", "\r\n"])
 @pytest.mark.parametrize("npy", [False, True])
-def test_folder_round_trip_lf_crlf_png_npy(tmp_path, tax, newline, npy):
+def test_folder_round_trip_lf_crlf_png_npy(tmp_path, pascal, newline, npy):
     masks = make_folder(tmp_path, ["a1", "b2", "c3"], npy=npy, newline=newline)
     (tmp_path / "train_id.txt").write_bytes(b"\n" + (tmp_path / "train_id.txt").read_bytes() + b"  \n\n")
-    ds = MaskFolder(tmp_path, "train", tax)
+    ds = MaskFolder(tmp_path, "train", pascal)
     assert ds.ids == ["a1", "b2", "c3"]
     for k, sid in enumerate(ds.ids):
         image, mask, got = ds[k]
@@ -274,7 +268,7 @@ def test_folder_round_trip_lf_crlf_png_npy(tmp_path, tax, newline, npy):
         assert (nearest_class(image) == mask).mean() > 0.9  # RGB order, not BGR
 
 
-def test_grayscale_and_rgba_images_become_rgb(tmp_path, tax):
+def test_grayscale_and_rgba_images_become_rgb(tmp_path, pascal):
     make_folder(tmp_path, ["g", "r"])
     gray = np.full((16, 20), 123, np.uint8)
     cv2.imwrite(str(tmp_path / "JPEGImages" / "g.jpg"), gray)
@@ -282,20 +276,20 @@ def test_grayscale_and_rgba_images_become_rgb(tmp_path, tax):
     bgra[...] = (10, 20, 200, 128)  # B, G, R, A
     ok, png = cv2.imencode(".png", bgra)  # PNG bytes under a .jpg name: decoded by content
     (tmp_path / "JPEGImages" / "r.jpg").write_bytes(png.tobytes())
-    ds = MaskFolder(tmp_path, "train", tax)
+    ds = MaskFolder(tmp_path, "train", pascal)
     g, _, _ = ds[0]
     assert g.shape == (16, 20, 3) and (np.abs(g.astype(int) - 123) <= 1).all()
     r, _, _ = ds[1]
     assert r.shape == (16, 20, 3) and (r == (200, 20, 10)).all()
 
 
-def test_palette_png_mask_reads_indices(tmp_path, tax):
+def test_palette_png_mask_reads_indices(tmp_path, pascal):
     Image = pytest.importorskip("PIL.Image")
     masks = make_folder(tmp_path, ["p"])
     im = Image.fromarray(masks["p"], mode="P")
     im.putpalette(PALETTE[::-1].ravel().tolist() + [0] * (256 - 7) * 3)
     im.save(tmp_path / "masks" / "p.png")
-    assert np.array_equal(MaskFolder(tmp_path, "train", tax)[0][1], masks["p"])
+    assert np.array_equal(MaskFolder(tmp_path, "train", pascal)[0][1], masks["p"])
 
 
 def _corrupt(kind, root):
@@ -341,10 +335,10 @@ BAD_KINDS = ["garbage_jpeg", "jpeg_header_garbage", "truncated_jpeg", "empty_jpe
 
 
 @pytest.mark.parametrize("kind", BAD_KINDS)
-def test_bad_sample_raises_data_error_naming_the_file(tmp_path, tax, kind):
+def test_bad_sample_raises_data_error_naming_the_file(tmp_path, pascal, kind):
     make_folder(tmp_path, ["a1", "b2", "c3"])
     name, fragments = _corrupt(kind, tmp_path)
-    ds = MaskFolder(tmp_path, "train", tax)  # decoding errors surface at __getitem__
+    ds = MaskFolder(tmp_path, "train", pascal)  # decoding errors surface at __getitem__
     ds[0]
     with pytest.raises(DataError) as err:
         ds[1]
@@ -354,56 +348,56 @@ def test_bad_sample_raises_data_error_naming_the_file(tmp_path, tax, kind):
     assert isinstance(err.value, ValueError)
 
 
-def test_missing_root(tmp_path, tax):
+def test_missing_root(tmp_path, pascal):
     with pytest.raises(DataError, match="nowhere.*does not exist"):
-        MaskFolder(tmp_path / "nowhere", "train", tax)
+        MaskFolder(tmp_path / "nowhere", "train", pascal)
 
 
-def test_missing_split_lists_available(tmp_path, tax):
+def test_missing_split_lists_available(tmp_path, pascal):
     make_folder(tmp_path, ["a1"])
     (tmp_path / "val_id.txt").write_text("a1\n")
     with pytest.raises(DataError) as err:
-        MaskFolder(tmp_path, "test", tax)
+        MaskFolder(tmp_path, "test", pascal)
     assert "test_id.txt" in str(err.value) and "train, val" in str(err.value)
 
 
-def test_empty_split_list(tmp_path, tax):
+def test_empty_split_list(tmp_path, pascal):
     make_folder(tmp_path, ["a1"])
     (tmp_path / "train_id.txt").write_bytes(b"\r\n  \r\n")
     with pytest.raises(DataError, match="train_id.txt.*empty"):
-        MaskFolder(tmp_path, "train", tax)
+        MaskFolder(tmp_path, "train", pascal)
 
 
-def test_duplicate_ids(tmp_path, tax):
+def test_duplicate_ids(tmp_path, pascal):
     make_folder(tmp_path, ["a1", "b2"])
     (tmp_path / "train_id.txt").write_bytes(b"a1\r\nb2\r\na1\r\n")
     with pytest.raises(DataError) as err:
-        MaskFolder(tmp_path, "train", tax)
+        MaskFolder(tmp_path, "train", pascal)
     assert all(s in str(err.value) for s in ("train_id.txt", "'a1'", "line 3", "line 1"))
 
 
-def test_missing_image(tmp_path, tax):
+def test_missing_image(tmp_path, pascal):
     make_folder(tmp_path, ["a1", "b2"])
     (tmp_path / "JPEGImages" / "b2.jpg").unlink()
     with pytest.raises(DataError, match=r"b2\.jpg.*not found"):
-        MaskFolder(tmp_path, "train", tax)
+        MaskFolder(tmp_path, "train", pascal)
 
 
-def test_images_found_by_other_extensions_and_letter_case(tmp_path, tax):
+def test_images_found_by_other_extensions_and_letter_case(tmp_path, pascal):
     masks = make_folder(tmp_path, ["a1", "b2", "c3"])
     images = tmp_path / "JPEGImages"
     (images / "a1.jpg").rename(images / "a1.JPG")  # as cameras name them
     b2 = cv2.imread(str(images / "b2.jpg"))
     (images / "b2.jpg").unlink()
     cv2.imwrite(str(images / "b2.png"), b2)  # lossless: the pixels must come back exactly
-    ds = MaskFolder(tmp_path, "train", tax)
+    ds = MaskFolder(tmp_path, "train", pascal)
     assert [ds.image_path(k).name for k in range(3)] == ["a1.JPG", "b2.png", "c3.jpg"]
     image, mask, sid = ds[1]
     assert sid == "b2" and np.array_equal(image, b2[:, :, ::-1]) and np.array_equal(mask, masks["b2"])
 
 
 @pytest.mark.parametrize("npy", [False, True])
-def test_sizes_from_mask_headers_order_evaluation(tmp_path, tax, npy):
+def test_sizes_from_mask_headers_order_evaluation(tmp_path, pascal, npy):
     make_folder(tmp_path, ["a1", "b2", "c3"], npy=npy)  # 16x20 each
     image, mask = colour_coded(8, 12, block=4, seed=5)  # b2 becomes the smaller one
     write_jpeg(tmp_path / "JPEGImages" / "b2.jpg", image)
@@ -411,38 +405,38 @@ def test_sizes_from_mask_headers_order_evaluation(tmp_path, tax, npy):
         np.save(tmp_path / "gt_masks" / "b2.npy", mask)
     else:
         cv2.imwrite(str(tmp_path / "masks" / "b2.png"), mask)
-    folder = MaskFolder(tmp_path, "train", tax)
+    folder = MaskFolder(tmp_path, "train", pascal)
     assert [folder.mask_size(i) for i in range(3)] == [(16, 20), (8, 12), (16, 20)]
-    assert size_ordered(SegDataset(folder, None, tax)) == [1, 0, 2]  # stable within a size
-    assert size_ordered(SegDataset([(image, mask)], None, tax)) is None  # a source that cannot tell: natural order
+    assert size_ordered(SegDataset(folder, None, pascal)) == [1, 0, 2]  # stable within a size
+    assert size_ordered(SegDataset([(image, mask)], None, pascal)) is None  # a source that cannot tell: natural order
 
 
-def test_size_order_after_dropping_bad_samples(tmp_path, tax):
+def test_size_order_after_dropping_bad_samples(tmp_path, pascal):
     from hiertree.data import drop_bad_samples
 
     make_folder(tmp_path, ["a1", "b2", "c3"])
     (tmp_path / "JPEGImages" / "b2.jpg").write_bytes(b"not a jpeg")
-    ds = SegDataset(MaskFolder(tmp_path, "train", tax, skip_bad=True), None, tax)
+    ds = SegDataset(MaskFolder(tmp_path, "train", pascal, skip_bad=True), None, pascal)
     assert [b["id"] for b in drop_bad_samples(ds)] == ["b2"]
     assert size_ordered(ds) == [0, 1] and [ds[i]["id"] for i in size_ordered(ds)] == ["a1", "c3"]
 
 
-def test_missing_mask_names_both_formats(tmp_path, tax):
+def test_missing_mask_names_both_formats(tmp_path, pascal):
     make_folder(tmp_path, ["a1", "b2", "c3"])
     (tmp_path / "masks" / "b2.png").unlink()
     (tmp_path / "masks" / "c3.png").unlink()
     with pytest.raises(DataError) as err:
-        MaskFolder(tmp_path, "train", tax)
+        MaskFolder(tmp_path, "train", pascal)
     msg = str(err.value)
     assert "b2.png" in msg and "b2.npy" in msg and "1 more" in msg
 
 
 # ---------------------------------------------------------------------- skip_bad
-def test_skip_bad_records_and_returns_next_good(tmp_path, tax):
+def test_skip_bad_records_and_returns_next_good(tmp_path, pascal):
     make_folder(tmp_path, ["a1", "b2", "c3", "d4"])
     _corrupt("truncated_jpeg", tmp_path)
     (tmp_path / "masks" / "d4.png").unlink()  # missing file: tolerated at init with skip_bad
-    ds = MaskFolder(tmp_path, "train", tax, skip_bad=True)
+    ds = MaskFolder(tmp_path, "train", pascal, skip_bad=True)
     assert len(ds) == 4
     with pytest.warns(RuntimeWarning, match="b2"):
         assert ds[1][2] == "c3"
@@ -453,21 +447,21 @@ def test_skip_bad_records_and_returns_next_good(tmp_path, tax):
     assert "b2.jpg" in ds.skipped[0][1] and "d4.npy" in ds.skipped[1][1]
 
 
-def test_skip_bad_all_bad_raises(tmp_path, tax):
+def test_skip_bad_all_bad_raises(tmp_path, pascal):
     make_folder(tmp_path, ["a1", "b2"])
     for sid in ("a1", "b2"):
         (tmp_path / "JPEGImages" / f"{sid}.jpg").write_bytes(b"junk")
-    ds = MaskFolder(tmp_path, "train", tax, skip_bad=True)
+    ds = MaskFolder(tmp_path, "train", pascal, skip_bad=True)
     with pytest.warns(RuntimeWarning), pytest.raises(DataError, match="every sample is bad"):
         ds[0]
     assert len(ds.skipped) == 2
 
 
 # ---------------------------------------------------------------------- SegDataset / pad_collate
-def test_seg_dataset_output_types_and_ignore_kept(tax):
+def test_seg_dataset_output_types_and_ignore_kept(pascal):
     image, mask = colour_coded(10, 12, block=2)
     mask[0, 0] = 255
-    ds = SegDataset([(image, mask), (image, mask, "x7")], None, tax)
+    ds = SegDataset([(image, mask), (image, mask, "x7")], None, pascal)
     a, b = ds[0], ds[1]
     assert a["id"] == "0" and b["id"] == "x7"
     assert a["image"].shape == (3, 10, 12) and a["image"].dtype == torch.uint8
@@ -475,30 +469,30 @@ def test_seg_dataset_output_types_and_ignore_kept(tax):
     assert torch.equal(a["mask"], torch.from_numpy(mask.astype(np.int64)))
 
 
-def test_seg_dataset_rejects_values_outside_taxonomy(tax):
+def test_seg_dataset_rejects_values_outside_taxonomy(pascal):
     image, mask = colour_coded(8, 8, block=2)
     mask[3, 3] = 10  # pascal_part: leaves 0..6, inner nodes 7..9
     with pytest.raises(DataError, match="'bad'.*label values 10 \\(1 px\\)"):
-        SegDataset([(image, mask, "bad")], None, tax)[0]
+        SegDataset([(image, mask, "bad")], None, pascal)[0]
     mask[3, 3] = 8  # upper_body: a valid node id, a partial label
-    item = SegDataset([(image, mask, "ok")], None, tax)[0]
+    item = SegDataset([(image, mask, "ok")], None, pascal)[0]
     assert item["partial"] and int(item["mask"][3, 3]) == 8
 
 
-def test_seg_dataset_follows_torch_seed(tax):
+def test_seg_dataset_follows_torch_seed(pascal):
     image, mask = colour_coded(64, 64, block=4)
     outs = []
     for _ in range(2):
         torch.manual_seed(123)
-        ds = SegDataset([(image, mask)] * 3, train_transform(32), tax)
+        ds = SegDataset([(image, mask)] * 3, train_transform(32), pascal)
         outs.append(torch.stack([ds[k]["mask"] for k in range(3)]))
     assert torch.equal(outs[0], outs[1])
     assert not torch.equal(outs[0][0], outs[0][1])  # the stream advances between samples
 
 
-def test_dataloader_workers_do_not_repeat_augmentations(tax):
+def test_dataloader_workers_do_not_repeat_augmentations(pascal):
     image, mask = colour_coded(64, 64, block=4)
-    ds = SegDataset([(image, mask)] * 8, train_transform(24, scale=(1, 1), longest=None, color_jitter=0), tax)
+    ds = SegDataset([(image, mask)] * 8, train_transform(24, scale=(1, 1), longest=None, color_jitter=0), pascal)
     torch.manual_seed(0)
     loader = torch.utils.data.DataLoader(ds, batch_size=1, num_workers=2, multiprocessing_context="fork")
     masks = [b["mask"][0] for b in loader]  # batches alternate between worker 0 and worker 1
@@ -529,8 +523,8 @@ def synthetic_cfg(**over):
     return cfg
 
 
-def test_build_synthetic(tax):
-    train, val = build_datasets(synthetic_cfg(), tax)
+def test_build_synthetic(pascal):
+    train, val = build_datasets(synthetic_cfg(), pascal)
     assert len(train) == 6 and len(val) == 3
     sample = train[0]
     assert sample["image"].shape == (3, 64, 64) and sample["mask"].shape == (64, 64)
@@ -538,8 +532,8 @@ def test_build_synthetic(tax):
     assert np.array_equal(val.source[0][0], SyntheticFigures(3, 64, seed=5)[0][0])  # val seed = seed + 1
     assert np.array_equal(train.source[0][0], SyntheticFigures(3, 64, seed=4)[0][0])
     assert torch.equal(val[1]["mask"], torch.from_numpy(val.source[1][1].astype(np.int64)))  # no augmentation
-    a, _ = build_datasets(synthetic_cfg(), tax, seed=7)
-    b, _ = build_datasets(synthetic_cfg(), tax, seed=7)
+    a, _ = build_datasets(synthetic_cfg(), pascal, seed=7)
+    b, _ = build_datasets(synthetic_cfg(), pascal, seed=7)
     assert all(torch.equal(a[k]["image"], b[k]["image"]) for k in range(3))  # seed fixes augmentation
 
 
@@ -554,18 +548,18 @@ def test_build_synthetic(tax):
         ({"kind": "folder"}, "data.root"),
     ],
 )
-def test_build_errors(tax, cfg, fragment):
+def test_build_errors(pascal, cfg, fragment):
     with pytest.raises(DataError) as err:
-        build_datasets(cfg, tax)
+        build_datasets(cfg, pascal)
     assert fragment in str(err.value)
 
 
 @needs_sample
-def test_build_folder_on_sample(tax):
-    train, val = build_datasets({"kind": "folder", "root": str(SAMPLE), "crop": 96, "longest": 200}, tax)
+def test_build_folder_on_sample(pascal):
+    train, val = build_datasets({"kind": "folder", "root": str(SAMPLE), "crop": 96, "longest": 200}, pascal)
     assert len(train) == 16 and len(val) == 8
     assert train[0]["image"].shape == (3, 96, 96)
     v = val[0]
     assert max(v["image"].shape[1:]) == 200 and v["mask"].shape == v["image"].shape[1:]
-    batch = pad_collate([val[k] for k in range(3)], ignore_index=tax.ignore_index, multiple=32)
+    batch = pad_collate([val[k] for k in range(3)], ignore_index=pascal.ignore_index, multiple=32)
     assert batch["image"].shape[2] % 32 == 0 and batch["image"].shape[3] == 224

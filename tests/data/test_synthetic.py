@@ -9,18 +9,12 @@ import pytest
 
 from hiertree.data import DataError, SyntheticFigures, role_map_from_names
 from hiertree.data.synthetic import FIGURE_ROLES, ROLES
-from hiertree.tree.taxonomy import Taxonomy
 
 PASCAL_ROLES = {
     "background": "background", "head": "head", "torso": "torso", "upper_arm": "up_hand",
     "forearm": "low_hand", "hand": "low_hand", "thigh": "up_leg", "shin": "low_leg", "foot": "low_leg",
     "ball": "background", "block": "background",
 }
-
-
-@pytest.fixture(scope="module")
-def pascal():
-    return Taxonomy.builtin("pascal_part")
 
 
 @pytest.fixture(scope="module")

@@ -37,11 +37,6 @@ class PerPixel(nn.Module):
         return [h(f) for h in self.heads]
 
 
-@pytest.fixture(scope="module")
-def pp() -> Taxonomy:
-    return Taxonomy.load("pascal_part")
-
-
 def test_window_starts_cover_the_side_and_end_flush():
     assert window_starts(10, 4, 3) == [0, 3, 6]
     assert window_starts(12, 4, 4) == [0, 4, 8]
@@ -51,9 +46,9 @@ def test_window_starts_cover_the_side_and_end_flush():
 
 @pytest.mark.parametrize("size, window, overlap", [((37, 53), 16, 0.25), ((37, 53), 16, 0.0), ((64, 40), 24, 0.5),
                                                    ((5, 300), 64, 0.25), ((3, 2), 8, 0.9)])
-def test_per_pixel_model_tiles_equal_whole_image(pp, size, window, overlap):
+def test_per_pixel_model_tiles_equal_whole_image(pascal, size, window, overlap):
     torch.manual_seed(0)
-    model = PerPixel(pp).eval()
+    model = PerPixel(pascal).eval()
     images = torch.randint(0, 256, (2, 3, *size), dtype=torch.uint8)
     whole = model(images)
     tiled = sliding_window_logits(model, images, window, overlap)
@@ -76,9 +71,9 @@ def test_large_image_through_tiles():
     assert (out["leaf"] == ref["leaf"]).float().mean() > 0.9999  # float ties aside, the same labels
 
 
-def test_real_model_full_window_is_identical_and_tiles_are_sane(pp):
+def test_real_model_full_window_is_identical_and_tiles_are_sane(pascal):
     torch.manual_seed(0)
-    model = HierSegModel(pp, decoder_channels=16, skip_channels=8).eval()
+    model = HierSegModel(pascal, decoder_channels=16, skip_channels=8).eval()
     images = torch.randint(0, 256, (1, 3, 75, 101), dtype=torch.uint8)
     with torch.no_grad():
         whole = model(images)
@@ -92,11 +87,11 @@ def test_real_model_full_window_is_identical_and_tiles_are_sane(pp):
     assert all(torch.isfinite(z).all() for z in logits_any_size(model, images, 64, 32, 0.5))
     # tiles are tree-consistent like whole-image predictions
     for level, labels in enumerate(tiled["levels"]):
-        assert torch.equal(labels, pp.levels_from_leaves(tiled["leaf"])[level])
+        assert torch.equal(labels, pascal.levels_from_leaves(tiled["leaf"])[level])
 
 
-def test_bad_arguments_say_what_to_pass(pp):
-    model, images = PerPixel(pp), torch.zeros(1, 3, 8, 8)
+def test_bad_arguments_say_what_to_pass(pascal):
+    model, images = PerPixel(pascal), torch.zeros(1, 3, 8, 8)
     with pytest.raises(ValueError, match="'window' must be a positive integer"):
         sliding_window_logits(model, images, 0)
     with pytest.raises(ValueError, match=r"'overlap' must be in \[0, 1\)"):

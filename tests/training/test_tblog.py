@@ -7,13 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from hiertree.tree.taxonomy import Taxonomy
 from hiertree.training.tblog import TrainLogger, sample_grid
-
-
-@pytest.fixture(scope="module")
-def taxonomy():
-    return Taxonomy.builtin("pascal_part")
 
 
 def _epoch_scalars(e):
@@ -28,8 +22,8 @@ def _read(path):
         return list(csv.DictReader(f))
 
 
-def test_csv_grows_columns_and_holds_the_values(taxonomy, tmp_path):
-    log = TrainLogger(tmp_path, taxonomy, tensorboard=False)
+def test_csv_grows_columns_and_holds_the_values(pascal, tmp_path):
+    log = TrainLogger(tmp_path, pascal, tensorboard=False)
     for e in range(3):
         log.log_step(e * 10, {"lr": 1e-3, "loss/total": torch.tensor(1.5)})
         log.log_epoch(e + 1, (e + 1) * 10, _epoch_scalars(e))
@@ -44,29 +38,29 @@ def test_csv_grows_columns_and_holds_the_values(taxonomy, tmp_path):
     assert not (tmp_path / "tb").exists() and not (tmp_path / "log.csv").exists()
     log.close()
     # a resumed run reads the file back and replaces epochs logged again
-    again = TrainLogger(tmp_path, taxonomy, tensorboard=False)
+    again = TrainLogger(tmp_path, pascal, tensorboard=False)
     again.log_epoch(3, 31, {**_epoch_scalars(2), "extra": 7})
     rows = _read(tmp_path / "metrics.csv")
     assert [int(r["step"]) for r in rows] == [10, 20, 31] and rows[-1]["extra"] == "7" and rows[0]["extra"] == ""
     again.close()
     # resumed from epoch 1 with no new key: epochs 2 and 3 leave the file too, not only the memory
-    back = TrainLogger(tmp_path, taxonomy, tensorboard=False)
+    back = TrainLogger(tmp_path, pascal, tensorboard=False)
     back.log_epoch(2, 21, {"lr": 5e-4, "loss/total": 9.0})
     rows = _read(tmp_path / "metrics.csv")
     assert [(int(r["epoch"]), int(r["step"])) for r in rows] == [(1, 10), (2, 21)] and rows[1]["loss/total"] == "9"
     back.close()
     # a fresh run into the same folder starts the file afresh
-    fresh = TrainLogger(tmp_path, taxonomy, tensorboard=False, resume=False)
+    fresh = TrainLogger(tmp_path, pascal, tensorboard=False, resume=False)
     fresh.log_epoch(1, 5, {"loss/total": 3.0})
     assert [(r["epoch"], r["step"], r["loss/total"]) for r in _read(tmp_path / "metrics.csv")] == [("1", "5", "3")]
     fresh.close()
 
 
-def test_curves_png_has_real_content(taxonomy, tmp_path):
+def test_curves_png_has_real_content(pascal, tmp_path):
     pytest.importorskip("matplotlib", reason="curves.png is drawn with matplotlib (pip install hiertree[report])")
     from PIL import Image
 
-    with TrainLogger(tmp_path, taxonomy, tensorboard=False) as log:
+    with TrainLogger(tmp_path, pascal, tensorboard=False) as log:
         for e in range(4):
             for s in range(5):
                 log.log_step(e * 5 + s, {"lr": 1e-3 * (1 - (e * 5 + s) / 20)})
@@ -82,30 +76,30 @@ def test_curves_png_has_real_content(taxonomy, tmp_path):
         assert (np.abs(pixels.astype(int) - rgb).sum(-1) < 30).sum() > 50, rgb
 
 
-def test_sample_grid_layout(taxonomy):
+def test_sample_grid_layout(pascal):
     images = torch.full((3, 3, 8, 10), 50, dtype=torch.uint8)
     targets = torch.zeros(3, 8, 10, dtype=torch.long)
     targets[:, :, 5:] = 3
     targets[:, 0] = 255
-    preds = [t.clone() for t in taxonomy.to_levels(targets.clamp_max(6))]
-    grid = sample_grid(images, targets, preds, taxonomy, max_items=2, gap=2)
+    preds = [t.clone() for t in pascal.to_levels(targets.clamp_max(6))]
+    grid = sample_grid(images, targets, preds, pascal, max_items=2, gap=2)
     assert grid.shape == (2 * 8 + 2, 7 * 10 + 6 * 2, 3)
     truth_leaf = grid[:8, 5 * 12 : 5 * 12 + 10]
     assert (truth_leaf[0] == 128).all()  # the ignore row is grey
-    np.testing.assert_array_equal(truth_leaf[4, 6], taxonomy.colors(2)[3])
+    np.testing.assert_array_equal(truth_leaf[4, 6], pascal.colors(2)[3])
 
 
-def test_tensorboard_events_hold_the_scalars_and_images(taxonomy, tmp_path):
+def test_tensorboard_events_hold_the_scalars_and_images(pascal, tmp_path):
     pytest.importorskip("tensorboard", reason="TensorBoard logging needs the tensorboard package (pip install hiertree[logging])")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    log = TrainLogger(tmp_path, taxonomy, tensorboard=True)
+    log = TrainLogger(tmp_path, pascal, tensorboard=True)
     for e in range(2):
         log.log_step(e, {"loss/total": 3.0 - e, "lr": 0.01})
         log.log_epoch(e + 1, e + 1, _epoch_scalars(e))
     images = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
     targets = torch.randint(0, 7, (2, 16, 16))
-    log.log_images(2, images, targets, taxonomy.to_levels(targets))
+    log.log_images(2, images, targets, pascal.to_levels(targets))
     log.close()
     events = list((tmp_path / "tb").glob("events.out.tfevents.*"))
     assert len(events) == 1

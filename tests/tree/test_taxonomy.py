@@ -14,54 +14,49 @@ from trees import _count, _number, names, trees
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def pp() -> Taxonomy:
-    return Taxonomy.builtin("pascal_part")
-
-
 def test_builtin_listed():
     assert "pascal_part" in list_builtin()
 
 
-def test_pascal_part_levels(pp):
-    assert pp.num_levels == 3
-    assert pp.classes(0) == ["background", "body"]
-    assert pp.classes(1) == ["background", "upper_body", "lower_body"]
-    assert pp.classes(2) == ["background", "low_hand", "torso", "low_leg", "head", "up_leg", "up_hand"]
-    assert pp.level_sizes == [2, 3, 7]
+def test_pascal_part_levels(pascal):
+    assert pascal.num_levels == 3
+    assert pascal.classes(0) == ["background", "body"]
+    assert pascal.classes(1) == ["background", "upper_body", "lower_body"]
+    assert pascal.classes(2) == ["background", "low_hand", "torso", "low_leg", "head", "up_leg", "up_hand"]
+    assert pascal.level_sizes == [2, 3, 7]
 
 
-def test_pascal_part_luts(pp):
+def test_pascal_part_luts(pascal):
     #               ids: 0  1  2  3  4  5  6
-    assert pp.leaf_to_class(0).tolist() == [0, 1, 1, 1, 1, 1, 1]
-    assert pp.leaf_to_class(1).tolist() == [0, 1, 1, 2, 1, 2, 1]
-    assert pp.leaf_to_class(2).tolist() == [0, 1, 2, 3, 4, 5, 6]
-    lut = pp.leaf_lut(1)
+    assert pascal.leaf_to_class(0).tolist() == [0, 1, 1, 1, 1, 1, 1]
+    assert pascal.leaf_to_class(1).tolist() == [0, 1, 1, 2, 1, 2, 1]
+    assert pascal.leaf_to_class(2).tolist() == [0, 1, 2, 3, 4, 5, 6]
+    lut = pascal.leaf_lut(1)
     assert lut.shape == (256,) and lut[255] == 255 and lut[3] == 2 and lut[100] == 255
 
 
-def test_pascal_part_matrices(pp):
+def test_pascal_part_matrices(pascal):
     expected_m1 = torch.tensor(
         [[1, 0, 0], [0, 1, 0], [0, 1, 0], [0, 0, 1], [0, 1, 0], [0, 0, 1], [0, 1, 0]], dtype=torch.float
     )
-    assert torch.equal(pp.mapping_matrix(1), expected_m1)
-    assert torch.equal(pp.parent_matrix(0), torch.tensor([[1.0, 0], [0, 1], [0, 1]]))
-    assert torch.equal(pp.parent_matrix(1), expected_m1)  # level 2 classes are the leaves
-    assert pp.parent_index(0).tolist() == [0, 1, 1]
+    assert torch.equal(pascal.mapping_matrix(1), expected_m1)
+    assert torch.equal(pascal.parent_matrix(0), torch.tensor([[1.0, 0], [0, 1], [0, 1]]))
+    assert torch.equal(pascal.parent_matrix(1), expected_m1)  # level 2 classes are the leaves
+    assert pascal.parent_index(0).tolist() == [0, 1, 1]
     # mapping(l) = mapping(l+1) @ parent(l): the matrices compose along the tree
-    assert torch.equal(pp.mapping_matrix(2) @ pp.parent_matrix(1) @ pp.parent_matrix(0), pp.mapping_matrix(0))
+    assert torch.equal(pascal.mapping_matrix(2) @ pascal.parent_matrix(1) @ pascal.parent_matrix(0), pascal.mapping_matrix(0))
     with pytest.raises(IndexError):
-        pp.parent_matrix(2)
+        pascal.parent_matrix(2)
 
 
-def test_to_levels_keeps_ignore(pp):
+def test_to_levels_keeps_ignore(pascal):
     mask = torch.tensor([[0, 1, 255], [3, 5, 6]])
-    l0, l1, l2 = pp.to_levels(mask)
+    l0, l1, l2 = pascal.to_levels(mask)
     assert l0.tolist() == [[0, 1, 255], [1, 1, 1]]
     assert l1.tolist() == [[0, 1, 255], [2, 2, 1]]
     assert l2.tolist() == [[0, 1, 255], [3, 5, 6]]
     with pytest.raises(ValueError, match=r"label values 10 \(1 px\), 11 \(2 px\) are not in taxonomy.*inner node ids 7..9"):
-        pp.to_levels(torch.tensor([[10, 11, 11]]))
+        pascal.to_levels(torch.tensor([[10, 11, 11]]))
 
 
 def test_four_level_unbalanced_example():
@@ -76,8 +71,8 @@ def test_four_level_unbalanced_example():
     assert t.colors(0).tolist()[1] == [220, 120, 60]
 
 
-def test_round_trip_and_leaf_form(pp):
-    assert Taxonomy.from_yaml(pp.to_yaml()) == pp
+def test_round_trip_and_leaf_form(pascal):
+    assert Taxonomy.from_yaml(pascal.to_yaml()) == pascal
     t = Taxonomy.from_yaml("tree:\n  bg: {id: 0, color: [1, 2, 3]}\n  fg: {a: 1, b: 2}\n")
     assert t.colors(0).tolist()[0] == [1, 2, 3]
     assert t.classes(1) == ["bg", "a", "b"]
@@ -224,12 +219,12 @@ def test_exclude_from_miou_empty_list_names_none():
     assert t != Taxonomy.from_yaml_text(text.replace("exclude_from_miou: []\n", ""))
 
 
-def test_exclude_from_miou_default_detection(pp):
-    assert pp.exclude_from_miou == ("background",)
-    assert [pp.miou_mask(l).tolist() for l in range(3)] == [[False, True], [False, True, True], [False] + [True] * 6]
-    assert "exclude_from_miou" not in pp.to_dict()  # the default is not written: stored files stay the same
-    explicit = Taxonomy.from_dict({**pp.to_dict(), "exclude_from_miou": ["background"]})
-    assert explicit == pp and hash(explicit) == hash(pp) and "exclude_from_miou" not in explicit.to_dict()
+def test_exclude_from_miou_default_detection(pascal):
+    assert pascal.exclude_from_miou == ("background",)
+    assert [pascal.miou_mask(l).tolist() for l in range(3)] == [[False, True], [False, True, True], [False] + [True] * 6]
+    assert "exclude_from_miou" not in pascal.to_dict()  # the default is not written: stored files stay the same
+    explicit = Taxonomy.from_dict({**pascal.to_dict(), "exclude_from_miou": ["background"]})
+    assert explicit == pascal and hash(explicit) == hash(pascal) and "exclude_from_miou" not in explicit.to_dict()
     nested = Taxonomy.from_yaml_text("tree:\n  stuff: {background: 0, a: 1}\n  b: 2\n")
     assert nested.exclude_from_miou == ()  # a `background` leaf that is not top-level is scored
     inner = Taxonomy.from_yaml_text("tree:\n  background: {sky: 0, ground: 1}\n  b: 2\n")
@@ -258,19 +253,19 @@ def _lists(groups):
     return [g.tolist() for g in groups]
 
 
-def test_children_pascal_part(pp):
+def test_children_pascal_part(pascal):
     # L0: background, body; L1: background, upper_body, lower_body
     # L2 (leaf ids): 0 background, 1 low_hand, 2 torso, 3 low_leg, 4 head, 5 up_leg, 6 up_hand
-    assert _lists(pp.children(0)) == [[0], [1, 2]]
-    assert _lists(pp.children(1)) == [[0], [1, 2, 4, 6], [3, 5]]
-    assert _lists(pp.children(0, 2)) == [[0], [1, 2, 3, 4, 5, 6]]
-    assert all(g.dtype == torch.long for g in pp.children(1))
-    pp.children(1)[1].zero_()  # callers get copies of the cached groups
-    assert _lists(pp.children(1)) == [[0], [1, 2, 4, 6], [3, 5]]
+    assert _lists(pascal.children(0)) == [[0], [1, 2]]
+    assert _lists(pascal.children(1)) == [[0], [1, 2, 4, 6], [3, 5]]
+    assert _lists(pascal.children(0, 2)) == [[0], [1, 2, 3, 4, 5, 6]]
+    assert all(g.dtype == torch.long for g in pascal.children(1))
+    pascal.children(1)[1].zero_()  # callers get copies of the cached groups
+    assert _lists(pascal.children(1)) == [[0], [1, 2, 4, 6], [3, 5]]
     with pytest.raises(IndexError):
-        pp.children(2)
+        pascal.children(2)
     with pytest.raises(IndexError):
-        pp.children(1, 0)
+        pascal.children(1, 0)
 
 
 def test_children_figures_4level():
