@@ -32,6 +32,7 @@ from benchmarks.cpu_learning_curve import hours_at, training_seconds  # noqa: E4
 from benchmarks.provenance import device_name, provenance  # noqa: E402
 from hiertree.cli.eval import main as eval_main  # noqa: E402
 from hiertree.cli.publish import publish  # noqa: E402
+from hiertree.evaluation.backoff import SCOPES  # noqa: E402
 from hiertree.models.hub import card_data, with_front_matter  # noqa: E402
 from hiertree.tree.taxonomy import Taxonomy  # noqa: E402
 
@@ -124,8 +125,7 @@ def _backoff_section(record: dict | None) -> list[str]:
     if not record:
         return []
     cal, held, leaves = record["calibration"], record["held_out"], record["held_out_leaves_only"]
-    counted = {"predicted": "pixels the model calls a person", "foreground": "person pixels (by the truth)"}.get(
-        record.get("scope", "all"), "labelled pixels")
+    counted = SCOPES[record.get("scope", "all")]
     lines = ["## Back-off (`--backoff auto`)", "",
              f"`backoff.json` promises: {record['promise']}. Threshold θ = {record['threshold']}, calibrated on "
              f"{cal['images']} val images ({cal['which']}), δ = {record['delta']}, {record['method']}; the largest "

@@ -144,9 +144,13 @@ class CurveAccumulator:
         if scope != "all" and len(fg) == 0:
             raise BackoffError(f"taxonomy {taxonomy.name!r} has no foreground node (every top-level node is in "
                                "exclude_from_miou): use the back-off scope 'all'")
-        # the counted (true leaf, back-off node) pairs: rows are true leaves, columns back-off nodes
-        self._rows_kept = fg[fg < taxonomy.num_leaves] if scope == "foreground" else torch.arange(taxonomy.num_leaves)
-        self._cols_kept = fg if scope == "predicted" else torch.arange(taxonomy.num_nodes)
+        # 1 for the counted (true leaf, back-off node) pairs: rows are true leaves, columns back-off nodes
+        leaf = torch.zeros(taxonomy.num_leaves, dtype=torch.float64)
+        leaf[fg[fg < taxonomy.num_leaves]] = 1.0
+        node = torch.zeros(taxonomy.num_nodes, dtype=torch.float64)
+        node[fg] = 1.0
+        self._in_scope = ((leaf if scope == "foreground" else torch.ones_like(leaf))[:, None]
+                          * (node if scope == "predicted" else torch.ones_like(node))[None, :])
         right, gain, depth = _tables(taxonomy)
         self._right, self._gain = torch.from_numpy(right), torch.from_numpy(gain)
         self._depth = torch.from_numpy(depth)
@@ -159,11 +163,9 @@ class CurveAccumulator:
         for b, image_id in enumerate(ids):
             pairs = backoff_pairs(t, self.thresholds.tolist(), chain[:, b:b + 1], probs[:, b:b + 1],
                                   target[b:b + 1]).double().cpu()  # [G, L, N]
-            counted = torch.zeros_like(pairs)  # the scope's pixels only
-            counted[:, self._rows_kept[:, None], self._cols_kept[None, :]] = pairs[:, self._rows_kept[:, None],
-                                                                                   self._cols_kept[None, :]]
-            # back-off only climbs towards the top-level node, so the pixels in scope are the same at every threshold
-            pairs = counted
+            # the scope's pixels only; back-off only climbs towards the top-level node, so they are the same at
+            # every threshold
+            pairs = pairs * self._in_scope
             pixels = int(pairs[0].sum())
             if pixels == 0:  # no pixel in scope (no person in the image): it says nothing about node accuracy
                 continue

@@ -19,7 +19,7 @@ from hiertree.config.options import ModelOptions, validate_options
 from hiertree.inference.padding import pad_amount
 from hiertree.tree.taxonomy import Taxonomy
 
-__all__ = ["HierSegModel", "load_model"]
+__all__ = ["HierSegModel", "load_model", "load_weights"]
 
 
 class HierSegModel(nn.Module):
@@ -181,6 +181,18 @@ class HierSegModel(nn.Module):
                              threshold)
 
 
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[str, str] | None:
+    """Load ``state`` into ``model``; None when every tensor fit, else what did not: ``("shape", the first size
+    mismatch)`` or ``("keys", the missing and unexpected names)``, for the caller to word as its error."""
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # tensors of another shape
+        return "shape", next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), str(err))
+    if missing or unexpected:
+        return "keys", f"missing {missing[:5]}, unexpected {unexpected[:5]}"
+    return None
+
+
 def load_model(path: str | Path, prefer: str = "best", map_location: str | torch.device = "cpu",
                channels_last: bool = False) -> tuple["HierSegModel", dict[str, Any]]:
     """Rebuild a :class:`HierSegModel` from a checkpoint folder alone (no network, no other file).
@@ -204,19 +216,15 @@ def load_model(path: str | Path, prefer: str = "best", map_location: str | torch
             f"{ck['dir'] / 'config.yaml'}: its 'model:' section does not build a model "
             f"({type(err).__name__}: {err}); was it written by another hiertree version or edited by hand?"
         ) from None
-    try:
-        missing, unexpected = model.load_state_dict(ck["state_dict"], strict=False)
-    except RuntimeError as err:  # tensors of another shape
-        first = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), str(err))
+    problem = load_weights(model, ck["state_dict"])
+    if problem and problem[0] == "shape":
         raise CheckpointError(
             f"{ck['dir'] / 'model.safetensors'}: weights do not fit the model that config.yaml and taxonomy.yaml "
-            f"describe ({first}); keep the three files of one checkpoint together"
-        ) from None
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{ck['dir']}: weights do not match the model its config describes "
-            f"(missing {missing[:5]}, unexpected {unexpected[:5]}); was it written by another hiertree version?"
+            f"describe ({problem[1]}); keep the three files of one checkpoint together"
         )
+    if problem:
+        raise CheckpointError(f"{ck['dir']}: weights do not match the model its config describes ({problem[1]}); was "
+                              "it written by another hiertree version?")
     model.config["encoder_weights"] = ck["config"]["model"].get("encoder_weights")
     if channels_last:  # inference-only models (eval/predict CLIs): oneDNN convolutions ~1.3x faster on CPU, same
         # outputs up to float rounding; off by default since safetensors refuses to save such (non-contiguous) tensors

@@ -41,7 +41,7 @@ from hiertree.evaluation.evaluate import evaluate
 from hiertree.inference.decoding import decode
 from hiertree.losses import HierarchicalLoss
 from hiertree.metrics import format_scores
-from hiertree.models import HierSegModel, load_model
+from hiertree.models import HierSegModel, load_model, load_weights
 from hiertree.training.run_state import Layout, Progress, TrainingError, check_resumable, restore, train_state
 from hiertree.tree.taxonomy import Taxonomy
 from hiertree.training.tblog import TrainLogger
@@ -272,15 +272,11 @@ def _init_from(model: torch.nn.Module, source: str, taxonomy: Taxonomy) -> None:
         raise TrainingError(f"train.init_from={source!r}: its taxonomy {ck['taxonomy'].name!r} (levels "
                             f"{ck['taxonomy'].level_sizes}) differs from this run's {taxonomy.name!r} (levels "
                             f"{taxonomy.level_sizes}); fine-tune from a checkpoint of the same tree")
-    try:
-        missing, unexpected = unwrap(model).load_state_dict(ck["state_dict"], strict=False)
-    except RuntimeError as err:
-        first = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), str(err))
-        raise TrainingError(f"train.init_from={source!r}: its weights do not fit this config's model ({first}); "
-                            f"set model.* as in {ck['dir']}/config.yaml") from None
-    if missing or unexpected:
-        raise TrainingError(f"train.init_from={source!r}: its weights do not match this config's model (missing "
-                            f"{missing[:5]}, unexpected {unexpected[:5]}); set model.* as in {ck['dir']}/config.yaml")
+    problem = load_weights(unwrap(model), ck["state_dict"])
+    if problem:
+        verb = "fit" if problem[0] == "shape" else "match"
+        raise TrainingError(f"train.init_from={source!r}: its weights do not {verb} this config's model ({problem[1]}); "
+                            f"set model.* as in {ck['dir']}/config.yaml")
     log.info("initialised every weight from %s", ck["dir"])
 
 
