@@ -29,6 +29,7 @@ from hiertree.data import build_datasets  # noqa: E402
 from hiertree.data.loaders import val_loaders  # noqa: E402
 from hiertree.evaluation.backoff import GRID, SCOPES, BackoffError, CurveAccumulator, coverage, largest_target, promise  # noqa: E402
 from hiertree.evaluation.evaluate import evaluate  # noqa: E402
+from hiertree.inference.predictor import Views  # noqa: E402
 from hiertree.models import load_model  # noqa: E402
 
 
@@ -54,8 +55,8 @@ def score(args: argparse.Namespace) -> tuple[dict, object, object]:
     _, val_ds = build_datasets(cfg["data"], ck["taxonomy"], seed=0)
     loader = val_loaders(val_ds, ck["taxonomy"], cfg["eval"]["batch_size"], 0)
     curves, pairs = CurveAccumulator(ck["taxonomy"], scope=args.scope), PairAccumulator(ck["taxonomy"], scope=args.scope)
-    result = evaluate(model, loader, ck["taxonomy"], model.encoder.mean.device, max_side=cfg["eval"]["max_side"],
-                      window=cfg["eval"]["window"], overlap=cfg["eval"]["overlap"], backoff=GRID,
+    views = Views(max_side=cfg["eval"]["max_side"], window=cfg["eval"]["window"], overlap=cfg["eval"]["overlap"])
+    result = evaluate(model, loader, ck["taxonomy"], model.encoder.mean.device, views=views, backoff=GRID,
                       image_curves=_Both(curves, pairs))
     return result, curves.curves(), pairs.tables()
 

@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
-from hiertree.inference import coarse_logits_from_leaves
 from hiertree.tree.taxonomy import Taxonomy
 
 __all__ = ["SmpFlatDeepLabV3Plus"]
@@ -54,4 +53,4 @@ class SmpFlatDeepLabV3Plus(nn.Module):
 
     def forward(self, images: torch.Tensor, upsample: bool = True) -> list[torch.Tensor]:
         """Per-level logits (coarse levels from summed leaf probabilities) for hiertree's loop and metrics."""
-        return coarse_logits_from_leaves(self.leaf_logits(images), self.taxonomy)
+        return self.taxonomy.coarse_logits(self.leaf_logits(images))

@@ -7,6 +7,9 @@ into a temporary folder, then alternates the same commands between that checkout
 - **trainer**: ``train.py`` on the synthetic demo data for one epoch (``--train-images`` images); the
   figure is training images per second from the run's ``metrics.csv`` ``seconds`` (the loop only, no
   evaluation), so it covers the loader, the step, logging and read-backs as a user runs them;
+- **predict**: ``hiertree-predict`` (``python -m hiertree.cli.predict``, its defaults) with each checkout's shipped
+  model on ``--predict-images`` Pascal-Part val photos, whole-process wall seconds (start-up included, the ONNX
+  graph already cached by one untimed call per checkout);
 - **speed.py**: ``benchmarks/speed.py`` with ``--speed-args`` (model-only and end-to-end training img/s of
   hiertree and smp, data pipeline img/s, CPU inference latency of one image).
 
@@ -28,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,6 +63,23 @@ def _trainer(checkout: Path, images: int, work: Path) -> float:
     return used / float(row["seconds"])
 
 
+def _photos(count: int) -> list[str]:
+    ids = (DATA / "val_id.txt").read_text().split()[:count]
+    return [str(DATA / "JPEGImages" / f"{i}.jpg") for i in ids]
+
+
+def _predict(checkout: Path, photos: list[str], work: Path) -> float:
+    """Wall seconds of one ``hiertree-predict`` process over ``photos`` with ``checkout``'s shipped model."""
+    model = checkout / "pretrained" / "pascal_part_lite0_cpu"
+    cmd = [sys.executable, "-m", "hiertree.cli.predict", "--checkpoint", str(model), *photos, "--out", str(work / "pred")]
+    start = time.perf_counter()
+    done = subprocess.run(cmd, cwd=checkout, env=_env(checkout), capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode:
+        raise RuntimeError(f"{shlex.join(cmd)} failed in {checkout}:\n{done.stderr[-2000:]}")
+    return seconds
+
+
 def _speed(checkout: Path, args: list[str], work: Path) -> dict:
     """The figures ``benchmarks/speed.py`` reports, run from ``checkout``."""
     cmd = [sys.executable, "benchmarks/speed.py", *args, "--out", str(work)]
@@ -81,6 +102,8 @@ def _round(checkouts: dict[str, Path], order: list[str], args: argparse.Namespac
         work = tmp / f"{name}-{i}"
         work.mkdir()
         row = {"trainer_img_s": _trainer(checkouts[name], args.train_images, work)}
+        if args.predict_images:
+            row["predict_s"] = _predict(checkouts[name], _photos(args.predict_images), work)
         if args.speed_args:
             row.update(_speed(checkouts[name], shlex.split(args.speed_args), work))
         figures[name] = row
@@ -93,7 +116,7 @@ def _summary(rounds: list[dict]) -> dict:
     for key in rounds[0]["head"]:
         base = statistics.median(r["base"][key] for r in rounds)
         head = statistics.median(r["head"][key] for r in rounds)
-        better = head / base if not key.endswith("_ms") else base / head  # > 1: head is faster
+        better = head / base if not key.endswith(("_ms", "_s")) or key.endswith("img_s") else base / head  # > 1: faster
         out[key] = {"base": round(base, 2), "head": round(head, 2), "head_speedup_x": round(better, 3)}
     return out
 
@@ -113,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base", required=True, help="git revision to compare against (e.g. a commit before a refactor)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--train-images", type=int, default=256, help="synthetic training images of the trainer run")
+    parser.add_argument("--predict-images", type=int, default=20, help="Pascal-Part val photos of the predict figure "
+                        "(0 to skip it)")
     parser.add_argument("--speed-args", default=SPEED_ARGS, help="arguments for benchmarks/speed.py ('' to skip it)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args(argv)
@@ -124,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run(["git", "clone", "-q", str(ROOT), str(base_dir)], check=True)
         subprocess.run(["git", "-C", str(base_dir), "checkout", "-q", base_commit], check=True)
         checkouts = {"base": base_dir, "head": ROOT}
+        for name, checkout in checkouts.items():  # untimed: fills each checkout's ONNX cache
+            if args.predict_images:
+                _predict(checkout, _photos(1), Path(tmp) / f"warm-{name}")
         rounds = [_round(checkouts, ["base", "head"] if i % 2 == 0 else ["head", "base"], args, Path(tmp), i)
                   for i in range(args.rounds)]
     now = dt.datetime.now(dt.timezone.utc)

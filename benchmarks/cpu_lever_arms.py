@@ -66,6 +66,8 @@ ARMS: dict[str, tuple[str, list[str]]] = {
     "in_lite0": ("imagenet", IMAGENET[0]),
     "in_lite1": ("imagenet", IMAGENET[1]),
     "in_lite2": ("imagenet", IMAGENET[2]),
+    # issue 36: the second decoder against DeepLabV3+ (in_lite0) at equal CPU time, both from ImageNet
+    "in_fpn": ("imagenet", [*IMAGENET[0], "model.decoder=fpn"]),
 }
 
 

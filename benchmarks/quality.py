@@ -46,6 +46,7 @@ from hiertree.device import resolve_amp  # noqa: E402
 from hiertree.data import build_datasets, drop_bad_samples, pad_collate, size_ordered  # noqa: E402
 from hiertree.training.engine import train  # noqa: E402
 from hiertree.evaluation.evaluate import evaluate  # noqa: E402
+from hiertree.inference.predictor import Views  # noqa: E402
 from hiertree.tree.taxonomy import Taxonomy  # noqa: E402
 from hiertree.models.weights import resolve_encoder_weights  # noqa: E402
 
@@ -161,9 +162,10 @@ def evaluate_like_engine(model: torch.nn.Module, cfg: dict, hflip: bool, scales:
     loader = DataLoader(val_ds, batch_size=ecfg["batch_size"], sampler=size_ordered(val_ds), num_workers=tcfg["num_workers"],
                         collate_fn=lambda b: pad_collate(b, taxonomy.ignore_index),
                         generator=torch.Generator().manual_seed(tcfg["seed"]))
-    metrics = evaluate(model, loader, taxonomy, device, amp, hflip, scales, ecfg["max_batches"], flat=cfg["model"]["flat"],
-                       channels_last=channels_last, max_side=ecfg["max_side"], window=ecfg["window"],
-                       overlap=ecfg["overlap"])
+    views = Views(hflip=hflip, scales=tuple(scales), max_side=ecfg["max_side"], window=ecfg["window"],
+                  overlap=ecfg["overlap"])
+    metrics = evaluate(model, loader, taxonomy, device, views=views, amp=amp, max_batches=ecfg["max_batches"],
+                       flat=cfg["model"]["flat"], channels_last=channels_last)
     return metrics, skipped
 
 

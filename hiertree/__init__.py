@@ -5,8 +5,13 @@ The :class:`Taxonomy` (a class tree written in YAML) sizes everything else: the 
 and the datasets' per-level targets.
 """
 
+from hiertree.registry import PREDICTORS
 from hiertree.tree.taxonomy import Taxonomy, TaxonomyError
 from hiertree.version import __version__
+
+# The package root wires the layers: models/ sits below inference/, so HierSegModel.predict asks this registry for
+# the predictor instead of importing it (imported on the first predict call).
+PREDICTORS.register_lazy("default", "hiertree.inference.predictor:predict_with_model")
 
 __all__ = ["Taxonomy", "TaxonomyError", "HierSegModel", "HierarchicalLoss", "HierarchicalMetrics", "LabelMap", "__version__"]
 

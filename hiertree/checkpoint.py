@@ -125,6 +125,7 @@ def save_checkpoint(
     model: torch.nn.Module,
     cfg: dict,
     taxonomy: Taxonomy,
+    *,
     metrics: dict | None = None,
     train_state: dict | None = None,
     links: tuple[str, ...] = ("last",),

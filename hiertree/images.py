@@ -1,13 +1,16 @@
-"""Image files and arrays: reading, finding and normalising images to HxWx3 uint8 RGB."""
+"""Image files and arrays: reading, finding and normalising images to HxWx3 uint8 RGB, and padding sizes up to a
+multiple (the one place that arithmetic lives: the model, the traced ONNX graph, image prediction and ``pad_collate``
+all round sizes up with :func:`pad_amount`, so their padded sizes agree by construction)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Sequence, TypeVar
 
 import numpy as np
 
-__all__ = ["ImageError", "IMAGE_SUFFIXES", "suffix_variants", "to_rgb", "read_image", "find_images"]
+__all__ = ["ImageError", "IMAGE_SUFFIXES", "suffix_variants", "to_rgb", "read_image", "find_images", "pad_amount",
+           "padded_size"]
 
 #: The image files hiertree reads (datasets and hiertree-predict), in any letter case.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -96,3 +99,20 @@ def find_images(inputs: Sequence[str | Path]) -> list[Path]:
         raise ImageError(f"no images found in {[str(i) for i in inputs]} (looked for {', '.join(IMAGE_SUFFIXES)})")
     return found
 
+
+
+Size = TypeVar("Size")
+
+
+def pad_amount(size: Size, multiple: int) -> Size:
+    """How much to add to ``size`` to reach the next multiple of ``multiple`` (0 when it is one already).
+
+    Works on Python ints and, unchanged, on the 0-d tensors a shape yields while tracing for ONNX, so
+    an exported graph computes its pads from the input's dynamic height and width.
+    """
+    return (multiple - size % multiple) % multiple  # type: ignore[operator]
+
+
+def padded_size(height: int, width: int, multiple: int) -> tuple[int, int]:
+    """``(height, width)`` each rounded up to a multiple of ``multiple``."""
+    return height + pad_amount(height, multiple), width + pad_amount(width, multiple)

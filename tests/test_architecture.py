@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -83,5 +84,35 @@ def test_architecture_doc_draws_the_contracts_layer_order():
     contract = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"][0]
     text = (ROOT / "docs" / "architecture.md").read_text()
     block = text.split("From the top down:", 1)[1].split("```", 2)[1]
-    drawn = [" | ".join(part.strip() for part in line[:41].split("|")) for line in block.strip().splitlines()]
+    drawn = [" | ".join(part.strip() for part in re.split(r"\s{2,}", line.strip())[0].split("|"))
+             for line in block.strip().splitlines()]
     assert drawn == [" | ".join(p.strip() for p in layer.split("|")) for layer in contract["layers"]]
+
+
+UPWARD = ("inference", "training", "evaluation", "cli")
+
+
+def _hiertree_imports(path: Path) -> list[tuple[int, str]]:
+    """Every ``hiertree.*`` module a file imports, anywhere in it (inside functions too), with its line."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names if alias.name.startswith("hiertree.")]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("hiertree.") and not node.level:
+            found.append((node.lineno, node.module))
+    return found
+
+
+def test_tree_data_and_models_never_import_the_layers_above():
+    """models/ is the network: it, data/ and tree/ import nothing of inference, training, evaluation or cli (an AST
+    scan, so an import inside a function counts); HierSegModel.predict reaches inference through a registry."""
+    upward = {f"{p.relative_to(ROOT)}:{line}": name for part in ("tree", "data", "models")
+              for p in sorted((PACKAGE / part).rglob("*.py")) for line, name in _hiertree_imports(p)
+              if name.split(".")[1] in UPWARD}
+    assert upward == {}
+
+
+def test_the_upward_import_scan_sees_an_import_inside_a_function(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("import os\n\ndef f():\n    from hiertree.inference.predictor import Views\n")
+    assert _hiertree_imports(bad) == [(4, "hiertree.inference.predictor")]

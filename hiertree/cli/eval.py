@@ -127,6 +127,7 @@ def _score(args: argparse.Namespace, model: Any, ck: dict, cfg: dict, device: An
     from hiertree.data.loaders import labelled_nodes, val_loaders
     from hiertree.device import resolve_amp
     from hiertree.evaluation.evaluate import evaluate
+    from hiertree.inference.predictor import Views
 
     taxonomy, ecfg = ck["taxonomy"], cfg["eval"]
     data = {**cfg["data"], "val_split": split, "train_split": split}  # only the scored split has to exist
@@ -134,9 +135,9 @@ def _score(args: argparse.Namespace, model: Any, ck: dict, cfg: dict, device: An
     skipped = drop_bad_samples(val_ds)  # data.skip_bad=true: scored without them, listed in the JSON
     loader = val_loaders(val_ds, taxonomy, args.batch_size or ecfg["batch_size"], cfg["train"]["num_workers"],
                          cfg["train"]["seed"])  # data.sources: one loader per evaluated source, as training scores them
-    result = evaluate(model, loader, taxonomy, device, resolve_amp("auto", device), args.hflip or ecfg["hflip"],
-                      args.scales or ecfg["scales"], args.max_batches, flat=model.flat, max_side=ecfg["max_side"],
-                      window=ecfg["window"], overlap=ecfg["overlap"], labelled=labelled_nodes(data, taxonomy),
+    views = Views.from_options(ecfg, hflip=args.hflip or None, scales=args.scales or None)
+    result = evaluate(model, loader, taxonomy, device, views=views, amp=resolve_amp("auto", device),
+                      max_batches=args.max_batches, flat=model.flat, labelled=labelled_nodes(data, taxonomy),
                       backoff=backoff, image_curves=image_curves)
     return result, val_ds, skipped
 

@@ -10,6 +10,7 @@ import argparse
 from hiertree.cli.common import fail
 from hiertree.inference.decoding import parse_backoff
 from hiertree.inference.onnx_graph import OPSET, OUTPUTS, export_onnx
+from hiertree.inference.predictor import backoff_threshold
 
 __all__ = ["main"]
 
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.output == "nodes":
             if args.backoff is None:
                 raise ValueError("--output nodes needs --backoff auto or a threshold in [0, 1]")
-            threshold = model.resolve_backoff(parse_backoff(args.backoff))
+            threshold = backoff_threshold(parse_backoff(args.backoff), model.unchanged_checkpoint, model.taxonomy)
         out = export_onnx(model, args.onnx, labels=args.labels, opset=args.opset, output=args.output,
                           threshold=threshold)
     except (CheckpointError, OSError, ValueError) as err:

@@ -157,8 +157,8 @@ class SourceOptions(_Section):
     """``data.sources[]``: one dataset of a mixed run; a key left null takes the ``data`` key of that name."""
 
     name: Optional[str] = _opt(None, "name in logs and result tables; null: source<index>", example="parts", min_length=1)
-    kind: Optional[_one_of("synthetic", "folder")] = _opt(None, "synthetic or folder; null: data.kind",
-                                                          expected="one of 'synthetic', 'folder'", example="folder")
+    kind: Optional[str] = _opt(None, "a dataset layout (see data.kind); null: data.kind",
+                               expected="a dataset layout name (str)", example="folder", min_length=1)
     root: OptPathText = _opt(None, "dataset folder; null: data.root", expected="a dataset folder (str)",
                              example="data/people", min_length=1)
     train_split: Optional[str] = _opt(None, "split trained on (<split>_id.txt, or a path to an id list .txt); "
@@ -180,7 +180,8 @@ class SourceOptions(_Section):
 class DataOptions(_Section):
     """``data``: where images come from and how training crops are augmented."""
 
-    kind: _one_of("synthetic", "folder") = _opt("synthetic", "synthetic (procedural, no files) or folder (data.root)")
+    kind: str = _opt("synthetic", "dataset layout, a name in hiertree.data.layouts: synthetic (procedural, no files) "
+                     "or folder (data.root)", expected="a dataset layout name (str)", min_length=1)
     root: OptPathText = _opt(None, "folder datasets: JPEGImages/, masks/ or gt_masks/, <split>_id.txt",
                              expected="a dataset folder (str)", example="data/pascal-part", min_length=1)
     train_split: str = _opt("train", "split trained on (<split>_id.txt)")
@@ -203,7 +204,7 @@ class DataOptions(_Section):
 
 
 class ModelOptions(_Section):
-    """``model``: a timm encoder, a DeepLabV3(+) decoder and one head per level (``HierSegModel``)."""
+    """``model``: a timm encoder, a decoder (DeepLabV3(+) or FPN) and one head per level (``HierSegModel``)."""
 
     encoder: str = _opt("tf_efficientnet_lite0", "timm encoder name (any model with features_only)",
                         expected="a timm encoder name (str)", min_length=1)
@@ -211,15 +212,18 @@ class ModelOptions(_Section):
         None, "pretrained encoder: null (random), 'imagenet' (timm hub), a *-pypi pack or a .safetensors/.pth file",
         expected="str (a weight spec or file)", example="efficientnet-lite0-pypi", resume_safe=True)
     output_stride: _one_of(8, 16, 32) = _opt(16, "encoder output stride")
+    decoder: str = _opt("deeplabv3plus", "decoder architecture, a name in hiertree.models.decoders: deeplabv3plus "
+                        "(ASPP + low-level skip) or fpn (feature pyramid over every map from stride 4)",
+                        expected="a registered decoder name (str)", min_length=1)
     aspp_rates: Annotated[Optional[list[Annotated[int, Field(ge=1)]]], BeforeValidator(_as_list)] = _opt(
-        None, "ASPP dilation rates; null: 6, 12, 18 scaled to output stride 16", expected="a list of int >= 1",
+        None, "deeplabv3plus: ASPP dilation rates; null: 6, 12, 18 scaled to output stride 16", expected="a list of int >= 1",
         example=[6, 12, 18], min_length=1)
-    decoder_channels: int = _opt(256, "decoder width", ge=1)
-    skip: bool = _opt(True, "DeepLabV3+ low-level skip (logits at stride 4); false: DeepLabV3")
-    skip_channels: int = _opt(48, "channels of the projected low-level features", ge=1)
-    separable: bool = _opt(True, "depthwise-separable 3x3 convolutions in ASPP and decoder")
-    dropout: Float = _opt(0.1, "dropout after ASPP", ge=0, lt=1)
-    fuse_convs: int = _opt(1, "3x3 convolutions after the skip fusion", ge=1)
+    decoder_channels: int = _opt(256, "decoder width (fpn: the pyramid's; its segmentation branches are half)", ge=1)
+    skip: bool = _opt(True, "deeplabv3plus: the low-level skip (logits at stride 4); false: DeepLabV3")
+    skip_channels: int = _opt(48, "deeplabv3plus: channels of the projected low-level features", ge=1)
+    separable: bool = _opt(True, "depthwise-separable 3x3 convolutions in the decoder")
+    dropout: Float = _opt(0.1, "dropout after ASPP (fpn: on the merged map)", ge=0, lt=1)
+    fuse_convs: int = _opt(1, "deeplabv3plus: 3x3 convolutions after the skip fusion", ge=1)
     flat: bool = _opt(False, "one head on the leaves, coarser levels derived from it (the flat baseline)")
 
 

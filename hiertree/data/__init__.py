@@ -1,35 +1,26 @@
-"""Datasets for hiertree: a folder reader, a procedural dataset, augmentation and batching.
+"""Datasets for hiertree: dataset layouts on disk (:mod:`.layouts`: a mask folder, procedural figures), augmentation,
+several sources in one run, batching, resumable epochs and dataset statistics.
 
 Every source yields ``(image uint8 HxWx3 RGB, leaf-id mask uint8 HxW[, id])``; :class:`SegDataset`
 turns that into model-ready tensors and :func:`pad_collate` batches images of different sizes.
 """
 
-from __future__ import annotations
-
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, get_args
-
-import cv2
-import numpy as np
-import torch
-from torch.utils.data import get_worker_info
-
-from hiertree.config.options import DataOptions, SyntheticOptions, defaults, suggest
-from hiertree.inference.padding import padded_size
+from hiertree.data.build import DATA_KEYS, SYNTHETIC_KEYS, build_datasets, by_source
+from hiertree.data.dataset import SegDataset, pad_collate, size_ordered
 from hiertree.data.errors import DataError
-from hiertree.data.folder import MaskFolder
+from hiertree.data.layouts import LAYOUTS
+from hiertree.data.layouts.folder import MaskFolder
+from hiertree.data.layouts.synthetic import ROLES, SyntheticFigures, role_map_from_names
 from hiertree.data.sampler import EpochSampler
 from hiertree.data.skipping import drop_bad_samples
-from hiertree.data.sources import Mixture, Relabelled, Source, resolve_sources, start_weights
-from hiertree.data.synthetic import ROLES, SyntheticFigures, role_map_from_names
+from hiertree.data.sources import Mixture, resolve_sources
 from hiertree.data.transforms import PairTransform, eval_transform, normalize_to_tensor, train_transform
-
-if TYPE_CHECKING:
-    from hiertree.tree.taxonomy import Taxonomy
 
 __all__ = [
     "DataError",
     "EpochSampler",
     "drop_bad_samples",
+    "LAYOUTS",
     "MaskFolder",
     "ROLES",
     "SyntheticFigures",
@@ -48,203 +39,3 @@ __all__ = [
     "DATA_KEYS",
     "SYNTHETIC_KEYS",
 ]
-
-
-class SegDataset(torch.utils.data.Dataset):
-    """Wrap a source of ``(image, node-id mask[, id])`` into ``{"image": uint8 3xHxW, "mask": long HxW, "id": str,
-    "partial": bool}``; ``partial`` says whether some pixel is labelled at an inner node.
-
-    Images stay uint8 (4× fewer bytes to move); the model normalises them for its encoder.
-    ``transform`` is a :class:`PairTransform` (or any ``(image, mask) -> (image, mask)`` callable, or
-    None). Indices past ``len`` encode ``(epoch + 1) * len + i`` (see ``hiertree.training.engine.EpochSampler``): the
-    sample is ``i`` and its augmentation is seeded from that index alone, so it is the same whichever
-    worker loads it and a resumed run repeats it exactly. Plain indices keep one random stream per
-    data-loader worker (``worker_info.seed``), or ``torch.initial_seed()`` in the main process.
-    """
-
-    def __init__(self, source: Sequence, transform: Callable | None, taxonomy: "Taxonomy") -> None:
-        self.source = source
-        self.transform = transform
-        self.taxonomy = taxonomy
-        self._seeded_with: int | None = None
-
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def _seed_for(self, index: int) -> None:
-        t = self.transform
-        if isinstance(t, PairTransform) and not t.is_identity:
-            t.reseed((t.seed or 0) * 1_000_003 + index)
-
-    def _maybe_reseed(self) -> None:
-        t = self.transform
-        if not isinstance(t, PairTransform) or t.is_identity:
-            return
-        info = get_worker_info()
-        if info is None:
-            if t.seed is None and self._seeded_with is None:
-                self._seeded_with = torch.initial_seed()
-                t.reseed(self._seeded_with)
-        elif self._seeded_with != info.seed:
-            self._seeded_with = info.seed
-            t.reseed(info.seed + (t.seed or 0))
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        encoded = index >= len(self.source)
-        if encoded:
-            self._seed_for(index)
-            index %= len(self.source)
-        item = self.source[index]
-        if len(item) == 3:
-            image, mask, sid = item
-        elif len(item) == 2:
-            (image, mask), sid = item, str(index)
-        else:
-            raise DataError(f"SegDataset: source item {index} has {len(item)} fields; expected (image, mask[, id])")
-        if self.transform is not None:
-            if not encoded:
-                self._maybe_reseed()
-            try:
-                image, mask = self.transform(image, mask)
-            except cv2.error as err:  # e.g. a 1-pixel side scaled below one pixel
-                raise DataError(
-                    f"sample {sid!r}: augmentation failed on its {image.shape[0]}x{image.shape[1]} image "
-                    f"({str(err).strip().splitlines()[-1]}); images need a side of a few pixels at least; remove it "
-                    "from the split list"
-                ) from None
-        mask = np.asarray(mask)
-        top = int(mask.max()) if mask.size else 0
-        if top >= self.taxonomy.num_nodes:  # fast path: all values are node ids
-            try:
-                self.taxonomy.check_mask(mask, where=f"sample {sid!r}")
-            except ValueError as err:
-                raise DataError(str(err)) from None
-        t = self.taxonomy
-        partial = top >= t.num_leaves and bool(((mask >= t.num_leaves) & (mask < t.num_nodes)).any())
-        return {
-            "image": torch.from_numpy(np.ascontiguousarray(np.asarray(image).transpose(2, 0, 1))),
-            "mask": torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64)),
-            "id": str(sid),
-            "partial": partial,
-        }
-
-
-def size_ordered(dataset: SegDataset) -> list[int] | None:
-    """Sample indices sorted by image size (stable), for evaluation: equal sizes share batches and run unpadded.
-
-    Sizes come from the source's ``mask_size(i)`` (file headers, no decoding); None when the source cannot
-    tell (e.g. synthetic data, which has one size anyway) -- keep the natural order then.
-    """
-    probe = getattr(dataset.source, "mask_size", None)
-    if probe is None:
-        return None
-    sizes = [probe(i) for i in range(len(dataset))]
-    if any(s is None for s in sizes):
-        return None
-    return sorted(range(len(dataset)), key=lambda i: sizes[i])
-
-
-def pad_collate(batch: Sequence[Mapping[str, Any]], ignore_index: int, multiple: int = 1) -> dict[str, Any]:
-    """Stack samples, padding images with 0 and masks with ``ignore_index`` at the bottom/right.
-
-    The padded size is the batch's largest height/width rounded up to ``multiple`` (e.g. the model's
-    output stride); ``"size"`` keeps each sample's original ``(h, w)`` for cropping predictions back.
-    """
-    if not batch:
-        raise DataError("pad_collate: empty batch")
-    if isinstance(multiple, bool) or not isinstance(multiple, int) or multiple < 1:
-        raise DataError(f"pad_collate: 'multiple' must be a positive integer, got {multiple!r}")
-    sizes = [tuple(s["image"].shape[-2:]) for s in batch]
-    for s, (h, w) in zip(batch, sizes):
-        if tuple(s["mask"].shape) != (h, w):
-            raise DataError(f"pad_collate: sample {s.get('id')!r} has image {h}x{w} but mask {tuple(s['mask'].shape)}")
-    height, width = padded_size(max(h for h, _ in sizes), max(w for _, w in sizes), multiple)
-    first = batch[0]["image"]
-    images = first.new_zeros((len(batch), first.shape[0], height, width))
-    masks = torch.full((len(batch), height, width), int(ignore_index), dtype=torch.long)
-    for k, (s, (h, w)) in enumerate(zip(batch, sizes)):
-        images[k, :, :h, :w] = s["image"]
-        masks[k, :h, :w] = s["mask"]
-    return {"image": images, "mask": masks, "id": [str(s.get("id", k)) for k, s in enumerate(batch)], "size": sizes,
-            "partial": any(bool(s.get("partial", False)) for s in batch)}
-
-
-_DEFAULTS = defaults(DataOptions)  # the declared data.* defaults, for keys a caller's dict leaves out
-DATA_KEYS: tuple[str, ...] = tuple(DataOptions.model_fields)
-SYNTHETIC_KEYS: tuple[str, ...] = tuple(SyntheticOptions.model_fields)
-_KINDS: tuple[str, ...] = get_args(DataOptions.model_fields["kind"].annotation)
-
-
-def _check_keys(cfg: Mapping[str, Any], allowed: tuple[str, ...], where: str) -> None:
-    if not isinstance(cfg, Mapping):
-        raise DataError(f"config key {where!r}: expected a mapping, got {type(cfg).__name__}")
-    for key in cfg:
-        if key not in allowed:
-            hint = suggest(key, allowed)
-            raise DataError(f"config key '{where}.{key}': unknown setting{hint}; allowed: {', '.join(allowed)}")
-
-
-def _open(src: Source, taxonomy: "Taxonomy") -> tuple[Sequence, Sequence]:
-    """The train and val samples of one resolved source, masks mapped to node ids by its label map."""
-    if src.kind == "synthetic":
-        syn = src.synthetic
-        if syn["roles"] is None:
-            raise DataError(
-                "config key 'data.synthetic.roles' is missing: map each synthetic role "
-                f"({', '.join(ROLES)}) to a leaf name of taxonomy {taxonomy.name!r}; unmapped roles become background"
-            )
-        roles = role_map_from_names(taxonomy, syn["roles"])
-        size = syn["size"] if isinstance(syn["size"], int) else tuple(syn["size"])
-        look = dict(figures=tuple(syn["figures"]), figure_scale=tuple(syn["figure_scale"]), clutter=bool(syn["clutter"]))
-        train = SyntheticFigures(syn["num_train"], size, syn["seed"], roles, **look)
-        val = SyntheticFigures(syn["num_val"], size, syn["seed"] + 1, roles, **look)
-        if src.labels.is_identity:
-            return train, val
-        return Relabelled(train, src.labels, src.name), Relabelled(val, src.labels, src.name)
-    if src.kind == "folder":
-        if not src.root:
-            raise DataError("config key 'data.root' is missing: set it to the dataset folder for kind 'folder'")
-        train = MaskFolder(src.root, src.train_split, taxonomy, src.skip_bad, src.labels)
-        val = MaskFolder(src.root, src.val_split, taxonomy, src.skip_bad, src.labels) if src.evaluate else None
-        return train, val
-    hint = suggest(src.kind, _KINDS)
-    raise DataError(f"config key 'data.kind': unknown dataset kind {src.kind!r}{hint}; choose one of {', '.join(_KINDS)}")
-
-
-def build_datasets(
-    data_cfg: Mapping[str, Any], taxonomy: "Taxonomy", seed: int | None = None
-) -> tuple[SegDataset, SegDataset]:
-    """``(train, val)`` datasets from the ``data`` section of a config (see :data:`DATA_KEYS`).
-
-    Train gets :func:`train_transform`; val gets :func:`eval_transform` (``longest`` only). Synthetic
-    val images use ``data.synthetic.seed + 1``, so they never repeat a training image. ``seed`` fixes
-    the augmentation stream (None: it follows torch's seed); it does not change the synthetic images.
-    With ``data.sources`` both are a :class:`Mixture`: train of every source (sampled by weight), val of
-    the sources with ``evaluate`` (see :func:`by_source` for one dataset per source).
-    """
-    _check_keys(data_cfg, DATA_KEYS, "data")
-    _check_keys(data_cfg.get("synthetic") or {}, SYNTHETIC_KEYS, "data.synthetic")
-    cfg = {**_DEFAULTS, **data_cfg}
-    train_tf = train_transform(crop=cfg["crop"], scale=cfg["scale"], longest=cfg["longest"], hflip=bool(cfg["hflip"]),
-                               color_jitter=cfg["color_jitter"], ignore_index=taxonomy.ignore_index, seed=seed)
-    val_tf = eval_transform(cfg["longest"])
-    sources = resolve_sources(cfg, taxonomy)
-    opened = [_open(src, taxonomy) for src in sources]
-    if not cfg.get("sources"):
-        train_src, val_src = opened[0]
-    else:
-        train_src = Mixture([(s.name, tr, s.weight) for s, (tr, _) in zip(sources, opened)],
-                            weights_start=start_weights(sources))
-        scored = [(s.name, va, s.weight) for s, (_, va) in zip(sources, opened) if s.evaluate and va is not None]
-        if not scored:
-            raise DataError("data.sources: no source is evaluated; set evaluate: true on at least one")
-        val_src = Mixture(scored)
-    return SegDataset(train_src, train_tf, taxonomy), SegDataset(val_src, val_tf, taxonomy)
-
-
-def by_source(dataset: SegDataset) -> dict[str, SegDataset]:
-    """One dataset per source of a :class:`Mixture` (same transform), in source order; ``{}`` for one source."""
-    src = dataset.source
-    if not isinstance(src, Mixture):
-        return {}
-    return {name: SegDataset(part, dataset.transform, dataset.taxonomy) for name, part in zip(src.names, src.parts)}

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.utils.data import DataLoader
 
-from hiertree.data import SegDataset, by_source, pad_collate, size_ordered
+from hiertree.data.build import by_source
+from hiertree.data.dataset import SegDataset, pad_collate, size_ordered
 from hiertree.data.sources import resolve_sources
 
 if TYPE_CHECKING:

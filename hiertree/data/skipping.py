@@ -6,11 +6,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from hiertree.data.errors import DataError
-from hiertree.data.folder import MaskFolder
+from hiertree.data.layouts.folder import MaskFolder
 from hiertree.data.sources import Mixture
 
 if TYPE_CHECKING:
-    from hiertree.data import SegDataset
+    from hiertree.data.dataset import SegDataset
 
 __all__ = ["drop_bad_samples"]
 

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from hiertree.data import SegDataset
+from hiertree.data.dataset import SegDataset
 from hiertree.data.sources import Mixture, load_mask
 from hiertree.tree.taxonomy import Taxonomy
 

@@ -71,15 +71,12 @@ def evaluate(
     loader: Iterable[dict] | Mapping[str, Iterable[dict]],
     taxonomy: Taxonomy,
     device: torch.device,
+    *,
+    views: Views = Views(),
     amp: str = "none",
-    hflip: bool = False,
-    scales: Sequence[float] = (1.0,),
     max_batches: int | None = None,
     flat: bool = False,
     channels_last: bool = False,
-    max_side: int | None = None,
-    window: int = 512,
-    overlap: float = 0.25,
     labelled: Mapping[str, Sequence[int]] | None = None,
     backoff: Sequence[float] = (),
     sharded: bool = False,
@@ -87,7 +84,8 @@ def evaluate(
 ) -> dict:
     """Scores of tree-consistent predictions and of each head's raw argmax, per level.
 
-    Returns ``{"tree": metrics, "raw": metrics}`` where each is :meth:`HierarchicalMetrics.compute`'s
+    ``views``: flips, scales and the tiles of images above ``max_side`` (``Views.from_options(cfg["eval"])`` is what
+    a config asks for). Returns ``{"tree": metrics, "raw": metrics}`` where each is :meth:`HierarchicalMetrics.compute`'s
     result; ``raw`` carries the share of pixels whose raw per-head labels agree with the tree.
     ``loader`` may be a mapping of source name to loader (``data.sources``): each source is scored on its
     own, at the levels its labels reach, under ``"sources"``, and ``tree``/``raw`` are the combined table
@@ -96,7 +94,6 @@ def evaluate(
     add ``"backoff": [{"threshold", "accuracy", "specificity", "leaf_coverage", ...}]`` (over every source's
     pixels), the accuracy-specificity curve that :func:`calibrate_backoff` reads.
     """
-    views = Views(hflip=hflip, scales=tuple(scales), max_side=max_side, large="tile", window=window, overlap=overlap)
     # the predictor's runner: on a CPU a folded channels_last copy (the model itself is untouched)
     runner = TorchRunner(model, device, channels_last=channels_last or None)
     args = (taxonomy, device, amp, views, max_batches, flat)

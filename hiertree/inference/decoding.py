@@ -9,7 +9,7 @@ import torch
 
 from hiertree.tree.taxonomy import Taxonomy
 
-__all__ = ["channel_argmax", "path_logit_sums", "resolve_backoff", "leaf_path_scores", "tree_consistent_levels", "coarse_logits_from_leaves", "decode", "node_log_probs",
+__all__ = ["channel_argmax", "path_logit_sums", "resolve_backoff", "leaf_path_scores", "tree_consistent_levels", "decode", "node_log_probs",
            "backoff_nodes", "backoff_chain", "backoff_stop", "check_threshold", "parse_backoff"]
 
 
@@ -61,21 +61,6 @@ def tree_consistent_levels(
     """Argmax over leaves of the path score, then coarser levels through the taxonomy's LUTs."""
     leaf = channel_argmax(_leaf_scores(logits, taxonomy, flat))
     return leaf, taxonomy.levels_from_leaves(leaf)
-
-
-def coarse_logits_from_leaves(leaf_logits: torch.Tensor, taxonomy: Taxonomy) -> list[torch.Tensor]:
-    """Per-level logits of a flat leaf head: logsumexp over each class's leaves (= summed probabilities).
-
-    The coarse levels are computed in float32 whatever the input dtype (bf16 logsumexp loses ~3 digits).
-    """
-    out = []
-    full = leaf_logits.float()
-    leaves = taxonomy.num_levels - 1
-    for level in range(leaves):
-        groups = [full.index_select(1, g).logsumexp(1) for g in taxonomy.children(level, leaves, device=full.device)]
-        out.append(torch.stack(groups, 1))
-    out.append(leaf_logits)
-    return out
 
 
 def decode(logits: list[torch.Tensor], taxonomy: Taxonomy, flat: bool = False, probabilities: bool = False,

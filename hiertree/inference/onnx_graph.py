@@ -2,7 +2,7 @@
 
 ``HierSegModel.forward`` pads its input to the encoder's multiple with amounts computed from the
 shape and skips the pad when it is zero; traced at one size, that branch would be frozen. The
-exported graph therefore wraps the model: it always pads (by :func:`hiertree.inference.padding.pad_amount`,
+exported graph therefore wraps the model: it always pads (by :func:`hiertree.images.pad_amount`,
 computed in the graph from the input's shape) with the encoder's mean colour, which is exactly what
 the model's own padding amounts to after normalisation, runs the model on a multiple-of-stride input,
 and crops back to ``H x W``. Labels are decoded by :func:`hiertree.inference.tree_consistent_levels`.
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hiertree.inference.decoding import backoff_nodes, check_threshold, node_log_probs, path_logit_sums, tree_consistent_levels
-from hiertree.inference.padding import pad_amount
+from hiertree.images import pad_amount
 
 __all__ = ["ExportWrapper", "export_onnx", "stamp_metadata", "OUTPUTS", "OPSET"]
 

@@ -1,6 +1,11 @@
-"""One predictor for every way in: ``HierSegModel.predict``, :func:`predict_images`, ``hiertree-predict`` and
-evaluation (test-time augmentation, large images) all run a *runner* (:mod:`hiertree.inference.runners`, chosen by
-:func:`hiertree.inference.backends.make_runner`) through :func:`log_probs`, then decode.
+"""One predictor for every way in: :class:`Predictor` (what ``HierSegModel.predict``, ``hiertree-predict`` and the
+demo use), :func:`predict_images` and evaluation (test-time augmentation, large images) all run a *runner*
+(:mod:`hiertree.inference.runners`, chosen by :func:`hiertree.inference.backends.make_runner`) through
+:func:`log_probs`, then decode.
+
+:class:`Predictor` owns what a trained model needs to predict beyond its network: the runtime (PyTorch with folded
+batch norms, or ONNX Runtime / int8 with the graph cached beside the checkpoint), the views, the back-off threshold
+(a number, or ``"auto"``: the checkpoint's calibrated one) and the writers of :mod:`hiertree.inference.writers`.
 
 :class:`Views` says what one prediction averages and how large images go: flips and scales, and ``max_side``, the
 longest side the network sees in one pass; an image above it is either cut into overlapping windows at full
@@ -14,20 +19,33 @@ original size; logits are upsampled a strip of rows at a time, so a large photo 
 
 from __future__ import annotations
 
+import logging
+import weakref
 from dataclasses import dataclass
-from typing import Any, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hiertree.checkpoint import calibrated_threshold, read_checkpoint
 from hiertree.config.options import EvalOptions, check_args
-from hiertree.images import to_rgb
-from hiertree.inference.decoding import decode
+from hiertree.device import resolve_device
+from hiertree.images import ImageError, read_image, to_rgb
+from hiertree.inference.backends import make_runner
+from hiertree.inference.decoding import decode, resolve_backoff
 from hiertree.inference.runners import TorchRunner
 from hiertree.inference.sliding import sliding_window_logits
+from hiertree.inference.writers import DEFAULT_OUTPUTS, BackgroundWriter, unique_stems, write_node_legend
 
-__all__ = ["Views", "log_probs", "predict_batch", "predict_images", "as_runner"]
+if TYPE_CHECKING:  # the model code (timm) loads only when the network runs in PyTorch: an ONNX cache hit needs none
+    from hiertree.models.hierseg import HierSegModel
+
+__all__ = ["Views", "Predictor", "log_probs", "predict_batch", "predict_images", "predict_with_model", "as_runner",
+           "backoff_threshold"]
+
+log = logging.getLogger(__name__)
 
 LARGE = ("tile", "shrink")
 
@@ -51,6 +69,16 @@ class Views:
         checked = check_args(EvalOptions, "Views", scales=list(self.scales), window=self.window, overlap=self.overlap,
                              **({"max_side": self.max_side} if self.max_side is not None else {}))
         object.__setattr__(self, "scales", tuple(checked["scales"]))
+
+    @classmethod
+    def from_options(cls, eval_cfg: "Mapping[str, Any] | EvalOptions", **changes: Any) -> "Views":
+        """The views a config's ``eval`` section asks for (``hflip``, ``scales``, ``max_side``, ``window``,
+        ``overlap``; tiles above ``max_side``), with ``changes`` (e.g. a command line's ``hflip=True``) on top."""
+        if isinstance(eval_cfg, EvalOptions):
+            eval_cfg = eval_cfg.model_dump()
+        keys = ("hflip", "scales", "max_side", "window", "overlap")
+        chosen = {k: eval_cfg[k] for k in keys if k in eval_cfg} | {k: v for k, v in changes.items() if v is not None}
+        return cls(**{**chosen, "scales": tuple(chosen.get("scales", (1.0,)))}, large=chosen.get("large", "tile"))
 
     @property
     def single(self) -> bool:
@@ -243,3 +271,137 @@ def _shrunk(a: np.ndarray, h: int, w: int) -> np.ndarray:
     import cv2
 
     return cv2.resize(a, (w, h), interpolation=cv2.INTER_AREA)
+
+
+def backoff_threshold(backoff: float | str | None, checkpoint: str | Path | None, taxonomy: Any,
+                      views: Views = Views()) -> float | None:
+    """The back-off threshold ``backoff`` asks for: a number in [0, 1], None, or ``"auto"``: the one calibrated for
+    ``checkpoint`` (``eval.py --calibrate-backoff``) with the same test-time augmentation as ``views``; refused
+    without a checkpoint whose weights these are (a model built in code, or changed since it was loaded)."""
+    calibrated = None
+    if backoff == "auto":
+        if checkpoint is None:
+            raise ValueError("backoff='auto' needs a model loaded by load_model and unchanged since: its "
+                             "calibration belongs to the checkpoint's weights; give a threshold in [0, 1]")
+        calibrated = calibrated_threshold(checkpoint, views.hflip, views.scales, required=True)
+    return resolve_backoff(backoff, calibrated, taxonomy)
+
+
+#: model -> (backend, device, quantize, weights fingerprint) and the runner built for them: ``model.predict`` called
+#: again on the same weights reuses its runner (the folded copy, the ONNX session) instead of building it again
+_RUNNERS: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, Any]]" = weakref.WeakKeyDictionary()
+
+
+class Predictor:
+    """A trained model's way from photos to tree-consistent maps: one for ``HierSegModel.predict``,
+    ``hiertree-predict`` and the demo, so the same images give the same labels everywhere.
+
+    ``model``: a :class:`~hiertree.models.HierSegModel`, or a checkpoint folder, run folder or shipped model's name
+    (then the PyTorch model is only built if the network runs in PyTorch or the ONNX cache misses). ``backend``:
+    ``auto`` (ONNX Runtime on a CPU for a checkpoint's unchanged weights, else PyTorch with folded batch norms),
+    ``torch`` or ``onnx``; ``quantize="int8"`` runs the int8 graph, calibrated by ``calibration()`` (images) if it
+    is not cached yet. ``views``: flips, scales and large images (default: one pass, large images shrunk).
+    ``backoff``: a threshold in [0, 1] or ``"auto"`` (the checkpoint's calibrated one) adds ``"nodes"``.
+    ``batch_size``: images of one size per forward pass (default 1 on a CPU, where batching only adds memory
+    traffic; 4 elsewhere).
+    """
+
+    def __init__(self, model: "HierSegModel | str | Path", *, backend: str = "auto", device: str | torch.device | None = None,
+                 views: Views | None = None, backoff: float | str | None = None, quantize: str | None = None,
+                 batch_size: int | None = None, calibration: Callable[[], Sequence[np.ndarray]] | None = None) -> None:
+        self.views = views or Views(large="shrink")
+        if isinstance(model, torch.nn.Module):
+            self.device = torch.device(device) if device is not None else next(model.parameters()).device
+            self.checkpoint, self.taxonomy = model.unchanged_checkpoint, model.taxonomy
+            self.runner = _model_runner(model, backend, self.device, quantize, calibration)
+        else:
+            info = read_checkpoint(model)
+            self.device = resolve_device(str(device or "auto"), flag="device")
+            self.checkpoint, self.taxonomy = Path(info["dir"]), info["taxonomy"]
+            model_cfg = info["config"].get("model") if isinstance(info["config"].get("model"), dict) else {}
+            self.runner = make_runner(backend, self.device, self.checkpoint, self.taxonomy,
+                                      bool(model_cfg.get("flat", False)), self._builder(), quantize=quantize,
+                                      calibration=calibration)
+        self.threshold = backoff_threshold(backoff, self.checkpoint, self.taxonomy, self.views)
+        self.batch_size = batch_size or (1 if self.device.type == "cpu" else 4)
+
+    def _builder(self) -> Callable[[], "HierSegModel"]:
+        checkpoint, device = self.checkpoint, self.device
+
+        def build() -> "HierSegModel":
+            from hiertree.models.hierseg import load_model
+
+            return load_model(checkpoint, map_location=device)[0]
+
+        return build
+
+    @torch.no_grad()
+    def __call__(self, images: "np.ndarray | Sequence[np.ndarray] | torch.Tensor", probabilities: bool = False) -> Any:
+        """Maps for a numpy image (one dict), a list of them (one dict each, numpy maps at each image's size) or a
+        tensor batch (NCHW, 0..255: one dict of tensors). See :func:`predict_images` for the keys."""
+        if isinstance(images, torch.Tensor):
+            return predict_batch(self.runner, images, self.views, probabilities, self.threshold)
+        single = isinstance(images, np.ndarray)
+        batch = [images] if single else list(images)
+        out = predict_images(self.runner, batch, self.device, self.batch_size, probabilities, backoff=self.threshold,
+                             views=self.views)
+        return out[0] if single else out
+
+    def predict_files(self, paths: Sequence[str | Path], out_dir: str | Path, outputs: Sequence[str] = DEFAULT_OUTPUTS,
+                      on_skip: Callable[[str], None] | None = None) -> int:
+        """Read, predict and write each image file (``outputs``: kinds of :data:`~hiertree.inference.writers.WRITERS`)
+        into ``out_dir``, writing beside compute; an unreadable image is passed to ``on_skip`` (logged without it) and
+        skipped. Returns how many were skipped."""
+        out, paths = Path(out_dir), [Path(p) for p in paths]
+        out.mkdir(parents=True, exist_ok=True)
+        if self.threshold is not None:
+            write_node_legend(out, self.taxonomy)
+        stems, skipped, writer = unique_stems(paths), 0, BackgroundWriter()
+        try:
+            for start in range(0, len(paths), self.batch_size):
+                chunk, images = [], []
+                for i in range(start, min(start + self.batch_size, len(paths))):
+                    try:
+                        images.append(read_image(paths[i]))
+                        chunk.append(i)
+                    except ImageError as err:
+                        (on_skip or log.warning)(f"{err}; skipped")
+                        skipped += 1
+                for i, image, pred in zip(chunk, images, self(images, "probs" in outputs) if images else []):
+                    writer.submit(out, stems[i], image, pred, self.taxonomy, tuple(outputs))
+        finally:
+            writer.wait()
+        return skipped
+
+
+def _model_runner(model: "HierSegModel", backend: str, device: torch.device, quantize: str | None,
+                  calibration: Callable[[], Sequence[np.ndarray]] | None) -> Any:
+    """The runner for a model object, reused while its weights stay the same (see :data:`_RUNNERS`)."""
+    key = (backend, str(device), quantize, model.fingerprint())
+    cached = _RUNNERS.get(model)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    checkpoint = model.unchanged_checkpoint
+    if checkpoint is None and (backend == "onnx" or quantize == "int8"):
+        raise ValueError("backend='onnx' (and quantize='int8') need a model loaded by load_model and unchanged since "
+                         "(its ONNX graph is cached with the checkpoint); use backend='torch', or export it with "
+                         "hiertree-export")
+    runner = make_runner(backend if checkpoint else "torch", device, checkpoint, model.taxonomy, model.flat,
+                         lambda: model, quantize=quantize, calibration=calibration)
+    if getattr(runner, "model", None) is not model:  # a runner holding the model itself would keep it alive forever
+        _RUNNERS[model] = (key, runner)
+    return runner
+
+
+def predict_with_model(model: "HierSegModel", images: Any, probabilities: bool = False, backoff: float | str | None = None,
+                       backend: str = "auto", quantize: str | None = None, max_side: int | None = None,
+                       large: str = "shrink", hflip: bool = False, scales: tuple[float, ...] = (1.0,)) -> Any:
+    """What :meth:`HierSegModel.predict` runs (its door, wired by the package root): a :class:`Predictor` for these
+    arguments; int8 calibrates on the first 8 of these images when its graph is not cached yet."""
+    if isinstance(images, torch.Tensor):
+        first = lambda: [im.permute(1, 2, 0).clamp(0, 255).byte().cpu().numpy() for im in images[:8]]  # noqa: E731
+    else:
+        first = lambda: ([images] if isinstance(images, np.ndarray) else list(images))[:8]  # noqa: E731
+    views = Views(hflip=hflip, scales=tuple(scales), max_side=max_side, large=large)
+    return Predictor(model, backend=backend, views=views, backoff=backoff, quantize=quantize, batch_size=4,
+                     calibration=first)(images, probabilities)

@@ -29,13 +29,14 @@ def _resolve_weights(spec: str | None, name: str) -> str | None:
 
 
 class Encoder(nn.Module):
-    """A timm backbone created with ``features_only`` returning a low-level and a high-level map.
+    """A timm backbone created with ``features_only``, returning its whole feature pyramid (shallow to deep) for the
+    decoder to choose from: ``channels`` and ``reductions`` (timm's ``feature_info``) describe each map.
 
     ``weights``: None (random init), ``"imagenet"`` (timm hub, needs network) or a local
     ``.safetensors`` / ``.pth`` file loaded through timm's ``pretrained_cfg_overlay=dict(file=...)``.
     """
 
-    def __init__(self, name: str, weights: str | None = None, output_stride: int = 16, low_level_reduction: int = 4) -> None:
+    def __init__(self, name: str, weights: str | None = None, output_stride: int = 16) -> None:
         super().__init__()
         check_args(ModelOptions, "Encoder", error=EncoderError, output_stride=output_stride)  # direct callers
         if not timm.is_model(name):  # accepts pretrained tags (name.tag)
@@ -60,10 +61,8 @@ class Encoder(nn.Module):
                 raise EncoderError(f"cannot load {path} into timm model {name!r}: {str(err)[:500]}") from None
         info = self.backbone.feature_info
         reductions = info.reduction()
-        low = max((i for i, r in enumerate(reductions) if r <= low_level_reduction), default=0)
-        self.indices = (low, len(reductions) - 1)
-        self.out_channels = (info.channels()[low], info.channels()[-1])
-        self.reductions = (reductions[low], reductions[-1])
+        self.channels: list[int] = list(info.channels())
+        self.reductions: list[int] = list(reductions)
         cfg = self.backbone.pretrained_cfg
         self.register_buffer("mean", torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406))).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("std", torch.tensor(cfg.get("std", (0.229, 0.224, 0.225))).view(1, 3, 1, 1) * 255, persistent=False)
@@ -118,6 +117,6 @@ class Encoder(nn.Module):
         """uint8-range images (0..255, any float or uint8 dtype) to the encoder's normalisation."""
         return (x.to(self.mean.dtype) - self.mean) / self.std
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        feats = self.backbone(x)
-        return feats[self.indices[0]], feats[self.indices[1]]
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Every feature map, shallow to deep."""
+        return self.backbone(x)

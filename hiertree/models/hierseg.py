@@ -1,4 +1,6 @@
-"""HierSegModel: encoder → DeepLab decoder → one 1×1 head per taxonomy level."""
+"""HierSegModel: encoder → decoder (``model.decoder``) → one 1×1 head per taxonomy level; building it and loading
+weights. The network only: prediction (runtimes, views, decoding, back-off) lives above it in
+:mod:`hiertree.inference`, which :meth:`HierSegModel.predict` reaches through :data:`hiertree.registry.PREDICTORS`."""
 
 from __future__ import annotations
 
@@ -10,13 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hiertree.checkpoint import CheckpointError, calibrated_threshold, load_checkpoint
-from hiertree.inference.decoding import coarse_logits_from_leaves, resolve_backoff
-from hiertree.models.decoder import DeepLabDecoder
+from hiertree.checkpoint import CheckpointError, load_checkpoint
+from hiertree.config.options import ModelOptions, validate_options
+from hiertree.images import pad_amount
+from hiertree.models.decoders import DECODERS
 from hiertree.models.encoder import Encoder
 from hiertree.models.hub import push_to_hub, resolve_pretrained, save_pretrained
-from hiertree.config.options import ModelOptions, validate_options
-from hiertree.inference.padding import pad_amount
+from hiertree.registry import PREDICTORS, RegistryError
 from hiertree.tree.taxonomy import Taxonomy
 
 __all__ = ["HierSegModel", "load_model", "load_weights"]
@@ -40,14 +42,15 @@ class HierSegModel(nn.Module):
         self.taxonomy = taxonomy
         self.flat = opts.flat
         self.config = opts.model_dump()
-        os_ = opts.output_stride
-        rates = tuple(opts.aspp_rates) if opts.aspp_rates else tuple(r * 16 // os_ for r in (6, 12, 18))
-        self.encoder = Encoder(opts.encoder, opts.encoder_weights, os_)
-        self.decoder = DeepLabDecoder(self.encoder.out_channels, opts.decoder_channels, rates, opts.skip,
-                                      opts.skip_channels, opts.separable, opts.dropout, opts.fuse_convs)
+        try:
+            build_decoder = DECODERS.get(opts.decoder)
+        except RegistryError as err:
+            raise ValueError(f"HierSegModel: {err}") from None
+        self.encoder = Encoder(opts.encoder, opts.encoder_weights, opts.output_stride)
+        self.decoder = build_decoder(self.encoder.channels, self.encoder.reductions, opts)
         sizes = [taxonomy.num_leaves] if opts.flat else taxonomy.level_sizes
-        self.heads = nn.ModuleList(nn.Conv2d(opts.decoder_channels, n, 1) for n in sizes)
-        self.output_reduction = self.encoder.reductions[0] if opts.skip else self.encoder.reductions[1]
+        self.heads = nn.ModuleList(nn.Conv2d(self.decoder.out_channels, n, 1) for n in sizes)
+        self.output_reduction: int = self.decoder.output_reduction
 
     @classmethod
     def from_config(cls, taxonomy: Taxonomy, cfg: dict[str, Any]) -> "HierSegModel":
@@ -82,11 +85,10 @@ class HierSegModel(nn.Module):
         x = self.encoder.normalize(images)
         if ph or pw:
             x = F.pad(x, (0, pw, 0, ph))
-        low, high = self.encoder(x)
-        feats = self.decoder(low, high)
+        feats = self.decoder(self.encoder(x))
         logits = [head(feats) for head in self.heads]
         if self.flat:
-            logits = coarse_logits_from_leaves(logits[0], self.taxonomy)
+            logits = self.taxonomy.coarse_logits(logits[0])
         if upsample:
             size = (h + ph, w + pw)
             logits = [F.interpolate(z, size=size, mode="bilinear", align_corners=False)[..., :h, :w] for z in logits]
@@ -95,90 +97,42 @@ class HierSegModel(nn.Module):
             logits = [z[..., : -(-h // r), : -(-w // r)] for z in logits]
         return logits
 
-    def resolve_backoff(self, backoff: float | str | None, hflip: bool = False,
-                        scales: tuple[float, ...] = (1.0,)) -> float | None:
-        """A threshold from ``backoff``: a number in [0, 1], ``"auto"`` (the one calibrated for this checkpoint,
-        ``eval.py --calibrate-backoff``; refused for weights changed since :func:`load_model`, or for another
-        test-time augmentation than the calibration's) or None."""
-        calibrated = None
-        if backoff == "auto":
-            if self.checkpoint_dir is None or self._loaded_as != self._fingerprint():
-                raise ValueError("backoff='auto' needs a model loaded by load_model and unchanged since: its "
-                                 "calibration belongs to the checkpoint's weights; give a threshold in [0, 1]")
-            calibrated = calibrated_threshold(self.checkpoint_dir, hflip, scales, required=True)
-        return resolve_backoff(backoff, calibrated, self.taxonomy)
-
     #: The checkpoint folder :func:`load_model` read this model from (None for a model built in code).
     checkpoint_dir: Path | None = None
     _loaded_as: tuple | None = None
 
-    def __getstate__(self) -> dict[str, Any]:
-        """Copies (``copy.deepcopy``, pickling) leave the cached runner behind: it holds a copy of this very model,
-        or an ONNX Runtime session that cannot be copied."""
-        state = super().__getstate__()
-        state.pop("_runner_cache", None)
-        return state
-
-    def _fingerprint(self) -> tuple:
+    def fingerprint(self) -> tuple:
         """Storage and in-place version of every tensor: changes when weights are trained, loaded or moved."""
         return tuple((t.data_ptr(), t._version) for t in (*self.parameters(), *self.buffers()))
 
-    def _runner(self, backend: str, device: torch.device, quantize: str | None = None,
-                calibration: Any = None) -> Any:
-        """The network as a runner, chosen as ``hiertree-predict`` chooses it
-        (:func:`~hiertree.inference.backends.make_runner`): ONNX Runtime with the graph cached beside the checkpoint,
-        or PyTorch (batch norms folded on a CPU). Built once per weights, backend, device and quantization."""
-        from hiertree.inference.backends import make_runner
+    @property
+    def unchanged_checkpoint(self) -> Path | None:
+        """The checkpoint folder these weights were loaded from, if they are still exactly those weights (so its
+        cached ONNX graph and its calibrated back-off belong to them); None for a model built in code or changed
+        since :func:`load_model`."""
+        return self.checkpoint_dir if self.checkpoint_dir is not None and self._loaded_as == self.fingerprint() else None
 
-        key = (backend, str(device), quantize, self._fingerprint())
-        cached = getattr(self, "_runner_cache", None)
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        unchanged = self.checkpoint_dir is not None and self._loaded_as == self._fingerprint()
-        if not unchanged and (backend == "onnx" or quantize == "int8"):
-            raise ValueError("backend='onnx' (and quantize='int8') need a model loaded by load_model and unchanged "
-                             "since (its ONNX graph is cached with the checkpoint); use backend='torch', or export it "
-                             "with hiertree-export")
-        runner = make_runner(backend if unchanged else "torch", device, self.checkpoint_dir, self.taxonomy, self.flat,
-                             lambda: self, quantize=quantize, calibration=calibration)
-        self._runner_cache = (key, runner)
-        return runner
-
-    @torch.no_grad()
     def predict(self, images: "torch.Tensor | np.ndarray | list[np.ndarray]", probabilities: bool = False,
                 backoff: float | str | None = None, backend: str = "auto", quantize: str | None = None,
                 max_side: int | None = None, large: str = "shrink", hflip: bool = False,
                 scales: tuple[float, ...] = (1.0,)) -> Any:
-        """Tree-consistent label maps per level, optionally per-level probabilities and back-off nodes.
+        """Tree-consistent label maps per level, optionally per-level probabilities and back-off nodes: a door to
+        :class:`hiertree.inference.Predictor`, the one predictor of ``hiertree-predict`` and evaluation, so the same
+        images give the same labels.
 
         A tensor batch (NCHW, 0..255) gives ``{"levels", "leaf", "raw"[, "probs"]}`` as tensors. A numpy
-        image (HxW, HxWx1, HxWx3 or HxWx4, uint8) or a list of them, of any sizes, goes through
-        :func:`hiertree.inference.predictor.predict_images` and gives numpy maps at each image's own size (one dict
-        per image; a single dict for a single image). ``backoff`` (a threshold in [0, 1], or ``"auto"`` for the
-        calibrated one) adds ``"nodes"``: per pixel the leaf or its first ancestor that is that sure.
-        Both go through the predictor ``hiertree-predict`` uses, so the same images give the same labels:
-        ``backend`` ``auto`` runs ONNX Runtime on a CPU when the model is a checkpoint's, unchanged since
+        image (HxW, HxWx1, HxWx3 or HxWx4, uint8) or a list of them, of any sizes, gives numpy maps at each image's
+        own size (one dict per image; a single dict for a single image). ``backoff`` (a threshold in [0, 1], or
+        ``"auto"`` for the calibrated one) adds ``"nodes"``: per pixel the leaf or its first ancestor that is that
+        sure. ``backend`` ``auto`` runs ONNX Runtime on a CPU when the model is a checkpoint's, unchanged since
         :func:`load_model` (the graph is exported once and cached with the checkpoint), else PyTorch with folded
-        batch norms; ``torch`` always runs PyTorch, ``onnx`` insists; ``quantize="int8"`` runs the int8 graph
-        (calibrated on the first images). Images whose longer side exceeds ``max_side`` are shrunk for the
-        network (``large="shrink"``) or cut into overlapping windows (``"tile"``); ``hflip`` and ``scales`` average
-        mirrored and rescaled views.
+        batch norms; ``torch`` always runs PyTorch, ``onnx`` insists; ``quantize="int8"`` runs the int8 graph.
+        Images whose longer side exceeds ``max_side`` are shrunk for the network (``large="shrink"``) or cut into
+        overlapping windows (``"tile"``); ``hflip`` and ``scales`` average mirrored and rescaled views.
         """
-        from hiertree.inference.predictor import Views, predict_batch, predict_images
-
-        threshold = self.resolve_backoff(backoff, hflip, tuple(scales))
-        views = Views(hflip=hflip, scales=tuple(scales), max_side=max_side, large=large)
-        device = next(self.parameters()).device
-        if isinstance(images, (np.ndarray, list, tuple)):
-            single = isinstance(images, np.ndarray)
-            batch = [images] if single else list(images)
-            runner = self._runner(backend, device, quantize, calibration=lambda: batch[:8])
-            out = predict_images(runner, batch, device=device, probabilities=probabilities, backoff=threshold,
-                                 views=views)
-            return out[0] if single else out
-        frames = lambda: [im.permute(1, 2, 0).clamp(0, 255).byte().cpu().numpy() for im in images[:8]]  # noqa: E731
-        return predict_batch(self._runner(backend, device, quantize, calibration=frames), images, views, probabilities,
-                             threshold)
+        return PREDICTORS.get("default")(self, images, probabilities=probabilities, backoff=backoff, backend=backend,
+                                         quantize=quantize, max_side=max_side, large=large, hflip=hflip,
+                                         scales=tuple(scales))
 
 
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[str, str] | None:
@@ -230,5 +184,5 @@ def load_model(path: str | Path, prefer: str = "best", map_location: str | torch
         # outputs up to float rounding; off by default since safetensors refuses to save such (non-contiguous) tensors
         model = model.to(memory_format=torch.channels_last)
     model = model.to(map_location).eval()
-    model.checkpoint_dir, model._loaded_as = Path(ck["dir"]), model._fingerprint()
+    model.checkpoint_dir, model._loaded_as = Path(ck["dir"]), model.fingerprint()
     return model, ck

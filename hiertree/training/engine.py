@@ -35,10 +35,12 @@ from hiertree.training import distributed
 from hiertree.device import autocast_for, resolve_amp
 from hiertree.checkpoint import load_checkpoint, model_card, save_checkpoint, unwrap
 from hiertree.config import dump_config
+from hiertree.config.options import Config, TrainOptions, validate_options
 from hiertree.data import EpochSampler, Mixture, build_datasets, drop_bad_samples
 from hiertree.data.loaders import Collate, labelled_nodes, loader_workers, val_loaders, worker_init
 from hiertree.evaluation.evaluate import evaluate
 from hiertree.inference.decoding import decode
+from hiertree.inference.predictor import Views
 from hiertree.losses import HierarchicalLoss
 from hiertree.metrics import format_scores
 from hiertree.models import HierSegModel, load_model, load_weights
@@ -114,12 +116,12 @@ def _epochs(run: "_Run", progress: Progress, stop: "_StopFlag") -> str | None:
 
 def _trackers(run: "_Run") -> MultiTracker | None:
     """``train.trackers`` (W&B, MLflow) on rank 0, given the resolved config once."""
-    tcfg = run.cfg["train"]
-    if not (run.main and tcfg["trackers"]):
+    tcfg = run.opts.train
+    if not (run.main and tcfg.trackers):
         return None
-    options = {"wandb": {"project": tcfg["tracker_project"], "mode": tcfg["wandb_mode"]},
-               "mlflow": {"experiment": tcfg["tracker_project"], "tracking_uri": tcfg["mlflow_uri"]}}
-    trackers = MultiTracker(build_trackers(tcfg["trackers"], run.run_dir, run.run_dir.name, options))
+    options = {"wandb": {"project": tcfg.tracker_project, "mode": tcfg.wandb_mode},
+               "mlflow": {"experiment": tcfg.tracker_project, "tracking_uri": tcfg.mlflow_uri}}
+    trackers = MultiTracker(build_trackers(tcfg.trackers, run.run_dir, run.run_dir.name, options))
     trackers.log_config(run.cfg)
     return trackers
 
@@ -173,7 +175,8 @@ class _Optim:
 class _Run:
     """Everything one training run holds, built by :func:`_setup`."""
 
-    cfg: dict
+    cfg: dict  # as given: saved with each checkpoint, handed to the datasets and trackers
+    opts: Config  # the same, typed: what the loop reads
     command: str
     run_dir: Path
     place: _Place
@@ -210,57 +213,58 @@ class _Run:
 
     @property
     def layout(self) -> Layout:
-        tcfg = self.cfg["train"]
-        return Layout(tcfg["batch_size"], self.place.world, self.data.sampler.batches_per_epoch, self.epochs)
+        tcfg = self.opts.train
+        return Layout(tcfg.batch_size, self.place.world, self.data.sampler.batches_per_epoch, self.epochs)
 
 
 def _setup(cfg: dict, command: str, model: torch.nn.Module | None) -> _Run:
     """Device, seeds, data, model, loss, optimizer and schedule: everything before the first step."""
-    place = _place(cfg["train"])
-    run_dir = Path(cfg["train"]["out_dir"])
-    data = _data(cfg, place, run_dir)
-    model = _model(cfg, model, place, data.taxonomy)
-    return _Run(cfg, command, run_dir, place=place, data=data, model=model, optim=_optim(cfg, model, place, data),
-                teacher=_teacher(cfg, place, data.taxonomy))
+    opts = validate_options(Config, cfg, "config", error=TrainingError)
+    place = _place(opts.train)
+    run_dir = Path(opts.train.out_dir)
+    data = _data(cfg, opts, place, run_dir)
+    model = _model(opts, model, place, data.taxonomy)
+    return _Run(cfg, opts, command, run_dir, place=place, data=data, model=model,
+                optim=_optim(opts, model, place, data), teacher=_teacher(opts, place, data.taxonomy))
 
 
-def _place(tcfg: dict) -> _Place:
+def _place(tcfg: TrainOptions) -> _Place:
     """Device and process group, threads, seeds, precision and layout."""
-    device, rank, world = distributed.setup(tcfg["device"], tcfg["dist_timeout"])
-    if tcfg["threads"]:
-        torch.set_num_threads(tcfg["threads"])
-    random.seed(tcfg["seed"])
-    np.random.seed(tcfg["seed"])
-    torch.manual_seed(tcfg["seed"])
-    channels_last = tcfg["channels_last"] is True or (tcfg["channels_last"] == "auto" and device.type == "cuda")
-    return _Place(device, rank, world, resolve_amp(tcfg["amp"], device), channels_last)
+    device, rank, world = distributed.setup(tcfg.device, tcfg.dist_timeout)
+    if tcfg.threads:
+        torch.set_num_threads(tcfg.threads)
+    random.seed(tcfg.seed)
+    np.random.seed(tcfg.seed)
+    torch.manual_seed(tcfg.seed)
+    channels_last = tcfg.channels_last is True or (tcfg.channels_last == "auto" and device.type == "cuda")
+    return _Place(device, rank, world, resolve_amp(tcfg.amp, device), channels_last)
 
 
-def _data(cfg: dict, place: _Place, run_dir: Path) -> _Data:
+def _data(cfg: dict, opts: Config, place: _Place, run_dir: Path) -> _Data:
     """The taxonomy, both splits, the epoch sampler (weighted under data.sources) and the loaders."""
-    tcfg = cfg["train"]
-    taxonomy = Taxonomy.load(cfg["taxonomy"])
-    train_ds, val_ds = _datasets(cfg, taxonomy, run_dir, place.rank == 0)
+    tcfg = opts.train
+    taxonomy = Taxonomy.load(opts.taxonomy)
+    train_ds, val_ds = _datasets(cfg["data"], opts, taxonomy, run_dir, place.rank == 0)
     mixed = train_ds.source if isinstance(train_ds.source, Mixture) else None
     moving = mixed is not None and mixed.weights_start is not None
-    sampler = EpochSampler(len(train_ds), tcfg["batch_size"], tcfg["seed"], place.rank, place.world,
+    sampler = EpochSampler(len(train_ds), tcfg.batch_size, tcfg.seed, place.rank, place.world,
                            weights=mixed.sample_weights() if mixed else None,
-                           weights_start=mixed.sample_weights(start=True) if moving else None, epochs=tcfg["epochs"],
-                           total_steps=tcfg["steps"])
-    train_loader, val_loader = _loaders(cfg, taxonomy, train_ds, val_ds, sampler, place.device)
+                           weights_start=mixed.sample_weights(start=True) if moving else None, epochs=tcfg.epochs,
+                           total_steps=tcfg.steps)
+    train_loader, val_loader = _loaders(opts, taxonomy, train_ds, val_ds, sampler, place.device)
     return _Data(taxonomy, train_ds, val_ds, sampler, train_loader, val_loader)
 
 
-def _model(cfg: dict, model: torch.nn.Module | None, place: _Place, taxonomy: Taxonomy) -> torch.nn.Module:
+def _model(opts: Config, model: torch.nn.Module | None, place: _Place, taxonomy: Taxonomy) -> torch.nn.Module:
     """The config's HierSegModel (or a benchmark's own), frozen as train.* asks, on the device in its layout."""
-    tcfg = cfg["train"]
+    tcfg = opts.train
     # train.init_from replaces every weight: no ImageNet encoder to load first
-    mcfg = {**cfg["model"], "encoder_weights": None} if tcfg["init_from"] else cfg["model"]
+    mcfg = {**opts.model.model_dump(), **({"encoder_weights": None} if tcfg.init_from else {})}
     model = (model if model is not None else HierSegModel.from_config(taxonomy, mcfg)).to(place.device)
-    if tcfg["init_from"]:
-        _init_from(model, tcfg["init_from"], taxonomy)
-    if tcfg["frozen_stages"] or tcfg["freeze_encoder_bn"]:
-        _encoder_of(model).freeze(tcfg["frozen_stages"], tcfg["freeze_encoder_bn"])
+    if tcfg.init_from:
+        _init_from(model, tcfg.init_from, taxonomy)
+    if tcfg.frozen_stages or tcfg.freeze_encoder_bn:
+        _encoder_of(model).freeze(tcfg.frozen_stages, tcfg.freeze_encoder_bn)
     return model.to(memory_format=torch.channels_last) if place.channels_last else model
 
 
@@ -280,9 +284,9 @@ def _init_from(model: torch.nn.Module, source: str, taxonomy: Taxonomy) -> None:
     log.info("initialised every weight from %s", ck["dir"])
 
 
-def _teacher(cfg: dict, place: _Place, taxonomy: Taxonomy) -> torch.nn.Module | None:
+def _teacher(opts: Config, place: _Place, taxonomy: Taxonomy) -> torch.nn.Module | None:
     """``train.teacher`` in eval mode without gradients, when ``loss.distill_weight`` asks for one."""
-    weight, source = cfg["loss"]["distill_weight"], cfg["train"]["teacher"]
+    weight, source = opts.loss.distill_weight, opts.train.teacher
     if (weight > 0) != bool(source):
         raise TrainingError("self-distillation needs both loss.distill_weight > 0 and train.teacher (a checkpoint, run "
                             f"folder or shipped model); got loss.distill_weight={weight}, train.teacher={source!r}")
@@ -302,11 +306,11 @@ def _teacher_logits(run: "_Run", images: torch.Tensor, sizes: list[torch.Size]) 
     with ``train.teacher_hflip``), or None without a teacher."""
     if run.teacher is None:
         return None
-    views = [images, images.flip(-1)] if run.cfg["train"]["teacher_hflip"] else [images]
+    views = [images, images.flip(-1)] if run.opts.train.teacher_hflip else [images]
     with torch.no_grad():
         probs = None
         for k, view in enumerate(views):
-            out = run.teacher(view, upsample=run.cfg["loss"]["full_resolution"])
+            out = run.teacher(view, upsample=run.opts.loss.full_resolution)
             out = [F.interpolate(z.float(), size=s[2:], mode="bilinear", align_corners=False)
                    if z.shape[2:] != s[2:] else z.float() for z, s in zip(out, sizes)]
             out = [z.softmax(1).flip(-1) if k else z.softmax(1) for z in out]
@@ -314,14 +318,14 @@ def _teacher_logits(run: "_Run", images: torch.Tensor, sizes: list[torch.Size]) 
         return [(p / len(views)).clamp_min(1e-8).log() for p in probs]
 
 
-def _optim(cfg: dict, model: torch.nn.Module, place: _Place, data: _Data) -> _Optim:
+def _optim(opts: Config, model: torch.nn.Module, place: _Place, data: _Data) -> _Optim:
     """The loss, fused AdamW, the schedule over the whole run and the fp16 scaler."""
-    tcfg, lcfg = cfg["train"], cfg["loss"]
-    weights = _class_weights(lcfg["class_weights"], data.train_ds, data.taxonomy, place.rank == 0)
-    criterion = HierarchicalLoss(data.taxonomy, **{**lcfg, "class_weights": weights}).to(place.device)
+    tcfg, lcfg = opts.train, opts.loss
+    weights = _class_weights(lcfg.class_weights, data.train_ds, data.taxonomy, place.rank == 0)
+    criterion = HierarchicalLoss(data.taxonomy, **{**lcfg.model_dump(), "class_weights": weights}).to(place.device)
     criterion.check_targets = False  # SegDataset checked every mask: no host sync per step for it
     fused = place.device.type in ("cuda", "cpu")  # fused AdamW takes found_inf: a bad step is skipped on the device
-    optimizer = torch.optim.AdamW(_param_groups(model, tcfg["weight_decay"]), lr=tcfg["lr"], fused=fused)
+    optimizer = torch.optim.AdamW(_param_groups(model, tcfg.weight_decay), lr=tcfg.lr, fused=fused)
     # the schedule spans train.steps (or train.epochs) whatever train.max_steps says: max_steps only stops the
     # run early, so stopping at max_steps and resuming lands on the uninterrupted run's curve
     scheduler = _schedule(optimizer, tcfg, max(data.sampler.total_steps, 1))
@@ -338,11 +342,11 @@ def _encoder_of(model: torch.nn.Module) -> Any:
     return encoder
 
 
-def _datasets(cfg: dict, taxonomy: Taxonomy, run_dir: Path, main: bool) -> tuple[Any, Any]:
+def _datasets(data_cfg: dict, opts: Config, taxonomy: Taxonomy, run_dir: Path, main: bool) -> tuple[Any, Any]:
     """The train and val splits; with ``data.skip_bad`` the bad samples are dropped and listed in skipped.json."""
-    train_ds, val_ds = build_datasets(cfg["data"], taxonomy, seed=cfg["train"]["seed"])
+    train_ds, val_ds = build_datasets(data_cfg, taxonomy, seed=opts.train.seed)
     skipped = drop_bad_samples(train_ds) + drop_bad_samples(val_ds)
-    if main and cfg["data"]["skip_bad"]:
+    if main and opts.data.skip_bad:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "skipped.json").write_text(json.dumps({"count": len(skipped), "samples": skipped}, indent=2))
         if skipped:
@@ -364,19 +368,19 @@ def _class_weights(setting: Any, train_ds: Any, taxonomy: Taxonomy, main: bool) 
     return weights
 
 
-def _loaders(cfg: dict, taxonomy: Taxonomy, train_ds: Any, val_ds: Any, sampler: EpochSampler,
+def _loaders(opts: Config, taxonomy: Taxonomy, train_ds: Any, val_ds: Any, sampler: EpochSampler,
              device: torch.device) -> tuple[DataLoader, DataLoader]:
     # the loaders get their own generators: drawing worker seeds from the global RNG would shift
     # the dropout stream by one draw per loader iterator, and a resumed run creates them afresh
-    tcfg, workers = cfg["train"], loader_workers(cfg["train"]["num_workers"])
-    seed = tcfg["seed"]
+    tcfg, workers = opts.train, loader_workers(opts.train.num_workers)
+    seed = tcfg.seed
     extra = dict(persistent_workers=True, prefetch_factor=4) if workers > 0 else {}
-    train_loader = DataLoader(train_ds, batch_size=tcfg["batch_size"], sampler=sampler, drop_last=True,
+    train_loader = DataLoader(train_ds, batch_size=tcfg.batch_size, sampler=sampler, drop_last=True,
                               collate_fn=Collate(taxonomy.ignore_index), generator=torch.Generator().manual_seed(seed),
                               num_workers=workers, pin_memory=device.type == "cuda",
                               worker_init_fn=worker_init if workers else None, **extra)
     rank, world = (sampler.rank, sampler.world)  # every rank scores its own share of the val split
-    val_loader = val_loaders(val_ds, taxonomy, cfg["eval"]["batch_size"], tcfg["num_workers"], seed, rank, world)
+    val_loader = val_loaders(val_ds, taxonomy, opts.eval.batch_size, tcfg.num_workers, seed, rank, world)
     return train_loader, val_loader
 
 
@@ -392,7 +396,7 @@ def _cosine(start: float, end: float, t: float) -> float:
     return end + (start - end) * (1.0 + math.cos(math.pi * t)) / 2.0
 
 
-def _schedule(optimizer: torch.optim.Optimizer, tcfg: dict, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+def _schedule(optimizer: torch.optim.Optimizer, tcfg: TrainOptions, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
     """A per-batch learning-rate factor: linear warmup then poly decay, one-cycle, or constant.
 
     One function of (batch, total batches) for every kind, so a resume that changes ``train.epochs`` simply
@@ -401,7 +405,7 @@ def _schedule(optimizer: torch.optim.Optimizer, tcfg: dict, total_steps: int) ->
     of the run), then cosine down to lr/1e4 (OneCycleLR's default ends at lr/2.5e5); momentum is not cycled.
     The schedule advances on every batch, a skipped (non-finite) one included, as with torch's GradScaler.
     """
-    kind, warmup = tcfg["schedule"], min(tcfg["warmup_steps"], max(total_steps - 1, 0))
+    kind, warmup = tcfg.schedule, min(tcfg.warmup_steps, max(total_steps - 1, 0))
     rise = max(warmup, math.ceil(0.01 * total_steps), 1)
 
     def factor(step: int) -> float:
@@ -413,14 +417,14 @@ def _schedule(optimizer: torch.optim.Optimizer, tcfg: dict, total_steps: int) ->
             return (step + 1) / warmup
         if kind == "constant":
             return 1.0
-        return max(1.0 - (step - warmup) / max(total_steps - warmup, 1), 0.0) ** tcfg["poly_power"]
+        return max(1.0 - (step - warmup) / max(total_steps - warmup, 1), 0.0) ** tcfg.poly_power
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def _resume(run: _Run) -> Progress:
     """``train.resume``: load weights and training state, then wrap the model for DDP / torch.compile."""
-    resume = run.cfg["train"]["resume"]
+    resume = run.opts.train.resume
     if resume == "auto":
         resume = str(run.run_dir) if (run.run_dir / "last" / "train_state.pt").is_file() else None
     progress = Progress()
@@ -434,7 +438,7 @@ def _resume(run: _Run) -> Progress:
     if run.distributed:
         ids = [run.place.device.index] if run.place.device.type == "cuda" else None
         run.model = torch.nn.parallel.DistributedDataParallel(run.model, device_ids=ids)
-    run.forward = torch.compile(run.model) if run.cfg["train"]["compile"] else run.model
+    run.forward = torch.compile(run.model) if run.opts.train.compile else run.model
     return progress
 
 
@@ -487,7 +491,7 @@ def profile_steps(cfg: dict, steps: int, warmup: int = 3) -> dict:
         run.phases = StepPhases(run.place.device)
         _train_epoch(run, progress, 0, stop)
     seconds = {k: v[warmup:] for k, v in run.phases.seconds.items()}
-    return {"batch_size": cfg["train"]["batch_size"], "seconds": seconds}
+    return {"batch_size": run.opts.train.batch_size, "seconds": seconds}
 
 
 @dataclass
@@ -528,12 +532,12 @@ class _Epoch:
 
 def _train_epoch(run: _Run, progress: Progress, epoch: int, stop: "_StopFlag") -> _Epoch:
     """Steps over one epoch (from ``progress.batch_in_epoch`` on a mid-epoch resume), read back every log_every."""
-    tcfg = run.cfg["train"]
+    tcfg = run.opts.train
     run.data.sampler.set_epoch(epoch, progress.batch_in_epoch)
     outcome = _Epoch(time.time(), progress.batch_in_epoch, carried=progress.carried)
     progress.batch_in_epoch = 0
     bar = _progress_bar(run, epoch)
-    window, max_steps = _Window(), tcfg["max_steps"]
+    window, max_steps = _Window(), tcfg.max_steps
     end = min(run.data.sampler.batches_per_epoch, run.total_steps - epoch * run.data.sampler.batches_per_epoch)  # train.steps
     run.model.train()
     for batch in bar:
@@ -544,7 +548,7 @@ def _train_epoch(run: _Run, progress: Progress, epoch: int, stop: "_StopFlag") -
         at_max = bool(max_steps and progress.step + pending >= max_steps)
         if outcome.batch_in_epoch >= end:
             break
-        if pending >= tcfg["log_every"] or at_max or (stop.signal is not None and not run.distributed):
+        if pending >= tcfg.log_every or at_max or (stop.signal is not None and not run.distributed):
             _read_back(run, progress, epoch, window, outcome, bar)
             outcome.stop = distributed.agree([stop.signal is not None], run.place.device)[0]
             outcome.hit_max = bool(max_steps and progress.step >= max_steps)
@@ -558,7 +562,7 @@ def _train_epoch(run: _Run, progress: Progress, epoch: int, stop: "_StopFlag") -
 
 
 def _progress_bar(run: _Run, epoch: int) -> Any:
-    if not (run.main and run.cfg["train"]["progress"]):
+    if not (run.main and run.opts.train.progress):
         return run.data.train_loader
     from tqdm import tqdm
 
@@ -577,7 +581,7 @@ def _step(run: _Run, batch: dict, window: _Window, batch_in_epoch: int) -> None:
     stats = _running_stats(run)
     before = [b.clone() for b in stats]  # the forward moves them: a bad step puts them back (on the device)
     with autocast_for(run.place.device, run.place.amp):
-        logits = run.forward(images, upsample=run.cfg["loss"]["full_resolution"])
+        logits = run.forward(images, upsample=run.opts.loss.full_resolution)
         teacher = _teacher_logits(run, images, [z.shape for z in logits])
         extra = {} if teacher is None else {"teacher": teacher}  # a loss without distillation need not take it
         loss, parts = run.optim.criterion([z.float() for z in logits], masks, partial=batch.get("partial"), **extra)
@@ -612,7 +616,7 @@ def _running_stats(run: _Run) -> list[torch.Tensor]:
 def _optimizer_step(run: _Run, bad: torch.Tensor) -> torch.Tensor:
     """Clip, step and (fp16) update the scaler without a host sync; returns the step's bad flag, which also marks
     a step the gradient scaler skipped for overflowing gradients (its scale went down)."""
-    optim, clip = run.optim, run.cfg["train"]["grad_clip"]
+    optim, clip = run.optim, run.opts.train.grad_clip
     if clip:
         optim.scaler.unscale_(optim.optimizer)
         torch.nn.utils.clip_grad_norm_(run.model.parameters(), clip)
@@ -658,7 +662,7 @@ def _read_back(run: _Run, progress: Progress, epoch: int, window: _Window, outco
 def _bad_step(run: _Run, progress: Progress, epoch: int, batch_in_epoch: int, value: float) -> None:
     """Count one skipped step; past ``train.max_bad_steps`` the run stops, naming it."""
     progress.bad_steps += 1
-    limit = run.cfg["train"]["max_bad_steps"]
+    limit = run.opts.train.max_bad_steps
     if progress.bad_steps > limit:
         last = run.run_dir / "last"
         where = last.resolve() if last.exists() else "none yet"
@@ -676,15 +680,15 @@ def _bad_step(run: _Run, progress: Progress, epoch: int, batch_in_epoch: int, va
 def _evaluate_if_due(run: _Run, epoch: int, outcome: _Epoch) -> dict | None:
     """Score the val split every ``train.eval_every`` epochs and at the end; under DDP every rank scores its share
     and the counts are summed (no rank waits at a collective while another evaluates alone); rank 0 logs."""
-    tcfg, ecfg = run.cfg["train"], run.cfg["eval"]
+    tcfg, ecfg = run.opts.train, run.opts.eval
     final = epoch + 1 == run.epochs or outcome.hit_max or outcome.stop
-    if not ((epoch + 1) % tcfg["eval_every"] == 0 or final):
+    if not ((epoch + 1) % tcfg.eval_every == 0 or final):
         return None
     started = time.time()
-    metrics = evaluate(unwrap(run.model), run.data.val_loader, run.data.taxonomy, run.place.device, run.place.amp,
-                       ecfg["hflip"], ecfg["scales"], ecfg["max_batches"], flat=run.cfg["model"]["flat"],
-                       channels_last=run.place.channels_last, max_side=ecfg["max_side"], window=ecfg["window"],
-                       overlap=ecfg["overlap"], labelled=labelled_nodes(run.cfg["data"], run.data.taxonomy),
+    metrics = evaluate(unwrap(run.model), run.data.val_loader, run.data.taxonomy, run.place.device,
+                       views=Views.from_options(ecfg), amp=run.place.amp, max_batches=ecfg.max_batches,
+                       flat=run.opts.model.flat, channels_last=run.place.channels_last,
+                       labelled=labelled_nodes(run.cfg["data"], run.data.taxonomy),
                        sharded=run.distributed)  # each rank its share, the counts summed over the ranks
     metrics["epoch"] = epoch + 1
     outcome.eval_seconds = round(time.time() - started, 2)
@@ -708,7 +712,7 @@ def _preview(run: _Run, epoch: int) -> None:
     plain = unwrap(run.model).eval()
     with torch.no_grad(), autocast_for(run.place.device, run.place.amp):
         logits = plain(run.preview["image"][:4].to(run.place.device))
-    shown = decode(logits, run.data.taxonomy, flat=run.cfg["model"]["flat"])["levels"]
+    shown = decode(logits, run.data.taxonomy, flat=run.opts.model.flat)["levels"]
     run.logger.log_images(epoch + 1, run.preview["image"][:4], run.preview["mask"][:4], [p.cpu() for p in shown])
     plain.train()
 
@@ -743,9 +747,10 @@ def _save(run: _Run, progress: Progress, epoch: int, batch_in_epoch: int, metric
           links: tuple[str, ...], seconds: float) -> None:
     if not run.main:
         return
-    state = train_state(run.optim.optimizer, run.optim.scheduler, run.optim.scaler, progress, run.layout, epoch, batch_in_epoch, seconds)
-    save_checkpoint(run.run_dir, f"ckpt-{progress.step:07d}", run.model, run.cfg, run.data.taxonomy, metrics, state, links,
-                    model_card(run.cfg, run.data.taxonomy, metrics, run.command))
+    state = train_state(run.optim.optimizer, run.optim.scheduler, run.optim.scaler, progress=progress, layout=run.layout,
+                        epoch=epoch, batch_in_epoch=batch_in_epoch, epoch_seconds=seconds)
+    save_checkpoint(run.run_dir, f"ckpt-{progress.step:07d}", run.model, run.cfg, run.data.taxonomy, metrics=metrics,
+                    train_state=state, links=links, model_card=model_card(run.cfg, run.data.taxonomy, metrics, run.command))
 
 
 def _finish(run: _Run, progress: Progress, stopped: str | None, signum: int | None) -> dict:

@@ -161,7 +161,7 @@ def load_train_state(path: Path) -> dict:
 
 
 def train_state(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
-                scaler: torch.amp.GradScaler, progress: Progress, layout: Layout, epoch: int, batch_in_epoch: int,
+                scaler: torch.amp.GradScaler, *, progress: Progress, layout: Layout, epoch: int, batch_in_epoch: int,
                 epoch_seconds: float) -> dict:
     """The ``train_state.pt`` content for a save at (``epoch``, ``batch_in_epoch``)."""
     return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),

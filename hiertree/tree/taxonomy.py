@@ -497,6 +497,18 @@ class Taxonomy:
         lut = self._device_table("lut", leaf_pred.device, lambda: self._lut)
         return [lut[level][leaf_pred] for level in range(self.depth)]
 
+    def coarse_logits(self, leaf_logits: torch.Tensor) -> list[torch.Tensor]:
+        """Per-level logits from leaf logits ``[B, num_leaves, ...]`` (a flat leaf head): each class's logit is the
+        logsumexp over its leaves (its probability the sum of theirs); the leaf level is ``leaf_logits`` itself.
+
+        The coarse levels are computed in float32 whatever the input dtype (bf16 logsumexp loses ~3 digits).
+        """
+        full = leaf_logits.float()
+        leaves = self.num_levels - 1
+        out = [torch.stack([full.index_select(1, g).logsumexp(1) for g in self.children(level, leaves, device=full.device)], 1)
+               for level in range(leaves)]
+        return [*out, leaf_logits]
+
     # ------------------------------------------------------------------ presentation
     @cached_property
     def _node_colors(self) -> dict[str, tuple[int, int, int]]:

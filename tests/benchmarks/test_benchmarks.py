@@ -154,8 +154,9 @@ def test_quality_tta_evaluates_like_the_engine(tmp_path, monkeypatch):
         "eval.max_side=300", "eval.window=256", "eval.overlap=0.5", "eval.max_batches=3"])
     seen = {}
 
-    def fake_evaluate(model, loader, taxonomy, device, amp, hflip, scales, max_batches, **kw):
-        seen.update(n=len(loader.dataset), amp=amp, hflip=hflip, scales=scales, max_batches=max_batches, **kw)
+    def fake_evaluate(model, loader, taxonomy, device, *, views, amp, max_batches, **kw):
+        seen.update(n=len(loader.dataset), amp=amp, hflip=views.hflip, scales=views.scales, max_batches=max_batches,
+                    max_side=views.max_side, window=views.window, overlap=views.overlap, **kw)
         return {"tree": {}, "raw": {}}
 
     monkeypatch.setattr(quality, "evaluate", fake_evaluate)
@@ -186,3 +187,14 @@ def test_per_depth_tables_equal_the_single_threshold_on_the_diagonal(pascal):
         i, j = GRID.index(t), INNER_GRID.index(t)
         assert tables.right[:, i, j] == pytest.approx(curves.right[:, i]), t
         assert tables.gain[:, i, j] == pytest.approx(curves.gain[:, i]), t
+
+
+def test_compare_commits_reads_seconds_and_milliseconds_as_lower_is_faster():
+    from benchmarks.compare_commits import _summary
+
+    rounds = [{"base": {"trainer_img_s": 10.0, "predict_s": 8.0, "hiertree_cpu_infer_ms": 100.0},
+               "head": {"trainer_img_s": 12.0, "predict_s": 4.0, "hiertree_cpu_infer_ms": 200.0}}]
+    summary = _summary(rounds)
+    assert summary["trainer_img_s"]["head_speedup_x"] == 1.2  # images per second: higher is faster
+    assert summary["predict_s"]["head_speedup_x"] == 2.0  # seconds: lower is faster
+    assert summary["hiertree_cpu_infer_ms"]["head_speedup_x"] == 0.5

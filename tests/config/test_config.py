@@ -215,7 +215,6 @@ def test_resume_values_and_file_errors(tmp_path):
         ("eval.window=0", r"'eval.window' must be int >= 1"),
         ("eval.max_side=0", r"'eval.max_side' must be int >= 1"),
         ("data.crop=0", r"'data.crop' must be int >= 1"),
-        ("data.kind=folders", r"'data.kind' must be one of 'synthetic', 'folder'"),
         ("data.color_jitter=2", r"'data.color_jitter' must be float in \[0, 1\]"),
         ("data.synthetic.num_train=0", r"'data.synthetic.num_train' must be int >= 1"),
         ("data.synthetic.figures=[3, 1]", r"'data.synthetic.figures' must be \[min, max\]"),
@@ -284,6 +283,13 @@ SHIPPED = {  # values read from configs/*.yaml; a config that stops loading them
         "train.batch_size": 8, "train.lr": 0.001, "train.warmup_steps": 200, "train.eval_every": 6,
         "train.channels_last": True, "train.num_workers": 0,
         "train.log_every": 50, "train.progress": False, "train.out_dir": "runs/pascal_part_cpu",
+    },
+    "pascal_part_cpu_hires.yaml": {
+        "taxonomy": "pascal_part", "data.kind": "folder", "data.root": "../shared/datasets/pascal-part",
+        "data.crop": 384, "model.encoder": "tf_efficientnet_lite0", "model.decoder": "deeplabv3plus",
+        "train.init_from": "pascal_part_lite0_cpu", "train.epochs": 56, "train.batch_size": 8, "train.lr": 0.0003,
+        "train.warmup_steps": 200, "train.eval_every": 4, "train.channels_last": True, "train.num_workers": 0,
+        "train.out_dir": "runs/pascal_part_cpu_hires",
     },
     "pascal_part_lite2.yaml": {
         "taxonomy": "pascal_part", "data.kind": "folder", "data.root": "../shared/datasets/pascal-part",

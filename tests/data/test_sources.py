@@ -276,3 +276,12 @@ def test_partial_labels_benchmark_arms_carry_the_share_schedule():
     assert all(s["weight_start"] is None for s in arms["c_leaf100"][0]["data"]["sources"])
     mix = build_datasets(arms["b_leaf10_coarse90"][0]["data"], TAX)[0].source
     assert mix.sample_weights(start=True)[:30] == [pytest.approx(1 / 30)] * 30 and sum(mix.sample_weights()[:30]) == pytest.approx(0.2)
+
+
+def test_an_unknown_dataset_layout_names_the_key_and_the_registered_ones(pascal):
+    from hiertree.data import LAYOUTS
+
+    assert LAYOUTS.names()[:2] == ["folder", "synthetic"]
+    with pytest.raises(DataError, match=r"config key data.kind: unknown dataset layout 'folders' \(did you mean "
+                                        r"'folder'\?\); choose from folder, synthetic"):
+        build_datasets({"kind": "folders", "root": "x"}, pascal)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from hiertree.data import DataError, SyntheticFigures, role_map_from_names
-from hiertree.data.synthetic import FIGURE_ROLES, ROLES
+from hiertree.data.layouts.synthetic import FIGURE_ROLES, ROLES
 
 PASCAL_ROLES = {
     "background": "background", "head": "head", "torso": "torso", "upper_arm": "up_hand",

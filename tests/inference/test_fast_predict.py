@@ -20,7 +20,7 @@ import hiertree.version
 import hiertree.inference.backends as backends
 from hiertree.inference.backends import BackendError, backend_choice, cached_onnx_runner, choose_backend, onnx_cache_meta
 from hiertree.checkpoint import save_checkpoint, shipped_model
-from hiertree.inference.predictor import predict_images
+from hiertree.inference.predictor import Predictor, predict_images
 from hiertree.models import HierSegModel, load_model
 from hiertree.cli.predict import main
 from hiertree.inference.runners import TorchRunner
@@ -204,12 +204,12 @@ def test_model_predict_uses_onnx_only_for_an_unchanged_checkpoint_model(tiny, tm
     _copy(tiny, folder)
     model = load_model(folder)[0]
     image = np.random.default_rng(2).integers(0, 256, (37, 41, 3), dtype=np.uint8)
-    assert model._runner("auto", torch.device("cpu")).name == "onnx"
+    assert Predictor(model, backend="auto").runner.name == "onnx"
     fast, slow = model.predict(image), model.predict(image, backend="torch")
     assert all((p == q).mean() >= 0.999 for p, q in zip(fast["levels"], slow["levels"]))
     with torch.no_grad():
         model.heads[0].bias.add_(1.0)  # trained further: the cached graph no longer describes it
-    assert model._runner("auto", torch.device("cpu")).name == "torch"
+    assert Predictor(model, backend="auto").runner.name == "torch"
     with pytest.raises(ValueError, match="unchanged since"):
         model.predict(image, backend="onnx")
 
@@ -331,7 +331,7 @@ def test_editing_the_taxonomy_rebuilds_the_cached_graph(tiny, taxonomy, tmp_path
     assert (folder / "taxonomy.yaml").read_text() != text
     model = load_model(folder)[0]
     fast, slow = model.predict(image), model.predict(image, backend="torch")
-    assert model._runner("auto", torch.device("cpu")).name == "onnx"
+    assert Predictor(model, backend="auto").runner.name == "onnx"
     assert all(np.array_equal(a, b) for a, b in zip(fast["levels"], slow["levels"]))
     assert not np.array_equal(fast["levels"][1], before["levels"][1])  # the edit moved pixels between L1 classes
     assert len(list((folder / ".hiertree-cache").glob("predict-*.onnx"))) == 2

@@ -16,7 +16,7 @@ from hiertree.models import HierSegModel
 from hiertree.inference import decode
 from hiertree.cli.predict import main
 from tiny import tiny_model
-from hiertree.inference.predictor import predict_images
+from hiertree.inference.predictor import Predictor, predict_images
 from hiertree.tree.colors import colorize, overlay
 from hiertree.tree.taxonomy import Taxonomy
 
@@ -226,7 +226,7 @@ def test_api_and_cli_give_the_same_labels_through_the_same_runner(checkpoint, tm
     assert main(["--checkpoint", str(checkpoint), str(tmp_path / "in"), "--out", str(out), "--device", "cpu",
                  "--backend", backend, "--outputs", "labels"]) == 0
     model = load_model(checkpoint)[0]
-    runner = model._runner(backend, torch.device("cpu"))
+    runner = Predictor(model, backend=backend).runner
     assert runner.name == backend
     if backend == "torch":  # the API folds batch norms as the command does: none is left in the network it runs
         assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in runner.model.modules())

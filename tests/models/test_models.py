@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from hiertree.inference import coarse_logits_from_leaves, leaf_path_scores, tree_consistent_levels
+from hiertree.inference import leaf_path_scores, tree_consistent_levels
 from hiertree.models import EncoderError, HierSegModel
 
 TINY = dict(encoder="tf_efficientnet_lite0", decoder_channels=16, skip_channels=8)
@@ -84,14 +84,14 @@ def test_predictions_are_always_tree_consistent(pascal):
 def test_flat_coarse_logits_sum_probabilities(pascal):
     torch.manual_seed(2)
     z = torch.randn(1, 7, 3, 3)
-    coarse = coarse_logits_from_leaves(z, pascal)
+    coarse = pascal.coarse_logits(z)
     p = z.softmax(1)
     expect = torch.einsum("bnhw,nc->bchw", p, pascal.mapping_matrix(1))
     assert torch.allclose(coarse[1].softmax(1), expect, atol=1e-6)
     half = z.bfloat16()  # under autocast: the coarse levels are still summed in float32
-    coarse16 = coarse_logits_from_leaves(half, pascal)
+    coarse16 = pascal.coarse_logits(half)
     assert coarse16[0].dtype == coarse16[1].dtype == torch.float32 and coarse16[2] is half
-    assert torch.equal(coarse16[1], coarse_logits_from_leaves(half.float(), pascal)[1])
+    assert torch.equal(coarse16[1], pascal.coarse_logits(half.float())[1])
     model = HierSegModel(pascal, flat=True, **TINY).eval()
     assert len(model.heads) == 1
     out = model.predict(torch.zeros(1, 3, 32, 32))

@@ -160,7 +160,7 @@ def test_an_fp16_step_the_scaler_skips_counts_as_skipped():
     model = torch.nn.Linear(2, 1)
     optimizer = torch.optim.AdamW(model.parameters())
     scaler = torch.amp.GradScaler("cpu", enabled=True, init_scale=2.0 ** 16)
-    run = types.SimpleNamespace(model=model, cfg={"train": {"grad_clip": None}},
+    run = types.SimpleNamespace(model=model, opts=types.SimpleNamespace(train=types.SimpleNamespace(grad_clip=None)),
                                 optim=types.SimpleNamespace(optimizer=optimizer, scaler=scaler, fused=False))
     weights = model.weight.detach().clone()
     scaler.scale(model(torch.full((1, 2), 3e38)).sum()).backward()  # finite loss, overflowing gradients

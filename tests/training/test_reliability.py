@@ -46,7 +46,7 @@ SAVE_LOOP = textwrap.dedent("""
             for t in model.state_dict().values():
                 t.fill_(i)
         links = ("last", "best") if i % 3 == 0 else ("last",)
-        C.save_checkpoint(run, f"ckpt-{i:07d}", model, {"i": i}, tax, {"i": i}, {"i": i}, links)
+        C.save_checkpoint(run, f"ckpt-{i:07d}", model, {"i": i}, tax, metrics={"i": i}, train_state={"i": i}, links=links)
         print(i, flush=True)
         i += 1
 """)

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from hiertree.config.options import TrainOptions
+
 from hiertree.checkpoint import load_checkpoint, state_digest
 from hiertree.config import load_config
 from hiertree.data import EpochSampler
@@ -96,7 +98,7 @@ def test_schedules_by_hand():
     def lrs(cfg: dict, total: int) -> list[float]:
         for g in opt.param_groups:
             g["lr"] = g["initial_lr"] = 1.0
-        sched, out = _schedule(opt, cfg, total), []
+        sched, out = _schedule(opt, TrainOptions(**cfg), total), []
         for _ in range(total):
             out.append(opt.param_groups[0]["lr"])
             opt.step()

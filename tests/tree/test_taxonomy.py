@@ -285,7 +285,7 @@ def test_children_figures_4level():
 
 
 def test_padding_helper_values():
-    from hiertree.inference.padding import pad_amount, padded_size
+    from hiertree.images import pad_amount, padded_size
 
     assert [pad_amount(s, 8) for s in (0, 1, 7, 8, 9, 16, 17)] == [0, 7, 1, 0, 7, 0, 7]
     assert [pad_amount(s, 1) for s in (0, 1, 5)] == [0, 0, 0]

@@ -1,4 +1,4 @@
-"""DeepLabV3 ASPP with an optional low-level skip (DeepLabV3+)."""
+"""``model.decoder: deeplabv3plus``: DeepLabV3 ASPP on the deepest map with an optional low-level skip (DeepLabV3+)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ASPP", "DeepLabDecoder"]
+from hiertree.config.options import ModelOptions
+from hiertree.models.decoders.registry import DECODERS
+
+__all__ = ["ASPP", "DeepLabDecoder", "build"]
 
 
 def conv_bn_relu(cin: int, cout: int, k: int = 1, dilation: int = 1, separable: bool = False) -> nn.Sequential:
@@ -75,10 +78,27 @@ class DeepLabDecoder(nn.Module):
         # 3×3 convs after fusion: at stride 4 they dominate the decoder's cost (1 as in smp, 2 as in the paper)
         self.fuse = nn.Sequential(*[conv_bn_relu(cin if i == 0 else channels, channels, 3, separable=separable) for i in range(fuse_convs)])
         self.out_channels = channels
+        self.indices = (0, 1)  # which encoder maps are low and high: set by build()
+        self.output_reduction = 1
 
-    def forward(self, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        low, high = features[self.indices[0]], features[self.indices[1]]
         x = self.aspp(high)
         if self.skip:
             x = F.interpolate(x, size=low.shape[2:], mode="bilinear", align_corners=False)
             x = torch.cat([x, self.low_proj(low)], 1)
         return self.fuse(x)
+
+
+@DECODERS.register("deeplabv3plus")
+def build(channels: Sequence[int], reductions: Sequence[int], options: ModelOptions) -> DeepLabDecoder:
+    """ASPP on the deepest map; the skip reads the deepest map at stride 4 or less (stride 4 on timm's encoders)."""
+    low = max((i for i, r in enumerate(reductions) if r <= 4), default=0)
+    high = len(reductions) - 1
+    os_ = reductions[high]
+    rates = tuple(options.aspp_rates) if options.aspp_rates else tuple(r * 16 // os_ for r in (6, 12, 18))
+    decoder = DeepLabDecoder((channels[low], channels[high]), options.decoder_channels, rates, options.skip,
+                             options.skip_channels, options.separable, options.dropout, options.fuse_convs)
+    decoder.indices = (low, high)
+    decoder.output_reduction = reductions[low] if options.skip else reductions[high]
+    return decoder

@@ -28,11 +28,13 @@ import numpy as np
 from hiertree.images import IMAGE_SUFFIXES, ImageError, read_image, suffix_variants
 from hiertree.tree.labels import LabelMap, LabelMapError
 from hiertree.data.errors import DataError
+from hiertree.data.layouts.registry import LAYOUTS
 
 if TYPE_CHECKING:
+    from hiertree.data.sources import Source
     from hiertree.tree.taxonomy import Taxonomy
 
-__all__ = ["MaskFolder", "read_id_list"]
+__all__ = ["MaskFolder", "read_id_list", "open_folder"]
 
 IMAGE_DIR = "JPEGImages"
 MASK_FORMATS: tuple[tuple[str, str], ...] = (("masks", ".png"), ("gt_masks", ".npy"))
@@ -238,3 +240,13 @@ class MaskFolder:
         self._skipped_ids.add(sid)
         self.skipped.append((sid, reason))
         warnings.warn(f"skipping bad sample {sid!r}: {reason}", RuntimeWarning, stacklevel=3)
+
+
+@LAYOUTS.register("folder")
+def open_folder(src: "Source", taxonomy: "Taxonomy") -> tuple[MaskFolder, MaskFolder | None]:
+    """``data.kind: folder``: the source's train and val splits under ``data.root`` (see :class:`MaskFolder`)."""
+    if not src.root:
+        raise DataError("config key 'data.root' is missing: set it to the dataset folder for kind 'folder'")
+    train = MaskFolder(src.root, src.train_split, taxonomy, src.skip_bad, src.labels)
+    val = MaskFolder(src.root, src.val_split, taxonomy, src.skip_bad, src.labels) if src.evaluate else None
+    return train, val

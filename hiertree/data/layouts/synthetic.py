@@ -11,19 +11,22 @@ The roles are generic body parts; which taxonomy leaf a role becomes is the call
 from __future__ import annotations
 
 import colorsys
+import functools
 import math
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import cv2
 import numpy as np
 
 from hiertree.config.options import SyntheticOptions, check_args, defaults, suggest
 from hiertree.data.errors import DataError
+from hiertree.data.layouts.registry import LAYOUTS
+from hiertree.data.sources import Relabelled, Source
 
 if TYPE_CHECKING:
     from hiertree.tree.taxonomy import Taxonomy
 
-__all__ = ["ROLES", "FIGURE_ROLES", "SyntheticFigures", "role_map_from_names"]
+__all__ = ["ROLES", "FIGURE_ROLES", "SyntheticFigures", "role_map_from_names", "open_synthetic"]
 
 ROLES: tuple[str, ...] = (
     "background", "head", "torso", "upper_arm", "forearm", "hand", "thigh", "shin", "foot", "ball", "block",
@@ -127,6 +130,27 @@ def _draw(img: np.ndarray, roles: np.ndarray, op: tuple) -> None:
             cv2.fillConvexPoly(target, np.round(geo * _ONE).astype(np.int32), value, cv2.LINE_8, _SHIFT)
 
 
+def _limb(px, fh: float, tilt: float, start, a_up: float, a_low: float, lengths, thick, colors, roles, end_role: str,
+          end_axes, facing: float) -> list[tuple]:
+    """Draw ops of one arm or leg (two segments and a hand or foot); ``px`` maps figure units to pixels."""
+    d1 = np.array([math.sin(a_up), math.cos(a_up)])
+    d2 = np.array([math.sin(a_low), math.cos(a_low)])
+    joint = np.asarray(start) + lengths[0] * d1
+    tip = joint + lengths[1] * d2
+    ops = [
+        ("line", _RID[roles[0]], colors[0], (px(start), px(joint), thick[0] * fh)),
+        ("line", _RID[roles[1]], colors[1], (px(joint), px(tip), thick[1] * fh)),
+    ]
+    if end_role == "hand":
+        center, angle = tip + 0.02 * d2, a_low
+    else:  # foot: points to the side the figure faces, under the ankle
+        center, angle = tip + np.array([0.03 * facing, 0.012]), 0.0
+    # cv2 angles run from +x towards +y (down); the hand's long axis follows the forearm
+    deg = (90.0 - math.degrees(angle) if end_role == "hand" else 0.0) + math.degrees(tilt)
+    ops.append(("ellipse", _RID[end_role], colors[2], (px(center), (end_axes[0] * fh, end_axes[1] * fh), deg, 0, 360)))
+    return ops
+
+
 def _figure(rng: np.random.Generator, h: int, w: int, scale: tuple[float, float] = (0.4, 1.0)) -> list[tuple]:
     """Draw ops for one person, back to front; local units are the figure height."""
     fh = rng.uniform(*scale) * h
@@ -146,25 +170,8 @@ def _figure(rng: np.random.Generator, h: int, w: int, scale: tuple[float, float]
     sleeve = skin if rng.random() < 0.5 else shirt  # short or long sleeves
     shin_color = skin if rng.random() < 0.25 else trousers  # shorts
 
-    def limb(start, a_up, a_low, lengths, thick, colors, roles, end_role, end_axes, facing) -> list[tuple]:
-        d1 = np.array([math.sin(a_up), math.cos(a_up)])
-        d2 = np.array([math.sin(a_low), math.cos(a_low)])
-        joint = np.asarray(start) + lengths[0] * d1
-        tip = joint + lengths[1] * d2
-        ops = [
-            ("line", _RID[roles[0]], colors[0], (px(start), px(joint), thick[0] * fh)),
-            ("line", _RID[roles[1]], colors[1], (px(joint), px(tip), thick[1] * fh)),
-        ]
-        if end_role == "hand":
-            center, angle = tip + 0.02 * d2, a_low
-        else:  # foot: points to the side the figure faces, under the ankle
-            center, angle = tip + np.array([0.03 * facing, 0.012]), 0.0
-        # cv2 angles run from +x towards +y (down); the hand's long axis follows the forearm
-        deg = (90.0 - math.degrees(angle) if end_role == "hand" else 0.0) + math.degrees(tilt)
-        ops.append(("ellipse", _RID[end_role], colors[2], (px(center), (end_axes[0] * fh, end_axes[1] * fh), deg, 0, 360)))
-        return ops
-
     facing = 1.0 if rng.random() < 0.5 else -1.0
+    limb = functools.partial(_limb, px, fh, tilt)
     arms, legs = [], []
     for side in (-1.0, 1.0):
         a = side * rng.uniform(-0.3, 2.5)
@@ -291,3 +298,23 @@ def _finish(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
         img = cv2.GaussianBlur(img, (3, 3), rng.uniform(0.4, 1.0))
     img += rng.standard_normal(img.shape, dtype=np.float32) * rng.uniform(1.0, 7.0)
     return np.clip(img, 0, 255).astype(np.uint8)
+
+
+@LAYOUTS.register("synthetic")
+def open_synthetic(src: "Source", taxonomy: "Taxonomy") -> tuple[Sequence, Sequence]:
+    """``data.kind: synthetic``: figures drawn from ``data.synthetic`` (val from seed + 1: never a training image),
+    their leaf-id masks through the source's label map when it has one."""
+    syn = src.synthetic
+    if syn["roles"] is None:
+        raise DataError(
+            "config key 'data.synthetic.roles' is missing: map each synthetic role "
+            f"({', '.join(ROLES)}) to a leaf name of taxonomy {taxonomy.name!r}; unmapped roles become background"
+        )
+    roles = role_map_from_names(taxonomy, syn["roles"])
+    size = syn["size"] if isinstance(syn["size"], int) else tuple(syn["size"])
+    look = dict(figures=tuple(syn["figures"]), figure_scale=tuple(syn["figure_scale"]), clutter=bool(syn["clutter"]))
+    train = SyntheticFigures(syn["num_train"], size, syn["seed"], roles, **look)
+    val = SyntheticFigures(syn["num_val"], size, syn["seed"] + 1, roles, **look)
+    if src.labels.is_identity:
+        return train, val
+    return Relabelled(train, src.labels, src.name), Relabelled(val, src.labels, src.name)

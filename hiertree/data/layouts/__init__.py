@@ -1,0 +1,18 @@
+"""Dataset layouts, one file per way a dataset lies on disk, chosen by ``data.kind``: ``folder`` (images, masks and
+``<split>_id.txt`` lists: :mod:`.folder`), ``synthetic`` (procedural figures, no files: :mod:`.synthetic`).
+
+Each file registers an opener in :data:`LAYOUTS`::
+
+    @LAYOUTS.register("mykind")
+    def open_mykind(source: Source, taxonomy: Taxonomy) -> tuple[Sequence, Sequence | None]: ...
+
+``source`` is the resolved :class:`~hiertree.data.sources.Source` (root, splits, label map, ...); the opener
+returns the train samples and the val samples (None when ``source.evaluate`` is false), each a sequence of
+``(image uint8 HxWx3 RGB, node-id mask[, id])`` whose masks went through ``source.labels``. A new layout is a new
+file here plus its import below.
+"""
+
+from hiertree.data.layouts.registry import LAYOUTS
+from hiertree.data.layouts import folder, synthetic  # noqa: F401  (each registers its opener)
+
+__all__ = ["LAYOUTS"]
