@@ -156,9 +156,9 @@ def _verdict(rows: list[dict], suite: str) -> list[str]:
                 f"(L0 {b[0] - c[0]:+.4f}, L1 {b[1] - c[1]:+.4f})",
                 f"(b) closes at least half of the (a)->(c) gap at L2: {gap[2] >= 0.5} ({100 * gap[2]:.0f} % closed)"]
     i, ii = by["i"], by["ii"]
-    out = [f"(ii) - (i): " + ", ".join(f"L{l} {y - x:+.4f}" for l, (x, y) in enumerate(zip(i, ii)))]
+    out = ["(ii) - (i): " + ", ".join(f"L{l} {y - x:+.4f}" for l, (x, y) in enumerate(zip(i, ii)))]
     if "iii" in by:
-        out.append(f"(iii) - (i): " + ", ".join(f"L{l} {y - x:+.4f}" for l, (x, y) in enumerate(zip(i, by["iii"]))))
+        out.append("(iii) - (i): " + ", ".join(f"L{l} {y - x:+.4f}" for l, (x, y) in enumerate(zip(i, by["iii"]))))
     return out
 
 

@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _markdown(info: dict) -> str:
-    lines = [f"# hiertree-predict vs a plain smp script, CPU, whole processes", "",
+    lines = ["# hiertree-predict vs a plain smp script, CPU, whole processes", "",
              f"{info['date']}, commit {info['commit']}, {info['machine']}, torch {info['torch']}, "
              f"onnxruntime {info['onnxruntime']}. {info['images']} Pascal-Part val JPEGs ({info['image_sizes']}).", "",
              f"Command: `{info['command']}`", "", f"- hiertree: `{info['hiertree_cmd']}`", f"- smp: `{info['smp_cmd']}`", "",

@@ -5,7 +5,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import yaml
 from PIL import Image
 
@@ -13,7 +12,6 @@ from hiertree.cli.eval import main as eval_main
 
 from hiertree.cli.stats import main as stats_main
 
-from hiertree.cli.train import main as train_main
 from hiertree.config import ConfigError, load_config
 from hiertree.data import DataError, EpochSampler, Mixture, MaskFolder, build_datasets, resolve_sources
 from hiertree.training.engine import train

@@ -19,7 +19,6 @@ from PIL import Image
 from hiertree.config import load_config
 from hiertree.data import build_datasets, pad_collate
 from hiertree.evaluation.evaluate import evaluate
-from hiertree.models import HierSegModel
 from hiertree.inference.predictor import predict_images
 from tiny import tiny_model
 from hiertree.evaluation.report import HEADER_H, LABEL_W, PAD, TILE, collect_samples, image_score, write_report

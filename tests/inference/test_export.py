@@ -14,7 +14,6 @@ from hiertree.checkpoint import save_checkpoint
 from hiertree.cli.export import main
 from hiertree.inference.onnx_graph import export_onnx
 from tiny import tiny_model
-from hiertree.models import HierSegModel
 from hiertree.tree.taxonomy import Taxonomy
 
 SIZES = [(2, 96, 80), (1, 45, 71)]

@@ -19,15 +19,14 @@ import torch
 import hiertree.version
 import hiertree.inference.backends as backends
 from hiertree.inference.backends import BackendError, backend_choice, cached_onnx_runner, choose_backend, onnx_cache_meta
-from hiertree.checkpoint import save_checkpoint, shipped_model
+from hiertree.checkpoint import shipped_model
 from hiertree.inference.predictor import Predictor, predict_images
-from hiertree.models import HierSegModel, load_model
+from hiertree.models import load_model
 from hiertree.cli.predict import main
 from hiertree.inference.runners import TorchRunner
 from hiertree.tree.taxonomy import Taxonomy
 from tiny import save_tiny, tiny_model
 
-import onnxruntime as ort  # a base dependency: the fast CPU predict path
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO.parent / "shared" / "datasets" / "pascal-part-sample" / "JPEGImages"

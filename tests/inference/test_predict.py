@@ -11,14 +11,11 @@ import torch
 import torch.nn.functional as F
 
 import hiertree.inference.predictor as predict_mod
-from hiertree.checkpoint import save_checkpoint
-from hiertree.models import HierSegModel
 from hiertree.inference import decode
 from hiertree.cli.predict import main
 from tiny import tiny_model
 from hiertree.inference.predictor import Predictor, predict_images
 from hiertree.tree.colors import colorize, overlay
-from hiertree.tree.taxonomy import Taxonomy
 
 
 @pytest.fixture(scope="module")
