@@ -108,9 +108,25 @@ def taxonomy_legend(taxonomy: Any) -> dict[str, Any]:
     levels = [{"level": l, "classes": [{"id": i, "name": n, "color": _hex(c)}
                                        for i, (n, c) in enumerate(zip(taxonomy.classes(l), taxonomy.colors(l)))]}
               for l in range(taxonomy.num_levels)]
-    nodes = [{"id": i, "name": n, "color": _hex(c), "depth": taxonomy.node_depth(n), "leaf": i < taxonomy.num_leaves,
-              "level": taxonomy.node_level(n)} for i, (n, c) in enumerate(zip(taxonomy.node_names, taxonomy.node_colors()))]
+    colors = taxonomy.node_colors()
+    nodes = [{"id": i, "name": n, "color": _hex(colors[i]), "depth": taxonomy.node_depth(n),
+              "leaf": i < taxonomy.num_leaves, "level": taxonomy.node_level(n)} for i, n in _tree_order(taxonomy)]
     return {"name": taxonomy.name, "levels": levels, "nodes": nodes}
+
+
+def _tree_order(taxonomy: Any) -> list[tuple[int, str]]:
+    """(node id, name) depth first, each node's children by id: a legend that reads as the tree."""
+    children: dict[str | None, list[tuple[int, str]]] = {}
+    for i, name in enumerate(taxonomy.node_names):
+        parents = taxonomy.ancestors(name)
+        children.setdefault(parents[0] if parents else None, []).append((i, name))
+    order: list[tuple[int, str]] = []
+    stack = list(reversed(children.get(None, [])))
+    while stack:
+        i, name = stack.pop()
+        order.append((i, name))
+        stack += reversed(children.get(name, []))
+    return order
 
 
 def _data_url(rgb_or_labels: np.ndarray, kind: str) -> str:

@@ -61,7 +61,12 @@ def test_page_and_info_come_from_the_taxonomy_and_the_calibration(demo_server, s
     for l, level in enumerate(info["taxonomy"]["levels"]):
         assert [c["name"] for c in level["classes"]] == tax.classes(l)
         assert [bytes.fromhex(c["color"][1:]) for c in level["classes"]] == [bytes(c) for c in tax.colors(l)]
-    assert [n["name"] for n in info["taxonomy"]["nodes"]] == tax.node_names
+    nodes = info["taxonomy"]["nodes"]  # in tree order: each node right after its parent
+    assert sorted((n["id"], n["name"]) for n in nodes) == list(enumerate(tax.node_names))
+    for k, node in enumerate(nodes):
+        parents = tax.ancestors(node["name"])
+        assert not parents or parents[0] in [m["name"] for m in nodes[:k]]
+        assert bytes.fromhex(node["color"][1:]) == bytes(tax.node_colors()[node["id"]])
     calibration = json.loads((shipped_model.checkpoint_dir / "backoff.json").read_text())
     backoff = info["backoff"]
     assert backoff["calibrated"] and backoff["threshold"] == calibration["threshold"] == 0.7
