@@ -14,6 +14,6 @@ setup(
     packages=find_packages(include=["hiertree*"]) + ["hiertree.pretrained"] + [f"hiertree.pretrained.{n}" for n in _SHIPPED],
     package_dir={"hiertree.pretrained": "pretrained"},
     package_data={"hiertree.tree.taxonomies": ["*.yaml"], "hiertree.config": ["presets/*.yaml"],
-                  "hiertree.app": ["page.html", "examples/*.jpg", "examples/*.md"],
+                  "hiertree.app": ["page.html"],
                   "hiertree.pretrained": ["*.md"], **{f"hiertree.pretrained.{n}": ["*"] for n in _SHIPPED}},
 )

@@ -18,9 +18,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from hiertree.app import require_extra
 from hiertree.app.render import Demo, load_demo, parse_threshold, render, taxonomy_legend
-from hiertree.app.upload import MAX_BYTES, MIN_SIDE, UploadError, decode_upload
+from hiertree.app.upload import MAX_BYTES, MIN_SIDE, Photo, UploadError, decode_upload
 
 require_extra()  # one line naming the extra, before FastAPI's own ImportError
 
@@ -32,12 +34,15 @@ __all__ = ["create_app", "load_demo", "warm_up", "bind", "serve", "EXAMPLES"]
 log = logging.getLogger(__name__)
 
 HERE = Path(__file__).resolve().parent
-#: The bundled example photos (``examples/<name>.jpg``, from scikit-image's data, public domain or CC0).
+#: Where the example photos live: a checkout's docs (images stay out of the package; a wheel's page offers uploads only)
+EXAMPLE_DIR = HERE.parents[1] / "docs" / "images" / "demo-examples"
+#: The example photos (``<name>.jpg``, from scikit-image's data, public domain or CC0), those present.
 EXAMPLES = {
     "astronaut": "Eileen Collins, NASA astronaut (public domain)",
     "camera": "a photographer, grayscale (CC0, Lav Varshney)",
     "chelsea": "Chelsea the cat: no person at all (CC0, Stefan van der Walt)",
 }
+EXAMPLES = {name: title for name, title in EXAMPLES.items() if (EXAMPLE_DIR / f"{name}.jpg").is_file()}
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -96,7 +101,7 @@ def create_app(demo: Demo) -> FastAPI:
         stem = filename.removesuffix(".jpg")
         if stem not in EXAMPLES:
             return _error(404, f"no example {filename!r}; the examples: {', '.join(f'{n}.jpg' for n in EXAMPLES)}")
-        return FileResponse(HERE / "examples" / f"{stem}.jpg", media_type="image/jpeg")
+        return FileResponse(EXAMPLE_DIR / f"{stem}.jpg", media_type="image/jpeg")
 
     @app.post("/api/predict", response_model=None)
     def predict(image: UploadFile | None = File(None), threshold: str | None = Form(None)) -> JSONResponse:
@@ -108,9 +113,10 @@ def create_app(demo: Demo) -> FastAPI:
 def warm_up(demo: Demo) -> float:
     """Predict the first example once (a first prediction exports and caches the ONNX graph); returns seconds."""
     start = time.perf_counter()
-    first = next(iter(EXAMPLES))
-    photo = decode_upload((HERE / "examples" / f"{first}.jpg").read_bytes(), f"{first}.jpg", demo.max_side)
-    render(demo, photo, parse_threshold(None, demo), f"{first}.jpg (warm-up)")
+    first = next(iter(EXAMPLES), None)
+    photo = (decode_upload((EXAMPLE_DIR / f"{first}.jpg").read_bytes(), f"{first}.jpg", demo.max_side) if first
+             else Photo(np.full((256, 256, 3), 128, np.uint8), (256, 256)))  # an installed wheel: no examples
+    render(demo, photo, parse_threshold(None, demo), f"{first or 'gray'} (warm-up)")
     return time.perf_counter() - start
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = ROOT / "hiertree" / "app" / "examples"
+EXAMPLES = ROOT / "docs" / "images" / "demo-examples"
 SHIPPED = "pascal_part_lite0_cpu"
 
 

@@ -71,7 +71,7 @@ def test_the_space_app_serves_any_run_folder(demo_extra, tiny_checkpoint, monkey
 
     monkeypatch.setenv("HIERTREE_CHECKPOINT", str(tiny_checkpoint))
     app = runpy.run_path(str(ROOT / "examples" / "space" / "app.py"), run_name="space_app")["app"]
-    photo = ROOT / "hiertree" / "app" / "examples" / "astronaut.jpg"
+    photo = ROOT / "docs" / "images" / "demo-examples" / "astronaut.jpg"
     with TestClient(app) as client:
         info = client.get("/api/info").json()
         assert info["backoff"]["calibrated"] is False and "eval.py --calibrate-backoff" in info["backoff"]["why"]
