@@ -78,7 +78,7 @@ class Views:
             eval_cfg = eval_cfg.model_dump()
         keys = ("hflip", "scales", "max_side", "window", "overlap")
         chosen = {k: eval_cfg[k] for k in keys if k in eval_cfg} | {k: v for k, v in changes.items() if v is not None}
-        return cls(**{**chosen, "scales": tuple(chosen.get("scales", (1.0,)))}, large=chosen.get("large", "tile"))
+        return cls(**{**chosen, "scales": tuple(chosen.get("scales", (1.0,)))}, large="tile")
 
     @property
     def single(self) -> bool:

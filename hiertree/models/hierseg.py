@@ -18,7 +18,7 @@ from hiertree.images import pad_amount
 from hiertree.models.decoders import DECODERS
 from hiertree.models.encoder import Encoder
 from hiertree.models.hub import push_to_hub, resolve_pretrained, save_pretrained
-from hiertree.registry import PREDICTORS, RegistryError
+from hiertree.registry import PREDICTORS
 from hiertree.tree.taxonomy import Taxonomy
 
 __all__ = ["HierSegModel", "load_model", "load_weights"]
@@ -42,10 +42,7 @@ class HierSegModel(nn.Module):
         self.taxonomy = taxonomy
         self.flat = opts.flat
         self.config = opts.model_dump()
-        try:
-            build_decoder = DECODERS.get(opts.decoder)
-        except RegistryError as err:
-            raise ValueError(f"HierSegModel: {err}") from None
+        build_decoder = DECODERS.get(opts.decoder)  # an unknown name: a RegistryError (a ValueError) with the choices
         self.encoder = Encoder(opts.encoder, opts.encoder_weights, opts.output_stride)
         self.decoder = build_decoder(self.encoder.channels, self.encoder.reductions, opts)
         sizes = [taxonomy.num_leaves] if opts.flat else taxonomy.level_sizes
