@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
+from hiertree.app.upload import MAX_BYTES
 from hiertree.images import read_image
 
 httpx = pytest.importorskip("httpx", reason="httpx is in the test extra: pip install -e '.[test]'")
@@ -106,12 +107,14 @@ def test_a_stricter_promise_backs_off_more_and_no_threshold_means_the_calibrated
         assert a["labels"] == b["labels"]  # the threshold changes the node map only
 
 
-def test_grayscale_and_rgba_images_are_predicted_and_said_so(demo_server, shipped_model, astronaut):
+def test_grayscale_rgba_and_16_bit_images_are_predicted_and_said_so(demo_server, shipped_model, astronaut):
     rgb = read_image(astronaut)
     gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
     alpha = np.full(gray.shape, 128, np.uint8)
+    deep = rgb[..., ::-1].astype(np.uint16) * 257  # 16 bits whose top byte is the 8-bit photo
     cases = {"gray.png": (_png(gray), gray, "grayscale image"),
-             "rgba.png": (_png(np.dstack([rgb[..., ::-1], alpha])), rgb, "RGBA image: the transparency")}
+             "rgba.png": (_png(np.dstack([rgb[..., ::-1], alpha])), rgb, "RGBA image: the transparency"),
+             "deep.png": (_png(deep), rgb, "16-bit image: scaled to 8 bits")}
     for name, (data, image, note) in cases.items():
         response = _post(demo_server, data, name, "0.7")
         assert response.status_code == 200, response.text[:500]
@@ -136,7 +139,8 @@ def test_a_huge_photo_is_shrunk_and_said_so(demo_server, shipped_model):
     _assert_same_maps(out, shipped_model.predict(shrunk, backoff=0.7))
 
 
-@pytest.mark.parametrize("case", ["not an image", "empty", "1x1", "truncated jpeg", "bad threshold", "no file"])
+@pytest.mark.parametrize("case", ["not an image", "empty", "1x1", "truncated jpeg", "too large", "bad threshold",
+                                  "no file"])
 def test_bad_input_gets_a_clear_message_and_the_server_keeps_serving(demo_server, astronaut, case):
     photo = astronaut.read_bytes()
     request, words = {
@@ -144,6 +148,8 @@ def test_bad_input_gets_a_clear_message_and_the_server_keeps_serving(demo_server
         "empty": ((b"", "empty.jpg", None), "empty.jpg: the file is empty"),
         "1x1": ((_png(np.zeros((1, 1, 3), np.uint8)), "dot.png", None), "dot.png: the image is 1x1 pixels, too small"),
         "truncated jpeg": ((photo[: len(photo) // 2], "cut.jpg", None), "cut.jpg: truncated JPEG"),
+        "too large": ((photo + bytes(MAX_BYTES), "big.jpg", None),
+                      f"big.jpg: the file is 40 MiB, above the page's limit of {MAX_BYTES // 2**20} MiB"),
         "bad threshold": ((photo, "astronaut.jpg", "1.5"), "threshold '1.5' is not a number in [0, 1]"),
         "no file": ((None, "", "0.7"), "no photo in the request"),
     }[case]
