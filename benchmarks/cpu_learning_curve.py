@@ -115,6 +115,21 @@ def curve_without_pauses(run: Path, pauses_tsv: Path) -> list[dict]:
     return points
 
 
+def after_phase(points: list[dict], earlier_json: Path) -> list[dict]:
+    """An earlier phase's points (its learning-curve JSON; this run started from its final weights) followed by
+    ``points``, whose hours count on from the earlier phase's last; every point names its phase (1, 2, ...)."""
+    before = json.loads(earlier_json.read_text())["points"]
+    phase = max(p.get("phase", 1) for p in before) + 1
+    offset = before[-1]["hours"]
+    return [{**p, "phase": p.get("phase", 1)} for p in before] + \
+        [{**p, "hours": round(p["hours"] + offset, 3), "phase": phase} for p in points]
+
+
+def _epoch(point: dict) -> str:
+    """An epoch's label: ``2.8`` is epoch 8 of phase 2 when the curve has phases."""
+    return f"{point['phase']}.{point['epoch']}" if "phase" in point else str(point["epoch"])
+
+
 def plot(points: list[dict], path: Path, title: str, anchors: list[float] | None) -> None:
     import matplotlib
 
@@ -128,6 +143,9 @@ def plot(points: list[dict], path: Path, title: str, anchors: list[float] | None
                 label=f"L{level}")
         if anchors and level < len(anchors):
             ax.axhline(anchors[level], color=colors[level % 4], linestyle=":", linewidth=1)
+    for a, b in zip(points, points[1:]):
+        if a.get("phase") != b.get("phase"):
+            ax.axvline(a["hours"], color="gray", linestyle="--", linewidth=1)
     ax.set_xlabel("hours of training on 2 CPU cores")
     ax.set_ylabel("val mIoU (no background)")
     ax.set_title(title)
@@ -148,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pauses", default=None,
                         help="TSV of paused intervals (start, end in epoch seconds): hours from TensorBoard step times")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    parser.add_argument("--after", default=None, help="the learning-curve JSON of an earlier phase this run started "
+                        "from (its final weights): drawn first, this run's hours count on from its last point")
     args = parser.parse_args(argv)
     if args.pauses:
         points = curve_without_pauses(Path(args.run), Path(args.pauses))
@@ -156,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     if not points:
         print(f"{args.run}/metrics.csv has no evaluated epoch yet", file=sys.stderr)
         return 2
+    if args.after:
+        points = after_phase(points, Path(args.after))
     out = Path(args.out)
     png = (Path(args.png) if args.png else out / f"learning-curve-{args.name}.png").resolve()
     plot(points, png, f"{args.name} (dotted: smp GPU anchor)", args.anchors)
@@ -165,10 +187,12 @@ def main(argv: list[str] | None = None) -> int:
              + ("TensorBoard step times of the steps the run kept, minus the pauses in `" + args.pauses + "` and the "
                 "evaluations" if args.pauses else "each epoch's seconds minus its evaluation")
              + "), summed over every invocation of the run. Val: native resolution, "
-             "single scale, mIoU without background.", "", "| epoch | step | hours | " +
+             "single scale, mIoU without background."
+             + (f" Phases: the points of `{args.after}` first, then this run's (its epochs and steps count from "
+                "its own start; dashed line in the figure)." if args.after else ""), "", "| epoch | step | hours | " +
              " | ".join(f"L{k}" for k in range(len(points[0]["mIoU"]))) + " |",
              "| --- | --- | --- | " + " | ".join("---" for _ in points[0]["mIoU"]) + " |"]
-    lines += [f"| {p['epoch']} | {p['step']} | {p['hours']:.2f} | " + " | ".join(f"{v:.4f}" for v in p["mIoU"]) + " |"
+    lines += [f"| {_epoch(p)} | {p['step']} | {p['hours']:.2f} | " + " | ".join(f"{v:.4f}" for v in p["mIoU"]) + " |"
               for p in points]
     lines += ["", f"![learning curve]({Path('..') / '..' / png.relative_to(ROOT) if png.is_relative_to(ROOT) else png})", ""]
     (out / f"learning-curve-{args.name}.md").write_text("\n".join(lines))

@@ -3,6 +3,7 @@ the OS picks one, the command prints it), the shipped model, started once per se
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -86,3 +87,13 @@ def shipped_model():
 def astronaut() -> Path:
     """A real photo (Eileen Collins, NASA, public domain), as the page bundles it."""
     return EXAMPLES / "astronaut.jpg"
+
+
+@pytest.fixture(scope="session")
+def thresholds() -> tuple[float, float]:
+    """The shipped model's calibrated threshold (promise P 0.75) and its ladder's stricter one for P 0.8, read from
+    the model so that a re-calibrated model needs no test edits."""
+    from hiertree.checkpoint import shipped_model
+
+    calibration = json.loads((shipped_model(SHIPPED) / "backoff.json").read_text())
+    return calibration["threshold"], next(r["threshold"] for r in calibration["ladder"] if r["target"] == 0.8)

@@ -51,10 +51,11 @@ def _wait_done(page, threshold: float) -> None:
     _wait(page, f"document.body.dataset.state === 'done' && Number(document.body.dataset.threshold) === {threshold}")
 
 
-def test_upload_a_photo_see_every_level_and_back_off(page, astronaut, shipped_model, tmp_path):
+def test_upload_a_photo_see_every_level_and_back_off(page, astronaut, shipped_model, thresholds, tmp_path):
     tax = shipped_model.taxonomy
     page.set_input_files("#file", str(astronaut))
-    _wait_done(page, 0.7)  # the calibrated promise, the default
+    calibrated, stricter = thresholds
+    _wait_done(page, calibrated)  # the calibrated promise, the default
     figures = page.locator("#panels figure")
     assert figures.count() == 1 + tax.num_levels + 2  # the photo, each level, the node map, the pixels said as a parent
     sizes = page.eval_on_selector_all("#panels img", "imgs => imgs.map(i => [i.naturalWidth, i.naturalHeight])")
@@ -65,18 +66,18 @@ def test_upload_a_photo_see_every_level_and_back_off(page, astronaut, shipped_mo
     legend = finest.evaluate_all("items => items.map(i => i.dataset.name)")
     assert legend == tax.classes(tax.num_levels - 1)  # the taxonomy's names, in its order
     assert "predict" in page.inner_text("#status") and " ms" in page.inner_text("#status")
-    page.check("input[name=rung][data-theta='0.92']")  # the stricter promise P 0.8
-    _wait_done(page, 0.92)
-    assert "θ 0.92" in page.locator("figure.nodes figcaption").inner_text()
+    page.check(f"input[name=rung][data-theta='{stricter}']")  # the stricter promise P 0.8
+    _wait_done(page, stricter)
+    assert f"θ {stricter}" in page.locator("figure.nodes figcaption").inner_text()
     assert page.inner_text("#theta-what") == "(the promise P 0.80)"
     shot = Path(os.environ.get("HIERTREE_DEMO_SCREENSHOT") or tmp_path / "demo.png")
-    page.check("input[name=rung][data-theta='0.7']")
-    _wait_done(page, 0.7)
+    page.check(f"input[name=rung][data-theta='{calibrated}']")
+    _wait_done(page, calibrated)
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
 
 
-def test_a_dropped_file_that_is_no_image_is_said_on_the_page(page, astronaut):
+def test_a_dropped_file_that_is_no_image_is_said_on_the_page(page, astronaut, thresholds):
     """Dropped as a user drops a file (a drop event carrying it), then a photo again: the page and server go on."""
     drop = """([name, text]) => {
         const data = new DataTransfer();
@@ -89,5 +90,5 @@ def test_a_dropped_file_that_is_no_image_is_said_on_the_page(page, astronaut):
     assert message.startswith("notes.txt: not an image") and "upload a JPEG" in message
     assert page.locator("#panels figure").count() == 0
     page.set_input_files("#file", str(astronaut))
-    _wait_done(page, 0.7)
+    _wait_done(page, thresholds[0])
     assert page.locator("#message.error").count() == 0

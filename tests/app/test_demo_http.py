@@ -16,8 +16,6 @@ from hiertree.images import read_image
 
 httpx = pytest.importorskip("httpx", reason="httpx is in the test extra: pip install -e '.[test]'")
 
-THRESHOLDS = (0.7, 0.92)  # the shipped ladder's promises P 0.75 and 0.8
-
 
 def _post(server, data: bytes | None, name: str = "photo.jpg", threshold: str | None = None) -> httpx.Response:
     files = {"image": (name, data, "application/octet-stream")} if data is not None else None
@@ -53,7 +51,7 @@ def _jpeg(image: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
-def test_page_and_info_come_from_the_taxonomy_and_the_calibration(demo_server, shipped_model):
+def test_page_and_info_come_from_the_taxonomy_and_the_calibration(demo_server, shipped_model, thresholds):
     page = httpx.get(demo_server.url, timeout=30)
     assert page.status_code == 200 and "<title>hiertree demo</title>" in page.text
     assert "http://" not in page.text and "https://" not in page.text  # nothing fetched from elsewhere: works offline
@@ -70,7 +68,7 @@ def test_page_and_info_come_from_the_taxonomy_and_the_calibration(demo_server, s
         assert bytes.fromhex(node["color"][1:]) == bytes(tax.node_colors()[node["id"]])
     calibration = json.loads((shipped_model.checkpoint_dir / "backoff.json").read_text())
     backoff = info["backoff"]
-    assert backoff["calibrated"] and backoff["threshold"] == calibration["threshold"] == 0.7
+    assert backoff["calibrated"] and backoff["threshold"] == calibration["threshold"] == thresholds[0]
     assert [(r["target"], r["threshold"]) for r in backoff["ladder"]] == \
         [(r["target"], r["threshold"]) for r in calibration["ladder"]]
     for example in info["examples"]:
@@ -79,8 +77,9 @@ def test_page_and_info_come_from_the_taxonomy_and_the_calibration(demo_server, s
     assert httpx.get(demo_server.url + "api/examples/nothing.jpg", timeout=30).status_code == 404
 
 
-@pytest.mark.parametrize("threshold", THRESHOLDS)
-def test_a_real_photo_gives_the_maps_of_model_predict(demo_server, shipped_model, astronaut, threshold):
+@pytest.mark.parametrize("rung", [0, 1], ids=["calibrated", "stricter"])
+def test_a_real_photo_gives_the_maps_of_model_predict(demo_server, shipped_model, astronaut, thresholds, rung):
+    threshold = thresholds[rung]
     response = _post(demo_server, astronaut.read_bytes(), "astronaut.jpg", str(threshold))
     assert response.status_code == 200, response.text[:500]
     out = response.json()
@@ -98,9 +97,12 @@ def test_a_real_photo_gives_the_maps_of_model_predict(demo_server, shipped_model
         assert view["overlay"].startswith("data:image/jpeg;base64,")
 
 
-def test_a_stricter_promise_backs_off_more_and_no_threshold_means_the_calibrated_one(demo_server, astronaut):
-    loose, strict, default = (_post(demo_server, astronaut.read_bytes(), "a.jpg", t).json() for t in ("0.54", "0.92", None))
-    assert default["threshold"] == 0.7
+def test_a_stricter_promise_backs_off_more_and_no_threshold_means_the_calibrated_one(demo_server, astronaut,
+                                                                                    thresholds):
+    calibrated, stricter = thresholds
+    posted = (f"{calibrated - 0.15:.2f}", f"{stricter:.2f}", None)
+    loose, strict, default = (_post(demo_server, astronaut.read_bytes(), "a.jpg", t).json() for t in posted)
+    assert default["threshold"] == calibrated
     assert loose["nodes"]["foreground"]["leaf_share"] > default["nodes"]["foreground"]["leaf_share"] > \
         strict["nodes"]["foreground"]["leaf_share"]
     for a, b in zip(loose["levels"], strict["levels"]):
