@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from hiertree.data.errors import DataError
 from hiertree.data.layouts.folder import MaskFolder
+from hiertree.data.layouts.pairs import PairedSamples
 from hiertree.data.sources import Mixture
 
 if TYPE_CHECKING:
@@ -18,7 +19,7 @@ __all__ = ["drop_bad_samples"]
 class _GoodSamples:
     """The samples of a source that passed :func:`drop_bad_samples`, re-indexed 0..n-1."""
 
-    def __init__(self, source: MaskFolder, keep: list[int]) -> None:
+    def __init__(self, source: MaskFolder | PairedSamples, keep: list[int]) -> None:
         self.source, self.keep = source, keep
 
     def __len__(self) -> int:
@@ -56,7 +57,7 @@ def drop_bad_samples(dataset: "SegDataset", threads: int = 4) -> list[dict[str, 
 
 def _drop_in(src: Any, threads: int) -> tuple[Any, list[dict[str, str]]]:
     """``(the good samples of src, the bad ones)`` for a skip_bad folder; ``(src, [])`` otherwise."""
-    if not isinstance(src, MaskFolder) or not src.skip_bad:
+    if not isinstance(src, (MaskFolder, PairedSamples)) or not src.skip_bad:
         return src, []
 
     def check(i: int) -> dict[str, str] | None:

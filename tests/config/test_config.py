@@ -297,6 +297,21 @@ SHIPPED = {  # values read from configs/*.yaml; a config that stops loading them
         "model.encoder_weights": "efficientnet-lite2-pypi", "model.decoder_channels": 256, "train.epochs": 60,
         "train.lr": 0.001, "train.out_dir": "runs/pascal_part_lite2",
     },
+    **{f"{kind}.yaml": {  # the human-parsing datasets in their own layouts (docs/datasets.md)
+        "taxonomy": "pascal_part", "data.kind": kind, "data.root": f"../shared/datasets/{folder}", "data.labels": None,
+        "data.crop": 512, "model.encoder_weights": "efficientnet-lite0-pypi", "train.epochs": epochs,
+        "train.out_dir": f"runs/{kind}",
+    } for kind, folder, epochs in (("lip", "lip", 30), ("cihp", "cihp", 30), ("atr", "atr", 30),
+                                   ("pascal_person_part", "pascal-person-part", 60), ("mhp_v2", "mhp-v2", 30))},
+    "pascal_part_lip.yaml": {
+        "taxonomy": "pascal_part", "data.kind": "synthetic", "data.crop": 512, "data.sources": [
+            {"name": "pascal_part", "kind": "folder", "root": "../shared/datasets/pascal-part", "train_split": None,
+             "val_split": None, "evaluate": True, "labels": None, "weight": 1.0, "weight_start": None, "skip_bad": None,
+             "synthetic": None},
+            {"name": "lip", "kind": "lip", "root": "../shared/datasets/lip", "train_split": None, "val_split": None,
+             "evaluate": True, "labels": None, "weight": 1.0, "weight_start": None, "skip_bad": None, "synthetic": None}],
+        "train.out_dir": "runs/pascal_part_lip",
+    },
 }
 
 
