@@ -125,12 +125,14 @@ def _score(args: argparse.Namespace, model: Any, ck: dict, cfg: dict, device: An
     """Score ``split`` of the config's data: ``(result, dataset, skipped samples)``."""
     from hiertree.data import build_datasets, drop_bad_samples
     from hiertree.data.loaders import labelled_nodes, val_loaders
+    from hiertree.data.sources import without_exclusions
     from hiertree.device import resolve_amp
     from hiertree.evaluation.evaluate import evaluate
     from hiertree.inference.predictor import Views
 
     taxonomy, ecfg = ck["taxonomy"], cfg["eval"]
-    data = {**cfg["data"], "val_split": split, "train_split": split}  # only the scored split has to exist
+    # only the scored split has to exist, and a training exclusion list has no say over it
+    data = without_exclusions({**cfg["data"], "val_split": split, "train_split": split})
     _, val_ds = build_datasets(data, taxonomy, seed=cfg["train"]["seed"])
     skipped = drop_bad_samples(val_ds)  # data.skip_bad=true: scored without them, listed in the JSON
     loader = val_loaders(val_ds, taxonomy, args.batch_size or ecfg["batch_size"], cfg["train"]["num_workers"],

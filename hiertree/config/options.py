@@ -173,6 +173,8 @@ class SourceOptions(_Section):
         "weight_start) to weight / (sum of weights) over train.epochs (e.g. leaf labels first, coarse ones later); "
         "null: weight, a constant share", example=0.0, ge=0)
     skip_bad: Optional[bool] = _opt(None, "skip unreadable samples; null: data.skip_bad", example=True)
+    exclude: OptPathText = _opt(None, "a file of this source's training sample ids to leave out (one per line); null: none",
+                                expected="a text file of sample ids (str)", example="exclude.txt", min_length=1)
     synthetic: Optional[dict] = _opt(None, "kind synthetic: keys of data.synthetic that differ for this source",
                                      expected="a mapping of data.synthetic keys", example={"num_train": 200, "seed": 10})
 
@@ -194,6 +196,9 @@ class DataOptions(_Section):
     hflip: bool = _opt(True, "random horizontal flips (for taxonomies without left/right classes)")
     color_jitter: Float = _opt(0.2, "brightness/contrast/saturation jitter strength (hue: a quarter of it)", ge=0, le=1)
     skip_bad: bool = _opt(False, "skip unreadable samples (listed in skipped.json) instead of stopping")
+    exclude: OptPathText = _opt(None, "a file of training sample ids to leave out, one per line (e.g. hiertree-review's "
+                                "exclude.txt); never applied to val; null: none", expected="a text file of sample ids (str)",
+                                example="exclude.txt", min_length=1)
     labels: LabelMapOpt = _opt(None, "mask value -> node name or 'ignore' (values may share a node); null: masks hold "
                                "node ids", expected="a mapping of mask value to node name",
                                example={0: "background", 1: "body"})

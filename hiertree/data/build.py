@@ -9,7 +9,7 @@ from hiertree.config.options import DataOptions, SyntheticOptions, defaults, sug
 from hiertree.data.dataset import SegDataset
 from hiertree.data.errors import DataError
 from hiertree.data.layouts import LAYOUTS
-from hiertree.data.sources import Mixture, Source, resolve_sources, start_weights
+from hiertree.data.sources import Mixture, Source, exclude_ids, resolve_sources, start_weights
 from hiertree.data.transforms import eval_transform, train_transform
 from hiertree.registry import RegistryError
 
@@ -39,7 +39,10 @@ def _open(src: Source, taxonomy: "Taxonomy") -> tuple[Sequence, Sequence | None]
         layout = LAYOUTS.get(src.kind)
     except RegistryError as err:
         raise DataError(f"config key {err}") from None
-    return layout(src, taxonomy)
+    train, val = layout(src, taxonomy)
+    if src.exclude:
+        train = exclude_ids(train, src.exclude, f"source {src.name!r} ({src.train_split})")
+    return train, val
 
 
 def build_datasets(
@@ -51,7 +54,8 @@ def build_datasets(
     val images use ``data.synthetic.seed + 1``, so they never repeat a training image. ``seed`` fixes
     the augmentation stream (None: it follows torch's seed); it does not change the synthetic images.
     With ``data.sources`` both are a :class:`Mixture`: train of every source (sampled by weight), val of
-    the sources with ``evaluate`` (see :func:`by_source` for one dataset per source).
+    the sources with ``evaluate`` (see :func:`by_source` for one dataset per source). ``data.exclude`` (or a
+    source's ``exclude``) leaves the ids its file lists out of the training split, never out of val.
     """
     _check_keys(data_cfg, DATA_KEYS, "data")
     _check_keys(data_cfg.get("synthetic") or {}, SYNTHETIC_KEYS, "data.synthetic")

@@ -8,31 +8,12 @@ from typing import TYPE_CHECKING, Any
 from hiertree.data.errors import DataError
 from hiertree.data.layouts.folder import MaskFolder
 from hiertree.data.layouts.pairs import PairedSamples
-from hiertree.data.sources import Mixture
+from hiertree.data.sources import Mixture, Subset
 
 if TYPE_CHECKING:
     from hiertree.data.dataset import SegDataset
 
 __all__ = ["drop_bad_samples"]
-
-
-class _GoodSamples:
-    """The samples of a source that passed :func:`drop_bad_samples`, re-indexed 0..n-1."""
-
-    def __init__(self, source: MaskFolder | PairedSamples, keep: list[int]) -> None:
-        self.source, self.keep = source, keep
-
-    def __len__(self) -> int:
-        return len(self.keep)
-
-    def __getitem__(self, index: int) -> Any:
-        return self.source[self.keep[index]]
-
-    def mask_size(self, index: int) -> tuple[int, int] | None:
-        return self.source.mask_size(self.keep[index])
-
-    def load_mask(self, index: int) -> Any:
-        return self.source.load_mask(self.keep[index])
 
 
 def drop_bad_samples(dataset: "SegDataset", threads: int = 4) -> list[dict[str, str]]:
@@ -57,21 +38,22 @@ def drop_bad_samples(dataset: "SegDataset", threads: int = 4) -> list[dict[str, 
 
 def _drop_in(src: Any, threads: int) -> tuple[Any, list[dict[str, str]]]:
     """``(the good samples of src, the bad ones)`` for a skip_bad folder; ``(src, [])`` otherwise."""
-    if not isinstance(src, (MaskFolder, PairedSamples)) or not src.skip_bad:
+    base, keep = (src.source, src.keep) if isinstance(src, Subset) else (src, list(range(len(src))))
+    if not isinstance(base, (MaskFolder, PairedSamples)) or not base.skip_bad:
         return src, []
 
     def check(i: int) -> dict[str, str] | None:
         try:
-            src.load(i)
+            base.load(i)
         except DataError as err:
-            return {"split": src.split, "id": src.ids[i], "reason": str(err)}
+            return {"split": base.split, "id": base.ids[i], "reason": str(err)}
         return None
 
     with ThreadPoolExecutor(max(1, threads)) as pool:
-        found = list(pool.map(check, range(len(src))))
+        found = list(pool.map(check, keep))
     bad = [r for r in found if r is not None]
     if len(bad) == len(found):
-        raise DataError(f"split {src.split!r} of {src.root}: every sample is bad, e.g. {bad[0]['reason']}")
+        raise DataError(f"split {base.split!r} of {base.root}: every sample is bad, e.g. {bad[0]['reason']}")
     if bad:
-        return _GoodSamples(src, [i for i, r in enumerate(found) if r is None]), bad
+        return Subset(base, [i for i, r in zip(keep, found) if r is None]), bad
     return src, []

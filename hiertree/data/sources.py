@@ -10,7 +10,9 @@ With ``weight_start`` that share moves linearly, over the run, from ``weight_sta
 from __future__ import annotations
 
 import bisect
+import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from hiertree.tree.labels import LabelMap, LabelMapError
@@ -20,7 +22,10 @@ from hiertree.data.errors import DataError
 if TYPE_CHECKING:
     from hiertree.tree.taxonomy import Taxonomy
 
-__all__ = ["Source", "resolve_sources", "Mixture", "Relabelled", "load_mask"]
+__all__ = ["Source", "resolve_sources", "Mixture", "Relabelled", "Subset", "load_mask", "sample_ids", "exclude_ids",
+           "read_exclusions", "without_exclusions"]
+
+log = logging.getLogger(__name__)
 
 _INHERITED = ("kind", "root", "train_split", "val_split", "labels", "skip_bad")
 
@@ -40,6 +45,7 @@ class Source:
     skip_bad: bool
     synthetic: dict = field(default_factory=dict)
     weight_start: float | None = None  # None: the share stays weight's throughout
+    exclude: str | None = None  # a file of training sample ids to leave out (data.exclude)
 
 
 def _synthetic(data_cfg: Mapping[str, Any], own: Mapping[str, Any] | None, where: str) -> dict:
@@ -64,14 +70,17 @@ def _one(data_cfg: Mapping[str, Any], entry: Mapping[str, Any], index: int, taxo
     return Source(name, kind, settings["root"], settings["train_split"] or "train", settings["val_split"] or "val",
                   bool(entry.get("evaluate", True)), labels, float(entry.get("weight", 1.0)),
                   bool(settings["skip_bad"]), synthetic,
-                  None if entry.get("weight_start") is None else float(entry["weight_start"]))
+                  None if entry.get("weight_start") is None else float(entry["weight_start"]), entry.get("exclude"))
 
 
 def resolve_sources(data_cfg: Mapping[str, Any], taxonomy: "Taxonomy") -> list[Source]:
     """The run's sources: ``data.sources`` resolved against ``data``, or the one source ``data`` describes."""
     entries = data_cfg.get("sources")
     if not entries:
-        return [_one(data_cfg, {"name": "data"}, 0, taxonomy)]
+        return [_one(data_cfg, {"name": "data", "exclude": data_cfg.get("exclude")}, 0, taxonomy)]
+    if data_cfg.get("exclude"):
+        raise DataError("data.exclude applies to the one dataset of data.root; with data.sources set "
+                        "data.sources[i].exclude on the source whose ids the file lists")
     sources = [_one(data_cfg, entry, i, taxonomy) for i, entry in enumerate(entries)]
     names = [s.name for s in sources]
     twice = sorted({n for n in names if names.count(n) > 1})
@@ -109,6 +118,72 @@ def load_mask(source: Sequence, index: int) -> Any:
     """The node-id mask of sample ``index``, without decoding its image where the source can (folders)."""
     reader = getattr(source, "load_mask", None)
     return reader(index) if reader is not None else source[index][1]
+
+
+def sample_ids(source: Sequence) -> list[str]:
+    """The ids of a source's samples without loading them: a folder's id list, else the indices as text (the ids a
+    synthetic source gives its samples)."""
+    ids = getattr(source, "ids", None)
+    return [str(i) for i in ids] if ids is not None else [str(i) for i in range(len(source))]
+
+
+def read_exclusions(path: str | Path) -> list[tuple[int, str]]:
+    """``(line number, id)`` of each sample id in an exclusion file: one per line, blanks and ``#`` comments skipped."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as err:
+        raise DataError(f"data.exclude: cannot read {path}: {err.strerror or err}; give an existing file of sample "
+                        "ids (one per line), e.g. the exclude.txt hiertree-review writes, or set it to null") from None
+    rows = [(n, line.split("#", 1)[0].strip()) for n, line in enumerate(text.splitlines(), 1)]
+    return [(n, sid) for n, sid in rows if sid]
+
+
+def exclude_ids(source: Sequence, path: str | Path, where: str) -> Sequence:
+    """``source`` without the samples whose ids ``path`` lists (``data.exclude``); an id the split does not hold is
+    an error naming the file and line."""
+    ids = sample_ids(source)
+    index = {sid: i for i, sid in enumerate(ids)}
+    drop: set[int] = set()
+    for line, sid in read_exclusions(path):
+        if sid not in index:
+            raise DataError(f"{path}:{line}: sample id {sid!r} is not in the training split of {where} "
+                            f"({len(ids)} samples); fix or delete that line (ids as in the split list, without suffix)")
+        drop.add(index[sid])
+    if len(drop) == len(ids):
+        raise DataError(f"{path}: excludes every one of the {len(ids)} training samples of {where}; keep some")
+    log.info("data.exclude: dropped %d of %d training samples of %s listed in %s", len(drop), len(ids), where, path)
+    return Subset(source, [i for i in range(len(ids)) if i not in drop]) if drop else source
+
+
+def without_exclusions(data_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """A ``data`` section with no exclusion file, itself or in a source: for scoring a split, never trained on."""
+    out = {**data_cfg, "exclude": None}
+    if out.get("sources"):
+        out["sources"] = [{**entry, "exclude": None} for entry in out["sources"]]
+    return out
+
+
+class Subset:
+    """Some samples of a source (``keep``: their indices), re-indexed 0..n-1; sizes and masks read as the source's."""
+
+    def __init__(self, source: Sequence, keep: Sequence[int]) -> None:
+        self.source, self.keep = source, list(keep)
+        ids = getattr(source, "ids", None)
+        if ids is not None:
+            self.ids = [ids[i] for i in self.keep]
+
+    def __len__(self) -> int:
+        return len(self.keep)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.source[self.keep[index]]
+
+    def mask_size(self, index: int) -> tuple[int, int] | None:
+        probe = getattr(self.source, "mask_size", None)
+        return probe(self.keep[index]) if probe is not None else None
+
+    def load_mask(self, index: int) -> Any:
+        return load_mask(self.source, self.keep[index])
 
 
 class Relabelled:

@@ -23,9 +23,9 @@ def _entry_point(name: str) -> importlib.metadata.EntryPoint:
     return next(iter(found))
 
 
-def test_pyproject_declares_the_eight_commands():
+def test_pyproject_declares_the_nine_commands():
     assert set(SCRIPTS) == {"hiertree-train", "hiertree-eval", "hiertree-stats", "hiertree-predict", "hiertree-export",
-                            "hiertree-publish", "hiertree-convert-weights", "hiertree-demo"}
+                            "hiertree-publish", "hiertree-convert-weights", "hiertree-demo", "hiertree-review"}
 
 
 @pytest.mark.parametrize("name", sorted(SCRIPTS))
@@ -72,6 +72,7 @@ def _missing_file_args(tmp_path) -> dict[str, list[str]]:
         "hiertree-publish": ["--checkpoint", str(gone), "--out", str(tmp_path / "published")],
         "hiertree-convert-weights": ["lite0", "--out", str(blocker / "lite0.safetensors")],
         "hiertree-demo": ["--checkpoint", str(gone), "--port", "0"],
+        "hiertree-review": ["--checkpoint", str(gone), "--out", str(tmp_path / "review")],
     }
 
 
