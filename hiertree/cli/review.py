@@ -103,8 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         ranked, paths, n = _run(args)
     except (CheckpointError, ConfigError, DataError, DeviceError, BackendError, ValueError, OSError) as err:
         return fail(PROG, err)
-    print(f"{PROG}: {len(ranked)} of {n} sample(s) of split {args.split!r} ranked in {time.perf_counter() - start:.0f} s; "
-          f"the worst: " + ", ".join(str(r["id"]) for r in ranked[:5]))
+    seconds = time.perf_counter() - start
+    print(f"{PROG}: {len(ranked)} of {n} sample(s) of split {args.split!r} ranked in {seconds:.0f} s; the worst: "
+          + ", ".join(str(r["id"]) for r in ranked[:5]))
     for name in ("csv", "sheet", "exclude"):
         print(f"{PROG}: {paths[name]}")
     return 0

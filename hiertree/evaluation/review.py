@@ -30,7 +30,8 @@ from hiertree.losses import HierarchicalLoss
 from hiertree.tree.colors import colorize
 from hiertree.tree.taxonomy import Taxonomy
 
-__all__ = ["SCORES", "image_scores", "head_disagreement", "review", "rank", "write_review", "predict_levels"]
+__all__ = ["SCORES", "deepest_loss", "head_disagreement", "image_scores", "predict_levels", "rank", "review",
+           "write_review"]
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,8 @@ def _tiles(runner: Any, sample: dict[str, Any], taxonomy: Taxonomy) -> list[tupl
     image = sample["image"].permute(1, 2, 0).numpy()
     deepest = taxonomy.num_levels - 1
     truth = taxonomy.to_levels(sample["mask"], check=False)[deepest].numpy()
-    tiles = [("image", _thumb(image, False)), (f"truth L{deepest}", _thumb(colorize(truth, taxonomy.colors(deepest)), True))]
+    tiles = [("image", _thumb(image, False)),
+             (f"truth L{deepest}", _thumb(colorize(truth, taxonomy.colors(deepest)), True))]
     for level, labels in enumerate(predict_levels(runner, sample["image"][None], taxonomy)):
         tiles.append((f"pred L{level}", _thumb(colorize(labels, taxonomy.colors(level)), True)))
     return tiles

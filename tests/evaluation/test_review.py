@@ -23,7 +23,7 @@ def test_head_disagreement_by_hand(pascal):
     # pascal_part: L0 background/body, L1 background/upper/lower, L2 the leaves; torso is under upper under body
     l0 = [pascal.classes(0).index("body")] * 3 + [pascal.classes(0).index("background")]
     l1 = [pascal.classes(1).index("upper_body")] * 2 + [pascal.classes(1).index("lower_body")] * 2
-    l2 = [pascal.classes(2).index("torso"), pascal.classes(2).index("low_leg")] + [pascal.classes(2).index("low_leg")] * 2
+    l2 = [pascal.classes(2).index("torso")] + [pascal.classes(2).index("low_leg")] * 3
     raw = [torch.tensor([v]).view(1, 1, 4) for v in (l0, l1, l2)]
     # pixel 0 consistent; 1: low_leg under upper_body; 2: consistent; 3: lower_body under background
     assert head_disagreement(raw, pascal) == pytest.approx(0.5)
