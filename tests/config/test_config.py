@@ -307,9 +307,10 @@ SHIPPED = {  # values read from configs/*.yaml; a config that stops loading them
         "taxonomy": "pascal_part", "data.kind": "synthetic", "data.crop": 512, "data.sources": [
             {"name": "pascal_part", "kind": "folder", "root": "../shared/datasets/pascal-part", "train_split": None,
              "val_split": None, "evaluate": True, "labels": None, "weight": 1.0, "weight_start": None, "skip_bad": None,
-             "synthetic": None},
+             "synthetic": None, "exclude": None},
             {"name": "lip", "kind": "lip", "root": "../shared/datasets/lip", "train_split": None, "val_split": None,
-             "evaluate": True, "labels": None, "weight": 1.0, "weight_start": None, "skip_bad": None, "synthetic": None}],
+             "evaluate": True, "labels": None, "weight": 1.0, "weight_start": None, "skip_bad": None, "synthetic": None,
+             "exclude": None}],
         "train.out_dir": "runs/pascal_part_lip",
     },
 }
