@@ -13,7 +13,7 @@ _SHIPPED = [p.name for p in sorted(Path(__file__).resolve().parent.joinpath("pre
 setup(
     packages=find_packages(include=["hiertree*"]) + ["hiertree.pretrained"] + [f"hiertree.pretrained.{n}" for n in _SHIPPED],
     package_dir={"hiertree.pretrained": "pretrained"},
-    package_data={"hiertree.tree.taxonomies": ["*.yaml"], "hiertree.config": ["presets/*.yaml"],
+    package_data={"hiertree.tree.taxonomies": ["*.yaml"], "hiertree.config": ["presets/*.yaml", "label_maps/*.yaml"],
                   "hiertree.app": ["page.html"],
                   "hiertree.pretrained": ["*.md"], **{f"hiertree.pretrained.{n}": ["*"] for n in _SHIPPED}},
 )

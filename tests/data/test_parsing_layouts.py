@@ -15,7 +15,7 @@ from hiertree.cli.stats import main as stats_main
 from hiertree.config import load_config
 from hiertree.data import DataError, build_datasets, drop_bad_samples, pad_collate
 from hiertree.data.layouts.atr import atr_is_val
-from hiertree.data.layouts.mhp import MHP_V2_LABELS, MHP_V2_VALUES
+from hiertree.data.layouts.pairs import builtin_label_map
 from hiertree.data.stats import dataset_stats
 from hiertree.losses import HierarchicalLoss
 from hiertree.models import HierSegModel
@@ -121,6 +121,7 @@ def test_atr_split_is_the_md5_cut_by_hand():
 
 
 def test_mhp_v2_map_covers_its_58_values():
+    _, MHP_V2_VALUES, MHP_V2_LABELS = builtin_label_map("mhp_v2")
     assert len(MHP_V2_VALUES) == 59 and set(MHP_V2_LABELS) == set(MHP_V2_VALUES)
     assert MHP_V2_LABELS[40] == "ignore" and MHP_V2_LABELS[35] == "body" and MHP_V2_LABELS[16] == "torso"
 

@@ -1,7 +1,7 @@
 """``data.kind: atr`` (the ATR human parsing dataset), read as it ships::
 
     root/JPEGImages/<id>.jpg
-    root/SegmentationClassAug/<id>.png     (18 values, :data:`ATR_VALUES`)
+    root/SegmentationClassAug/<id>.png     (18 values)
 
 ATR has no official train/val split. Splits here, in this order:
 
@@ -11,8 +11,8 @@ ATR has no official train/val split. Splits here, in this order:
   ``val`` when the first 8 hex digits of the MD5 of its name, as an integer, are divisible by 10 (about 10 %,
   the same ids on every machine and whatever files are added); ``all`` is every id.
 
-Values map onto the people tree by :data:`ATR_LABELS` (arms are ``upper_body``, legs ``lower_body``, a dress
-``body``, the bag ignored); ``data.labels`` replaces the map.
+Values map onto the people tree by ``hiertree/config/label_maps/atr.yaml`` (a value over several parts labels the
+node above them, the bag is ignored); ``data.labels`` replaces the map.
 """
 
 from __future__ import annotations
@@ -30,18 +30,8 @@ if TYPE_CHECKING:
     from hiertree.data.sources import Source
     from hiertree.tree.taxonomy import Taxonomy
 
-__all__ = ["ATR_VALUES", "ATR_LABELS", "atr_is_val", "open_atr"]
+__all__ = ["atr_is_val", "open_atr"]
 
-ATR_VALUES: dict[int, str] = {
-    0: "background", 1: "hat", 2: "hair", 3: "sunglasses", 4: "upper-clothes", 5: "skirt", 6: "pants", 7: "dress",
-    8: "belt", 9: "left-shoe", 10: "right-shoe", 11: "face", 12: "left-leg", 13: "right-leg", 14: "left-arm",
-    15: "right-arm", 16: "bag", 17: "scarf",
-}
-ATR_LABELS: dict[int, str] = {
-    0: "background", 1: "head", 2: "head", 3: "head", 4: "upper_body", 5: "lower_body", 6: "lower_body", 7: "body",
-    8: "torso", 9: "low_leg", 10: "low_leg", 11: "head", 12: "lower_body", 13: "lower_body", 14: "upper_body",
-    15: "upper_body", 16: "ignore", 17: "upper_body",
-}
 IMAGES, MASKS = "JPEGImages", "SegmentationClassAug"
 _CUT_SPLITS = ("train", "val", "all")
 
@@ -73,7 +63,7 @@ def _ids(root: Path, split: str) -> tuple[list[str], Path]:
 def open_atr(src: "Source", taxonomy: "Taxonomy") -> tuple[PairedSamples, PairedSamples | None]:
     """``data.kind: atr``: ``JPEGImages/`` and ``SegmentationClassAug/`` under ``data.root``, split as above."""
     root = need_root(src, "atr", f"{IMAGES}/ and {MASKS}/")
-    labels = layout_labels(src, taxonomy, "atr", ATR_LABELS)
+    labels = layout_labels(src, taxonomy, "atr")
     images, masks = need_dir(root / IMAGES, "atr"), need_dir(root / MASKS, "atr")
 
     def split(name: str) -> PairedSamples:

@@ -102,7 +102,44 @@ def _check_mask_array(mask: np.ndarray, path: Path) -> np.ndarray:
     return mask
 
 
-class MaskFolder:
+class SkipBadSamples:
+    """``__getitem__`` of a split that reads samples with ``load(index)``: with ``skip_bad`` a bad sample is recorded
+    once in ``skipped`` (and warned about) and the next good one is returned instead. The split sets ``root``,
+    ``split``, ``ids``, ``skip_bad``, ``skipped`` and ``_skipped_ids``."""
+
+    root: Path
+    split: str
+    ids: list[str]
+    skip_bad: bool
+    skipped: list[tuple[str, str]]
+    _skipped_ids: set[str]
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray, str]:
+        n = len(self.ids)
+        if not -n <= index < n:
+            raise IndexError(f"split {self.split!r} of {self.root} has {n} samples, asked for index {index}")
+        index %= n
+        if not self.skip_bad:
+            return self.load(index)
+        first_error = None
+        for step in range(n):
+            j = (index + step) % n
+            try:
+                return self.load(j)
+            except DataError as err:
+                first_error = first_error or err
+                self._record(self.ids[j], str(err))
+        raise DataError(f"split {self.split!r} of {self.root}: every sample is bad, e.g. {first_error}")
+
+    def _record(self, sid: str, reason: str) -> None:
+        if sid in self._skipped_ids:
+            return
+        self._skipped_ids.add(sid)
+        self.skipped.append((sid, reason))
+        warnings.warn(f"skipping bad sample {sid!r}: {reason}", RuntimeWarning, stacklevel=3)
+
+
+class MaskFolder(SkipBadSamples):
     """Samples ``(image RGB uint8 HxWx3, mask uint8 HxW, id)`` of one split of a mask folder."""
 
     def __init__(self, root: str | Path, split: str, taxonomy: "Taxonomy", skip_bad: bool = False,
@@ -216,30 +253,6 @@ class MaskFolder:
             return self.labels.apply(_check_mask_array(raw, mask_path), where=str(mask_path))
         except LabelMapError as err:
             raise DataError(str(err)) from None
-
-    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray, str]:
-        n = len(self.ids)
-        if not -n <= index < n:
-            raise IndexError(f"split {self.split!r} of {self.root} has {n} samples, asked for index {index}")
-        index %= n
-        if not self.skip_bad:
-            return self.load(index)
-        first_error = None
-        for step in range(n):
-            j = (index + step) % n
-            try:
-                return self.load(j)
-            except DataError as err:
-                first_error = first_error or err
-                self._record(self.ids[j], str(err))
-        raise DataError(f"split {self.split!r} of {self.root}: every sample is bad, e.g. {first_error}")
-
-    def _record(self, sid: str, reason: str) -> None:
-        if sid in self._skipped_ids:
-            return
-        self._skipped_ids.add(sid)
-        self.skipped.append((sid, reason))
-        warnings.warn(f"skipping bad sample {sid!r}: {reason}", RuntimeWarning, stacklevel=3)
 
 
 @LAYOUTS.register("folder")

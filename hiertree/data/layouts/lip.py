@@ -11,10 +11,9 @@ CIHP::
     root/Training/Images/<id>.jpg     root/Training/Category_ids/<id>.png     root/Training/train_id.txt
     root/Validation/Images/<id>.jpg   root/Validation/Category_ids/<id>.png   root/Validation/val_id.txt
 
-Both hold 20 values per pixel (:data:`LIP_VALUES`; CIHP's value 10 is torso-skin where LIP's is jumpsuits), mapped
-onto the people tree by :data:`LIP_LABELS` / :data:`CIHP_LABELS`: a value that covers several of the tree's parts
-becomes a label at the node above them (an arm is ``upper_body``: upper and lower arm; a dress is ``body``), left and
-right merge, hats, hair, face and sunglasses are ``head``. ``data.labels`` replaces the map.
+Both hold 20 values per pixel (CIHP's value 10 is torso-skin where LIP's is jumpsuits), mapped onto the people tree
+by the built-in maps ``hiertree/config/label_maps/{lip,cihp}.yaml``: a value that covers several of the tree's parts
+becomes a label at the node above them, left and right merge. ``data.labels`` replaces the map.
 """
 
 from __future__ import annotations
@@ -32,22 +31,7 @@ if TYPE_CHECKING:
     from hiertree.data.sources import Source
     from hiertree.tree.taxonomy import Taxonomy
 
-__all__ = ["LIP_VALUES", "LIP_LABELS", "CIHP_VALUES", "CIHP_LABELS", "open_lip", "open_cihp"]
-
-#: what each LIP mask value means, as the dataset documents it
-LIP_VALUES: dict[int, str] = {
-    0: "background", 1: "hat", 2: "hair", 3: "glove", 4: "sunglasses", 5: "upper-clothes", 6: "dress", 7: "coat",
-    8: "socks", 9: "pants", 10: "jumpsuits", 11: "scarf", 12: "skirt", 13: "face", 14: "left-arm", 15: "right-arm",
-    16: "left-leg", 17: "right-leg", 18: "left-shoe", 19: "right-shoe",
-}
-#: LIP value -> node of the people tree (pascal_part)
-LIP_LABELS: dict[int, str] = {
-    0: "background", 1: "head", 2: "head", 3: "low_hand", 4: "head", 5: "upper_body", 6: "body", 7: "upper_body",
-    8: "low_leg", 9: "lower_body", 10: "body", 11: "upper_body", 12: "lower_body", 13: "head", 14: "upper_body",
-    15: "upper_body", 16: "lower_body", 17: "lower_body", 18: "low_leg", 19: "low_leg",
-}
-CIHP_VALUES: dict[int, str] = {**LIP_VALUES, 10: "torso-skin"}
-CIHP_LABELS: dict[int, str] = {**LIP_LABELS, 10: "torso"}
+__all__ = ["open_lip", "open_cihp"]
 
 _CIHP_FOLDERS = {"train": "Training", "val": "Validation", "test": "Testing"}
 
@@ -61,11 +45,10 @@ def _split_files(root: "Path", split: str, images: str, masks: str, listing: str
     return read_id_list(list_path), need_dir(root / images, kind), need_dir(root / masks, kind), list_path
 
 
-def _open(src: "Source", taxonomy: "Taxonomy", kind: str, where: Callable[[str], tuple[str, str, str]],
-          builtin: dict[int, str]) -> tuple:
+def _open(src: "Source", taxonomy: "Taxonomy", kind: str, where: Callable[[str], tuple[str, str, str]]) -> tuple:
     """Train and val of a listed layout: ``where(split) -> (images dir, masks dir, list file)`` under the root."""
     root = need_root(src, kind, ", ".join(where("train")))
-    labels = layout_labels(src, taxonomy, kind, builtin)
+    labels = layout_labels(src, taxonomy, kind)
 
     def split(name: str) -> PairedSamples:
         ids, images, masks, listed = _split_files(root, name, *where(name), kind)
@@ -77,7 +60,7 @@ def _open(src: "Source", taxonomy: "Taxonomy", kind: str, where: Callable[[str],
 @LAYOUTS.register("lip")
 def open_lip(src: "Source", taxonomy: "Taxonomy") -> tuple[PairedSamples, PairedSamples | None]:
     """``data.kind: lip``: ``<split>_images/``, ``<split>_segmentations/`` and ``<split>_id.txt`` under ``data.root``."""
-    return _open(src, taxonomy, "lip", lambda s: (f"{s}_images", f"{s}_segmentations", f"{s}_id.txt"), LIP_LABELS)
+    return _open(src, taxonomy, "lip", lambda s: (f"{s}_images", f"{s}_segmentations", f"{s}_id.txt"))
 
 
 @LAYOUTS.register("cihp")
@@ -87,4 +70,4 @@ def open_cihp(src: "Source", taxonomy: "Taxonomy") -> tuple[PairedSamples, Paire
         top = _CIHP_FOLDERS.get(split, split)
         return f"{top}/Images", f"{top}/Category_ids", f"{top}/{split}_id.txt"
 
-    return _open(src, taxonomy, "cihp", where, CIHP_LABELS)
+    return _open(src, taxonomy, "cihp", where)

@@ -5,10 +5,10 @@
     root/<split>/parsing_annos/<id>_<NN>_<MM>.png  (one PNG per person: NN people in the image, this is person MM)
 
 The people of an image are merged into one mask, the largest value winning where two overlap (a labelled part
-over background always wins). PNGs saved with three equal channels are read as one. MHP v2 names 58 values
-(:data:`MHP_V2_VALUES`); :data:`MHP_V2_LABELS` maps the body parts and clothes onto the people tree (a value that
-covers several of its parts becomes the node above them: an arm is ``upper_body``, a dress ``body``) and
-ignores what people hold or carry (bags, balls, bottles, umbrellas, ...). ``data.labels`` replaces the map.
+over background always wins). PNGs saved with three equal channels are read as one. MHP v2 names 58 values;
+``hiertree/config/label_maps/mhp_v2.yaml`` maps the body parts and clothes onto the people tree (a value that covers
+several of its parts becomes the node above them) and ignores what people hold or carry. ``data.labels`` replaces
+the map.
 """
 
 from __future__ import annotations
@@ -27,35 +27,8 @@ if TYPE_CHECKING:
     from hiertree.data.sources import Source
     from hiertree.tree.taxonomy import Taxonomy
 
-__all__ = ["MHP_V2_VALUES", "MHP_V2_LABELS", "open_mhp_v2"]
+__all__ = ["open_mhp_v2"]
 
-MHP_V2_VALUES: dict[int, str] = dict(enumerate((
-    "background", "cap/hat", "helmet", "face", "hair", "left-arm", "right-arm", "left-hand", "right-hand", "protector",
-    "bikini/bra", "jacket/windbreaker/hoodie", "t-shirt", "polo-shirt", "sweater", "singlet", "torso-skin", "pants",
-    "shorts/swim-shorts", "skirt", "stockings", "socks", "left-boot", "right-boot", "left-shoe", "right-shoe",
-    "left-highheel", "right-highheel", "left-sandal", "right-sandal", "left-leg", "right-leg", "left-foot",
-    "right-foot", "coat", "dress", "robe", "jumpsuit", "other-full-body-clothes", "headwear", "backpack", "ball",
-    "bats", "belt", "bottle", "carrybag", "cases", "sunglasses", "eyewear", "glove", "scarf", "umbrella",
-    "wallet/purse", "watch", "wristband", "tie", "other-accessary", "other-upper-body-clothes",
-    "other-lower-body-clothes",
-)))
-_NODE_OF = {
-    "background": ("background",),
-    "head": ("cap/hat", "helmet", "face", "hair", "headwear", "sunglasses", "eyewear"),
-    "upper_body": ("left-arm", "right-arm", "jacket/windbreaker/hoodie", "t-shirt", "polo-shirt", "sweater", "coat",
-                   "scarf", "other-upper-body-clothes"),
-    "low_hand": ("left-hand", "right-hand", "glove", "watch", "wristband"),
-    "torso": ("bikini/bra", "singlet", "torso-skin", "belt", "tie"),
-    "lower_body": ("pants", "shorts/swim-shorts", "skirt", "stockings", "left-leg", "right-leg",
-                   "other-lower-body-clothes"),
-    "low_leg": ("socks", "left-boot", "right-boot", "left-shoe", "right-shoe", "left-highheel", "right-highheel",
-                "left-sandal", "right-sandal", "left-foot", "right-foot"),
-    "body": ("protector", "dress", "robe", "jumpsuit", "other-full-body-clothes"),
-    "ignore": ("backpack", "ball", "bats", "bottle", "carrybag", "cases", "umbrella", "wallet/purse",
-               "other-accessary"),
-}
-MHP_V2_LABELS: dict[int, str] = {v: next(n for n, names in _NODE_OF.items() if name in names)
-                                 for v, name in MHP_V2_VALUES.items()}
 _ANNO = re.compile(r"^(?P<id>.+)_(?P<n>\d+)_(?P<m>\d+)\.png$")
 
 
@@ -93,7 +66,7 @@ def _samples(root: Path, split: str, skip_bad: bool) -> list[Sample]:
 def open_mhp_v2(src: "Source", taxonomy: "Taxonomy") -> tuple[PairedSamples, PairedSamples | None]:
     """``data.kind: mhp_v2``: ``list/``, ``<split>/images/`` and ``<split>/parsing_annos/`` under ``data.root``."""
     root = need_root(src, "mhp_v2", "list/, train/ and val/")
-    labels = layout_labels(src, taxonomy, "mhp_v2", MHP_V2_LABELS)
+    labels = layout_labels(src, taxonomy, "mhp_v2")
 
     def split(name: str) -> PairedSamples:
         return PairedSamples(root, name, _samples(root, name, src.skip_bad), labels, src.skip_bad, color_masks=True)

@@ -4,21 +4,22 @@ ships it, and each layout's built-in label map onto the people tree.
 A layout module (``lip.py``, ``atr.py``, ...) finds its files and hands them to :class:`PairedSamples`; masks are
 read by Pillow (palette indices kept), a sample with several mask files (MHP: one per person) is merged by the
 largest value per pixel, and values go through the source's label map -- the layout's own map onto
-``pascal_part`` nodes unless ``data.labels`` gives one.
+the nodes of the taxonomy its YAML file names, unless ``data.labels`` gives one.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import struct
-import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from hiertree.data.errors import DataError
+from hiertree.data.layouts.folder import SkipBadSamples
 from hiertree.images import ImageError, read_image, suffix_variants
 from hiertree.tree.labels import LabelMap, LabelMapError
 
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     from hiertree.data.sources import Source
     from hiertree.tree.taxonomy import Taxonomy
 
-__all__ = ["PairedSamples", "Sample", "find_image", "layout_labels", "need_root", "need_dir", "pair_by_id",
+__all__ = ["PairedSamples", "Sample", "builtin_label_map", "find_image", "layout_labels", "need_root", "need_dir", "pair_by_id",
            "read_label_png"]
 
 log = logging.getLogger(__name__)
@@ -81,14 +82,34 @@ def pair_by_id(ids: Sequence[str], image_dir: Path, mask_dir: Path, listed_in: P
     return samples
 
 
-def layout_labels(src: "Source", taxonomy: "Taxonomy", kind: str, builtin: Mapping[int, str]) -> LabelMap:
-    """The source's ``data.labels`` when given, else layout ``kind``'s built-in map onto the people tree."""
+#: the built-in value -> node maps of the layouts, one YAML file per ``data.kind`` (data, not code: the node names
+#: belong to the taxonomy the file names)
+LABEL_MAPS = Path(__file__).resolve().parents[2] / "config" / "label_maps"
+
+
+@functools.cache
+def builtin_label_map(kind: str) -> tuple[str, dict[int, str], dict[int, str]]:
+    """Layout ``kind``'s built-in map: ``(taxonomy it names, value -> its meaning, value -> node or 'ignore')``."""
+    import yaml
+
+    path = LABEL_MAPS / f"{kind}.yaml"
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise DataError(f"{path}: built-in label map of layout {kind!r} not readable ({err}); set data.labels") from None
+    values = spec["values"]
+    return spec["taxonomy"], {v: e["name"] for v, e in values.items()}, {v: e["node"] for v, e in values.items()}
+
+
+def layout_labels(src: "Source", taxonomy: "Taxonomy", kind: str) -> LabelMap:
+    """The source's ``data.labels`` when given, else layout ``kind``'s built-in map (:func:`builtin_label_map`)."""
     if not src.labels.is_identity:
         return src.labels
+    tree, _, builtin = builtin_label_map(kind)
     try:
         return LabelMap(taxonomy, builtin, where=f"layout {kind}'s built-in label map")
     except LabelMapError as err:
-        raise DataError(f"{err}; the built-in map names nodes of taxonomy 'pascal_part': for another tree set "
+        raise DataError(f"{err}; the built-in map names nodes of taxonomy {tree!r}: for another tree set "
                         f"data.labels (one node name per {kind} value, docs/datasets.md lists them)") from None
 
 
@@ -124,7 +145,7 @@ def _png_size(path: Path) -> tuple[int, int] | None:
     return int(height), int(width)
 
 
-class PairedSamples:
+class PairedSamples(SkipBadSamples):
     """One split of a listed dataset: ``(image RGB uint8 HxWx3, node-id mask, id)`` per sample.
 
     ``samples``: ``(id, image path, mask paths)``; ``color_masks``: 3-channel label PNGs are read as one channel.
@@ -141,6 +162,7 @@ class PairedSamples:
         self.ids = [s[0] for s in self.samples]
         self.skip_bad, self.color_masks = skip_bad, color_masks
         self.skipped: list[tuple[str, str]] = []
+        self._skipped_ids: set[str] = set()
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -180,22 +202,3 @@ class PairedSamples:
             raise DataError(f"{paths[0]}: mask is {mask.shape[0]}x{mask.shape[1]} (HxW) but image {image_path.name} "
                             f"is {image.shape[0]}x{image.shape[1]}; they must match pixel for pixel")
         return image, mask, sid
-
-    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray, str]:
-        n = len(self.samples)
-        if not -n <= index < n:
-            raise IndexError(f"split {self.split!r} of {self.root} has {n} samples, asked for index {index}")
-        index %= n
-        if not self.skip_bad:
-            return self.load(index)
-        first_error = None
-        for step in range(n):
-            j = (index + step) % n
-            try:
-                return self.load(j)
-            except DataError as err:
-                first_error = first_error or err
-                if all(sid != self.ids[j] for sid, _ in self.skipped):
-                    self.skipped.append((self.ids[j], str(err)))
-                    warnings.warn(f"skipping bad sample {self.ids[j]!r}: {err}", RuntimeWarning, stacklevel=2)
-        raise DataError(f"split {self.split!r} of {self.root}: every sample is bad, e.g. {first_error}")

@@ -6,9 +6,9 @@ read as it is usually kept::
     root/pascal_person_part_trainval_list/<split>_id.txt   (or <split>.txt, list/<split>_id.txt, <split>_id.txt)
 
 A list line is an id (``2008_000003``) or, as the original archive writes it, an image and a mask path
-(``/JPEGImages/2008_000003.jpg /SegmentationPart/2008_000003.png``): the image's file stem is the id. Values
-0 background, 1 head, 2 torso, 3 upper arms, 4 lower arms, 5 upper legs, 6 lower legs are exactly the leaves of
-``pascal_part`` (:data:`PPP_LABELS`); 255 stays ignored.
+(``/JPEGImages/2008_000003.jpg /SegmentationPart/2008_000003.png``): the image's file stem is the id. Its 7 values
+are exactly the leaves of the people tree (``hiertree/config/label_maps/pascal_person_part.yaml``); 255 stays
+ignored.
 """
 
 from __future__ import annotations
@@ -25,12 +25,8 @@ if TYPE_CHECKING:
     from hiertree.data.sources import Source
     from hiertree.tree.taxonomy import Taxonomy
 
-__all__ = ["PPP_VALUES", "PPP_LABELS", "open_pascal_person_part"]
+__all__ = ["open_pascal_person_part"]
 
-PPP_VALUES: dict[int, str] = {0: "background", 1: "head", 2: "torso", 3: "upper arms", 4: "lower arms",
-                              5: "upper legs", 6: "lower legs"}
-PPP_LABELS: dict[int, str] = {0: "background", 1: "head", 2: "torso", 3: "up_hand", 4: "low_hand", 5: "up_leg",
-                              6: "low_leg"}
 IMAGES = "JPEGImages"
 MASK_DIRS = ("SegmentationPart", "pascal_person_part_gt")
 _LISTS = ("pascal_person_part_trainval_list/{}_id.txt", "pascal_person_part_trainval_list/{}.txt", "list/{}_id.txt",
@@ -58,7 +54,7 @@ def _ids(path: Path) -> list[str]:
 def open_pascal_person_part(src: "Source", taxonomy: "Taxonomy") -> tuple[PairedSamples, PairedSamples | None]:
     """``data.kind: pascal_person_part``: ``JPEGImages/``, ``SegmentationPart/`` and split lists under ``data.root``."""
     root = need_root(src, "pascal_person_part", f"{IMAGES}/, {MASK_DIRS[0]}/ and pascal_person_part_trainval_list/")
-    labels = layout_labels(src, taxonomy, "pascal_person_part", PPP_LABELS)
+    labels = layout_labels(src, taxonomy, "pascal_person_part")
     images = need_dir(root / IMAGES, "pascal_person_part")
     masks = next((root / d for d in MASK_DIRS if (root / d).is_dir()), None)
     if masks is None:
