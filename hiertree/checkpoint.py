@@ -25,13 +25,14 @@ import os
 import logging
 import shutil
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-import torch
 import yaml
-from safetensors.torch import load_file, save_file
 
 from hiertree.tree.taxonomy import Taxonomy
+
+if TYPE_CHECKING:  # PyTorch loads where weights are read or written: a checkpoint's config, taxonomy and
+    import torch  # calibration (all hiertree-predict needs beside a cached ONNX graph) are read without it
 
 __all__ = [
     "save_checkpoint", "file_sha256", "calibrated_threshold", "load_checkpoint", "read_checkpoint", "CheckpointError", "unwrap", "state_digest", "model_card",
@@ -47,6 +48,8 @@ class CheckpointError(RuntimeError):
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The plain module under DDP / torch.compile wrappers."""
+    import torch
+
     while True:
         if hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
             model = model.module
@@ -58,6 +61,8 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 def state_digest(state: Mapping[str, torch.Tensor]) -> str:
     """sha256 over a state dict's names, dtypes, shapes and bytes: equal digests mean identical weights."""
+    import torch
+
     h = hashlib.sha256()
     for name in sorted(state):
         t = state[name].detach().cpu().contiguous()
@@ -136,6 +141,9 @@ def save_checkpoint(
     Returns the folder written: ``run_dir/<tag>``, or ``<tag>-r<k>`` if ``<tag>`` already exists
     (a live checkpoint is never overwritten in place).
     """
+    import torch
+    from safetensors.torch import save_file
+
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     _adopt_real_dirs(run_dir, {"last", "best", *links})
@@ -249,7 +257,7 @@ def read_checkpoint(path: str | Path, prefer: str = "best", weights: bool = Fals
         else:
             cfg = yaml.safe_load((ckpt / "config.yaml").read_text())
             taxonomy = Taxonomy.from_yaml(ckpt / "taxonomy.yaml")
-        state = load_file(str(ckpt / "model.safetensors")) if weights else None
+        state = _load_weights(ckpt / "model.safetensors") if weights else None
         metrics = json.loads((ckpt / "metrics.json").read_text()) if (ckpt / "metrics.json").is_file() else None
     except Exception as err:
         raise CheckpointError(f"{ckpt}: cannot read checkpoint ({type(err).__name__}: {err})") from None
@@ -262,6 +270,13 @@ def read_checkpoint(path: str | Path, prefer: str = "best", weights: bool = Fals
     if weights:
         out["state_dict"] = state
     return out
+
+
+def _load_weights(path: Path) -> "dict[str, torch.Tensor]":
+    """The tensors of a ``model.safetensors`` (PyTorch is imported here, not for reading a config)."""
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
 
 
 def _read_config_json(path: Path) -> tuple[dict, Taxonomy]:

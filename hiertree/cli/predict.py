@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-import torch
 
 from hiertree.cli.common import fail, warn
-from hiertree.device import DeviceError, resolve_device
+from hiertree.device import DeviceError, device_name
 from hiertree.images import ImageError, find_images, read_image
 from hiertree.inference.backends import BACKENDS, BackendError, backend_choice
 from hiertree.inference.decoding import parse_backoff
@@ -73,7 +72,7 @@ def _calibration_images(paths: Sequence[Path], count: int = 8) -> Callable[[], l
     return read
 
 
-def _open(args: argparse.Namespace, device: torch.device, paths: Sequence[Path] = ()) -> Predictor:
+def _open(args: argparse.Namespace, device: str, paths: Sequence[Path] = ()) -> Predictor:
     """The predictor for ``--checkpoint``, ``--backend``, ``--quantize``, ``--max-side``/``--large`` and
     ``--backoff`` (auto: the threshold calibrated for single-scale predictions)."""
     views = Views(max_side=args.max_side or None, large=args.large)
@@ -94,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
 
     outputs = tuple(dict.fromkeys(args.outputs + (("probs",) if args.probabilities else ())))
     try:
-        device = resolve_device(args.device, flag="--device")
+        device = device_name(args.device, flag="--device")  # no PyTorch loaded for a CPU-only machine's answer
         if args.batch_size is not None and args.batch_size < 1:
             raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
         if args.max_side < 0 or 0 < args.max_side < 8:

@@ -24,16 +24,19 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
-import torch
-from torch import nn
 
 from hiertree import version
 from hiertree.checkpoint import file_sha256
-from hiertree.inference.onnx_graph import OPSET, export_onnx, stamp_metadata
+from hiertree.device import device_type
+from hiertree.inference.onnx_format import OPSET
 from hiertree.inference.runners import OnnxRunner, TorchRunner, missing_onnx_packages, onnx_missing
+
+if TYPE_CHECKING:  # PyTorch loads only to run the network in it or to export the graph on a cache miss
+    import torch
+    from torch import nn
 
 __all__ = ["BACKENDS", "QUANTIZE", "BackendError", "backend_choice", "choose_backend", "onnx_cache_meta", "onnx_cache_path", "cached_onnx_runner",
            "make_runner", "user_cache_dir"]
@@ -57,7 +60,7 @@ class BackendError(RuntimeError):
     """A backend that cannot be had (unknown name, ONNX Runtime missing, ONNX on a GPU)."""
 
 
-def backend_choice(backend: str, device: torch.device) -> tuple[str, str]:
+def backend_choice(backend: str, device: str | torch.device) -> tuple[str, str]:
     """``(torch or onnx, why)`` for ``backend`` (``auto``/``torch``/``onnx``) on ``device``; BackendError where
     ``onnx`` cannot run (a package missing, not a CPU) or the name is unknown."""
     if backend not in BACKENDS:
@@ -66,23 +69,23 @@ def backend_choice(backend: str, device: torch.device) -> tuple[str, str]:
     if backend == "onnx":
         if missing:
             raise BackendError(onnx_missing(missing))
-        if device.type != "cpu":
+        if device_type(device) != "cpu":
             raise BackendError(f"the onnx backend runs on the CPU; use --device cpu or --backend torch (got {device})")
         return "onnx", "ONNX Runtime on the CPU (backend onnx)"
     if backend == "torch":
         return "torch", f"PyTorch on {device} (backend torch)"
-    if device.type != "cpu":
+    if device_type(device) != "cpu":
         return "torch", f"PyTorch on {device} (backend auto: ONNX Runtime is used on a CPU only)"
     if missing:
         return "torch", f"PyTorch, not the faster ONNX Runtime (backend auto): {onnx_missing(missing)}"
     return "onnx", "ONNX Runtime on the CPU (backend auto: faster than PyTorch there)"
 
 
-def choose_backend(backend: str, device: torch.device) -> str:
+def choose_backend(backend: str, device: str | torch.device) -> str:
     """``torch`` or ``onnx`` (:func:`backend_choice`); the log says which and why once per process, as a warning
     where ``auto`` falls back to PyTorch for a missing package."""
     chosen, why = backend_choice(backend, device)
-    fallback = backend == "auto" and device.type == "cpu" and chosen == "torch"
+    fallback = backend == "auto" and device_type(device) == "cpu" and chosen == "torch"
     _say(logging.WARNING if fallback else logging.INFO, f"network runs in {why}")
     return chosen
 
@@ -97,15 +100,17 @@ def onnx_cache_meta(ck_dir: str | Path) -> dict[str, str]:
     """Everything the cached graph of checkpoint ``ck_dir`` depends on; ``key`` hashes the rest."""
     from importlib.metadata import PackageNotFoundError, version as dist_version
 
-    try:
-        onnx_version = dist_version("onnx")
-    except PackageNotFoundError:
-        onnx_version = "absent"
+    def installed(package: str) -> str:  # read from the package's metadata: importing torch to ask costs a second
+        try:
+            return dist_version(package)
+        except PackageNotFoundError:
+            return "absent"
+
     digests = {f"{Path(name).stem}_sha256": file_sha256(Path(ck_dir) / name) for name in GRAPH_INPUTS
                if (Path(ck_dir) / name).is_file()}
     digests["weights_sha256"] = digests.pop("model_sha256")
-    return _keyed({"hiertree_version": version.__version__, "torch_version": torch.__version__,
-                   "onnx_version": onnx_version, "opset": str(OPSET), "layout": INPUT_LAYOUT, **digests})
+    return _keyed({"hiertree_version": version.__version__, "torch_version": installed("torch"),
+                   "onnx_version": installed("onnx"), "opset": str(OPSET), "layout": INPUT_LAYOUT, **digests})
 
 
 def _keyed(meta: dict[str, str]) -> dict[str, str]:
@@ -178,6 +183,10 @@ def _export(build_model: Callable[[], nn.Module], path: Path, meta: dict[str, st
     log.info("exporting the ONNX graph once for this checkpoint: %s", path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".export-", suffix=".onnx")
     os.close(fd)
+    import torch
+
+    from hiertree.inference.onnx_graph import export_onnx
+
     try:
         model = copy.deepcopy(build_model()).cpu().float().to(memory_format=torch.contiguous_format)
         export_onnx(model, tmp, opset=OPSET, output="predict", metadata=meta)
@@ -190,6 +199,8 @@ def _export(build_model: Callable[[], nn.Module], path: Path, meta: dict[str, st
 def _quantize(src: Path, path: Path, meta: dict[str, str], calibration: Callable[[], Sequence[np.ndarray]]) -> None:
     """ONNX Runtime static int8 quantization of the graph ``src`` (QDQ, per-channel int8 weights, uint8
     activations), its activation ranges calibrated on ``calibration()`` (RGB uint8 images)."""
+    from hiertree.inference.onnx_graph import stamp_metadata
+
     try:
         from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
         from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -273,7 +284,7 @@ def cached_onnx_runner(ck_dir: str | Path, taxonomy: Any, flat: bool, build_mode
     return quantized
 
 
-def make_runner(backend: str, device: torch.device, ck_dir: str | Path | None, taxonomy: Any, flat: bool,
+def make_runner(backend: str, device: str | torch.device, ck_dir: str | Path | None, taxonomy: Any, flat: bool,
                 build_model: Callable[[], nn.Module], quantize: str | None = None,
                 calibration: Callable[[], Sequence[np.ndarray]] | None = None) -> TorchRunner | OnnxRunner:
     """The one runner choice of every predict path (``HierSegModel.predict``, ``hiertree-predict``): the runner

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from hiertree.tree.taxonomy import Taxonomy
+
+if TYPE_CHECKING:  # imported where a function computes: the threshold helpers serve commands that need no PyTorch
+    import torch
 
 __all__ = ["channel_argmax", "path_logit_sums", "resolve_backoff", "leaf_path_scores", "tree_consistent_levels", "decode", "node_log_probs",
            "backoff_nodes", "backoff_chain", "backoff_stop", "check_threshold", "parse_backoff"]
@@ -18,6 +19,8 @@ def channel_argmax(x: torch.Tensor) -> torch.Tensor:
     torch's argmax along the channel dim of an NCHW map strides through memory and is several times slower than
     C vectorised compares (22 ms vs 5 ms for 7 x 500 x 375 on 2 cores). Channels-last maps (channels adjacent in
     memory), GPUs and traced graphs (ONNX export) keep the argmax."""
+    import torch
+
     tracing = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
     if x.device.type != "cpu" or x.dim() < 3 or not 1 < x.shape[1] <= 64 or x.stride(1) == 1 or tracing:
         return x.argmax(1)
@@ -80,6 +83,8 @@ def decode(logits: list[torch.Tensor], taxonomy: Taxonomy, flat: bool = False, p
 
 
 def _node_log_probs(leaf_scores: torch.Tensor, taxonomy: Taxonomy) -> torch.Tensor:
+    import torch
+
     leaf = torch.log_softmax(leaf_scores, dim=1)
     inner = [leaf.index_select(1, under).logsumexp(1) for under in taxonomy.inner_leaf_sets(device=leaf.device)]
     return torch.cat([leaf, torch.stack(inner, 1)], 1) if inner else leaf
@@ -139,6 +144,8 @@ def backoff_chain(logits: list[torch.Tensor], taxonomy: Taxonomy, flat: bool) ->
     nodes_lp = _node_log_probs(scores, taxonomy)
     leaf = channel_argmax(scores)
     chain = taxonomy.leaf_chains(device=leaf.device)[:, leaf]  # [depth, B, H, W]
+    import torch
+
     probs = torch.stack([nodes_lp.gather(1, c.unsqueeze(1)).squeeze(1) for c in chain]).exp()
     return chain, probs
 

@@ -21,11 +21,10 @@ from torch import nn
 
 from hiertree.inference.decoding import backoff_nodes, check_threshold, node_log_probs, path_logit_sums, tree_consistent_levels
 from hiertree.images import pad_amount
+from hiertree.inference.onnx_format import OPSET
 
 __all__ = ["ExportWrapper", "export_onnx", "stamp_metadata", "OUTPUTS", "OPSET"]
 
-#: The ONNX opset hiertree writes (hiertree-export's default, the predict cache's graphs, its cache key).
-OPSET = 17
 
 
 #: What an exported graph returns: per-level logits, tree-consistent labels, the leaf probabilities tree-consistent

@@ -20,26 +20,25 @@ original size; logits are upsampled a strip of rows at a time, so a large photo 
 from __future__ import annotations
 
 import logging
+import sys
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from hiertree.checkpoint import calibrated_threshold, read_checkpoint
 from hiertree.config.options import EvalOptions, check_args
-from hiertree.device import resolve_device
+from hiertree.device import device_name, device_type
 from hiertree.images import ImageError, read_image, to_rgb
 from hiertree.inference.backends import make_runner
 from hiertree.inference.decoding import decode, resolve_backoff
 from hiertree.inference.runners import TorchRunner
-from hiertree.inference.sliding import sliding_window_logits
 from hiertree.inference.writers import DEFAULT_OUTPUTS, BackgroundWriter, unique_stems, write_node_legend
 
-if TYPE_CHECKING:  # the model code (timm) loads only when the network runs in PyTorch: an ONNX cache hit needs none
+if TYPE_CHECKING:  # the model code (timm), and PyTorch itself, load only when the network runs in PyTorch or a
+    import torch  # result needs tensors: labels from a cached ONNX graph (hiertree-predict's default) need neither
     from hiertree.models.hierseg import HierSegModel
 
 __all__ = ["Views", "Predictor", "log_probs", "predict_batch", "predict_images", "predict_with_model", "as_runner",
@@ -86,9 +85,16 @@ class Views:
         return not self.hflip and self.scales == (1.0,)
 
 
+def _is_torch(obj: Any, kind: str) -> bool:
+    """Whether ``obj`` is a ``torch.nn.Module`` (``kind="module"``) or a ``torch.Tensor``; never imports PyTorch (an
+    object cannot be either unless PyTorch is loaded already)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(obj, torch.nn.Module if kind == "module" else torch.Tensor)
+
+
 def as_runner(model: Any, device: str | torch.device = "cpu") -> Any:
     """A runner as it is, a model wrapped as a :class:`~hiertree.inference.runners.TorchRunner`."""
-    if isinstance(model, torch.nn.Module):
+    if _is_torch(model, "module"):
         return TorchRunner(model, device)
     if not (callable(model) and hasattr(model, "taxonomy")):
         raise TypeError(f"expected a HierSegModel or a runner, got {type(model).__name__}")
@@ -98,6 +104,8 @@ def as_runner(model: Any, device: str | torch.device = "cpu") -> Any:
 def _logits(runner: Any, x: torch.Tensor, views: Views) -> list[torch.Tensor]:
     """One view's logits at ``x``'s size: in one pass, or tile by tile above ``max_side`` (``large="tile"``)."""
     if views.max_side is not None and views.large == "tile" and max(x.shape[-2:]) > views.max_side:
+        from hiertree.inference.sliding import sliding_window_logits
+
         return sliding_window_logits(runner, x, views.window, views.overlap)
     return runner(x)
 
@@ -105,6 +113,8 @@ def _logits(runner: Any, x: torch.Tensor, views: Views) -> list[torch.Tensor]:
 def log_probs(runner: Any, images: torch.Tensor, views: Views = Views()) -> list[torch.Tensor]:
     """Per-level log of the probabilities averaged over ``views`` (flips, scales), at the input size; with a single
     view, the logits themselves (decoding and scoring read them alike)."""
+    import torch.nn.functional as F
+
     h, w = images.shape[-2:]
     if views.single:
         return [z.float() for z in _logits(runner, images.float(), views)]
@@ -155,6 +165,9 @@ def _rows_upsampled(z: torch.Tensor, out_h: int, out_w: int, y0: int, y1: int) -
     Interpolates rows by hand (same source coordinates as PyTorch) and columns with 1-D linear
     interpolation, so only the strip is ever materialised.
     """
+    import torch
+    import torch.nn.functional as F
+
     c, h, w = z.shape
     if h == out_h:
         rows = z[:, y0:y1]
@@ -200,11 +213,11 @@ def _decode_image(logits: list[torch.Tensor], size: tuple[int, int], taxonomy: A
     return result
 
 
-def _from_leaf(leaf: torch.Tensor, taxonomy: Any) -> dict[str, Any]:
-    """The result of one image from its tree-consistent leaf map: every level through the taxonomy's LUTs."""
-    levels = [lab.numpy().astype(_label_dtype(taxonomy.num_classes(l)))
-              for l, lab in enumerate(taxonomy.levels_from_leaves(leaf.long()))]
-    return {"levels": levels, "leaf": leaf.numpy().astype(_label_dtype(taxonomy.num_leaves)), "size": tuple(leaf.shape)}
+def _from_leaf(leaf: np.ndarray, taxonomy: Any) -> dict[str, Any]:
+    """The result of one image from its tree-consistent leaf map (numpy): every level through the taxonomy's LUTs."""
+    levels = [lab.astype(_label_dtype(taxonomy.num_classes(l)))
+              for l, lab in enumerate(taxonomy.levels_from_leaves(leaf.astype(np.int64, copy=False)))]
+    return {"levels": levels, "leaf": leaf.astype(_label_dtype(taxonomy.num_leaves)), "size": tuple(leaf.shape)}
 
 
 def _groups(net_sizes: Sequence[tuple[int, int]], batch_size: int) -> list[list[int]]:
@@ -215,7 +228,6 @@ def _groups(net_sizes: Sequence[tuple[int, int]], batch_size: int) -> list[list[
     return [idx[k : k + batch_size] for idx in by_size.values() for k in range(0, len(idx), batch_size)]
 
 
-@torch.no_grad()
 def predict_images(
     model: Any,
     images: Sequence[np.ndarray],
@@ -243,24 +255,34 @@ def predict_images(
     views = views or Views(max_side=max_side, large="shrink")
     rgb = [to_rgb(im, where=f"images[{i}]") for i, im in enumerate(images)]
     runner = as_runner(model, device)
-    taxonomy, flat = runner.taxonomy, bool(runner.flat)
+    taxonomy = runner.taxonomy
     shrink = views.max_side if views.large == "shrink" else None
     net_sizes = [_net_size(a.shape[0], a.shape[1], shrink) for a in rgb]
     results: list[dict[str, Any] | None] = [None] * len(rgb)
     for idx in _groups(net_sizes, batch_size):
         h, w = net_sizes[idx[0]]
-        arrays = [rgb[i] if rgb[i].shape[:2] == (h, w) else _shrunk(rgb[i], h, w) for i in idx]
-        batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float()
+        batch = np.stack([rgb[i] if rgb[i].shape[:2] == (h, w) else _shrunk(rgb[i], h, w) for i in idx])
         if getattr(runner, "has_leaf", False) and not probabilities and backoff is None and views.single and \
                 _one_pass(views, h, w) and all(rgb[i].shape[:2] == (h, w) for i in idx):
-            for k, leaf in zip(idx, runner.leaf(batch)):  # labels only, at the network's size: decoded in the graph
-                results[k] = _from_leaf(leaf, taxonomy)
+            nchw = np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=np.float32)
+            for k, leaf in zip(idx, runner.leaf(nchw)):  # labels only, at the network's size: decoded in the graph,
+                results[k] = _from_leaf(leaf, taxonomy)  # numpy in and out (no PyTorch loaded for this)
             continue
-        logits = log_probs(runner, batch, views)
+        _decode_group(runner, batch, idx, rgb, views, probabilities, backoff, results)
+    return results  # type: ignore[return-value]
+
+
+def _decode_group(runner: Any, batch: np.ndarray, idx: list[int], rgb: Sequence[np.ndarray], views: Views,
+                  probabilities: bool, backoff: float | None, results: list) -> None:
+    """Logits of one same-size group (NHWC uint8 ``batch``) through PyTorch's decoding, into ``results[idx]``."""
+    import torch
+
+    with torch.no_grad():
+        logits = log_probs(runner, torch.from_numpy(batch).permute(0, 3, 1, 2).float(), views)
         for k, i in enumerate(idx):
             per_image = [z[k] for z in logits]
-            results[i] = _decode_image(per_image, rgb[i].shape[:2], taxonomy, flat, probabilities, backoff)
-    return results  # type: ignore[return-value]
+            results[i] = _decode_image(per_image, rgb[i].shape[:2], runner.taxonomy, bool(runner.flat), probabilities,
+                                       backoff)
 
 
 def _one_pass(views: Views, h: int, w: int) -> bool:
@@ -310,20 +332,20 @@ class Predictor:
                  views: Views | None = None, backoff: float | str | None = None, quantize: str | None = None,
                  batch_size: int | None = None, calibration: Callable[[], Sequence[np.ndarray]] | None = None) -> None:
         self.views = views or Views(large="shrink")
-        if isinstance(model, torch.nn.Module):
-            self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        if _is_torch(model, "module"):
+            self.device = str(device) if device is not None else str(next(model.parameters()).device)
             self.checkpoint, self.taxonomy = model.unchanged_checkpoint, model.taxonomy
             self.runner = _model_runner(model, backend, self.device, quantize, calibration)
         else:
             info = read_checkpoint(model)
-            self.device = resolve_device(str(device or "auto"), flag="device")
+            self.device = device_name(str(device or "auto"), flag="device")
             self.checkpoint, self.taxonomy = Path(info["dir"]), info["taxonomy"]
             model_cfg = info["config"].get("model") if isinstance(info["config"].get("model"), dict) else {}
             self.runner = make_runner(backend, self.device, self.checkpoint, self.taxonomy,
                                       bool(model_cfg.get("flat", False)), self._builder(), quantize=quantize,
                                       calibration=calibration)
         self.threshold = backoff_threshold(backoff, self.checkpoint, self.taxonomy, self.views)
-        self.batch_size = batch_size or (1 if self.device.type == "cpu" else 4)
+        self.batch_size = batch_size or (1 if device_type(self.device) == "cpu" else 4)
 
     def _builder(self) -> Callable[[], "HierSegModel"]:
         checkpoint, device = self.checkpoint, self.device
@@ -335,12 +357,14 @@ class Predictor:
 
         return build
 
-    @torch.no_grad()
     def __call__(self, images: "np.ndarray | Sequence[np.ndarray] | torch.Tensor", probabilities: bool = False) -> Any:
         """Maps for a numpy image (one dict), a list of them (one dict each, numpy maps at each image's size) or a
         tensor batch (NCHW, 0..255: one dict of tensors). See :func:`predict_images` for the keys."""
-        if isinstance(images, torch.Tensor):
-            return predict_batch(self.runner, images, self.views, probabilities, self.threshold)
+        if _is_torch(images, "tensor"):
+            import torch
+
+            with torch.no_grad():
+                return predict_batch(self.runner, images, self.views, probabilities, self.threshold)
         single = isinstance(images, np.ndarray)
         batch = [images] if single else list(images)
         out = predict_images(self.runner, batch, self.device, self.batch_size, probabilities, backoff=self.threshold,
@@ -398,7 +422,7 @@ def predict_with_model(model: "HierSegModel", images: Any, probabilities: bool =
                        large: str = "shrink", hflip: bool = False, scales: tuple[float, ...] = (1.0,)) -> Any:
     """What :meth:`HierSegModel.predict` runs (its door, wired by the package root): a :class:`Predictor` for these
     arguments; int8 calibrates on the first 8 of these images when its graph is not cached yet."""
-    if isinstance(images, torch.Tensor):
+    if _is_torch(images, "tensor"):
         first = lambda: [im.permute(1, 2, 0).clamp(0, 255).byte().cpu().numpy() for im in images[:8]]  # noqa: E731
     else:
         first = lambda: ([images] if isinstance(images, np.ndarray) else list(images))[:8]  # noqa: E731

@@ -12,12 +12,14 @@ from __future__ import annotations
 import copy
 import importlib.util
 import os
+import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+import numpy as np
 
-from hiertree.inference.folding import fold_batchnorm
+if TYPE_CHECKING:  # PyTorch loads when a TorchRunner is made or an OnnxRunner is fed a tensor: predicting labels
+    import torch  # from a cached graph (hiertree-predict's default on a CPU) runs without it
 
 __all__ = ["TorchRunner", "OnnxRunner", "ONNX_PACKAGES", "missing_onnx_packages", "onnx_missing"]
 
@@ -51,6 +53,8 @@ class TorchRunner:
 
     def __init__(self, model: torch.nn.Module, device: str | torch.device = "cpu", fold: bool | None = None,
                  channels_last: bool | None = None) -> None:
+        import torch
+
         self.device = torch.device(device)
         cpu = self.device.type == "cpu"
         self.taxonomy = model.taxonomy
@@ -60,6 +64,8 @@ class TorchRunner:
         self.model = _folded_copy(model, self.device) if (cpu if fold is None else fold) else model
 
     def __call__(self, images: torch.Tensor) -> list[torch.Tensor]:
+        import torch
+
         was_training = self.model.training
         self.model.eval()
         try:
@@ -71,16 +77,25 @@ class TorchRunner:
 
 def _folded_copy(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """An eval-mode, channels_last copy of ``model`` on ``device`` with its batch norms folded."""
+    import torch
+
+    from hiertree.inference.folding import fold_batchnorm
+
     copy_ = copy.deepcopy(model).eval().to(device).to(memory_format=torch.channels_last)
     fold_batchnorm(copy_, torch.full((1, 3, 64, 64), 128.0, device=device))
     return copy_
 
 
+def _usable_cores() -> int:
+    """The cores this process may run on (its affinity mask where the OS has one), as PyTorch counts them."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 class OnnxRunner:
     """An exported hiertree graph (outputs ``logits_L0..``) run by ONNX Runtime on the CPU.
 
-    ``threads`` sets ONNX Runtime's intra-op threads (default: torch's thread count, i.e. the cores PyTorch
-    would use). ``metadata`` is the file's ``metadata_props``, for callers that check where a file came from.
+    ``threads`` sets ONNX Runtime's intra-op threads (default: torch's thread count where PyTorch is loaded, else the
+    cores this process may use). ``metadata`` is the file's ``metadata_props``, for callers that check where a file came from.
     """
 
     name = "onnx"
@@ -91,7 +106,8 @@ class OnnxRunner:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads() or os.cpu_count() or 1
+        torch = sys.modules.get("torch")  # loaded by the caller or not at all: this runner needs none of it
+        options.intra_op_num_threads = threads or (torch.get_num_threads() if torch is not None else _usable_cores())
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # worker threads sleep between ops instead of spinning, leaving the cores to decoding and the file writers
@@ -111,12 +127,17 @@ class OnnxRunner:
         self.has_leaf = self.outputs[-1] == "leaf"
 
     @staticmethod
-    def _feed(images: torch.Tensor) -> dict:
-        return {"images": images.detach().to("cpu", torch.float32).contiguous().numpy()}
+    def _feed(images: "torch.Tensor | np.ndarray") -> dict:
+        if isinstance(images, np.ndarray):
+            return {"images": np.ascontiguousarray(images, dtype=np.float32)}
+        return {"images": images.detach().to("cpu").float().contiguous().numpy()}
 
-    def __call__(self, images: torch.Tensor) -> list[torch.Tensor]:
+    def __call__(self, images: "torch.Tensor | np.ndarray") -> list[torch.Tensor]:
+        import torch
+
         return [torch.from_numpy(z) for z in self.session.run(self.logit_names, self._feed(images))]
 
-    def leaf(self, images: torch.Tensor) -> torch.Tensor:
-        """The tree-consistent leaf map [N, H, W] decoded in the graph (only the ops that lead to it run)."""
-        return torch.from_numpy(self.session.run(["leaf"], self._feed(images))[0])
+    def leaf(self, images: "torch.Tensor | np.ndarray") -> np.ndarray:
+        """The tree-consistent leaf map [N, H, W] (int64 numpy) decoded in the graph (only the ops that lead to it
+        run); numpy in and out, no PyTorch needed."""
+        return self.session.run(["leaf"], self._feed(images))[0]

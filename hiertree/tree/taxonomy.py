@@ -37,15 +37,17 @@ from dataclasses import dataclass
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import networkx as nx
 import numpy as np
-import torch
 import yaml
 
 from hiertree.config.options import suggest
 from hiertree.config.yaml_unique import DuplicateKeyError, load_unique
+
+if TYPE_CHECKING:  # PyTorch loads on the first tensor a method returns: reading a tree and predicting from an
+    import torch  # ONNX graph (hiertree-predict on a CPU) need none of it
 
 __all__ = ["Taxonomy", "TaxonomyError", "list_builtin"]
 
@@ -219,7 +221,7 @@ class Taxonomy:
             for level in range(self.depth):
                 node = path[min(level, len(path) - 1)]
                 lut[level, g.nodes[leaf]["leaf_id"]] = self._level_classes[level].index(node)
-        self._lut = torch.from_numpy(lut)
+        self._lut = lut  # numpy; tensor methods wrap it (torch.from_numpy shares the memory)
 
     def _build_nodes(self) -> None:
         """Node ids (leaves, then inner nodes in pre-order) and, per level, each node's class or class set."""
@@ -233,16 +235,16 @@ class Taxonomy:
                 f"{self._node_names[self.ignore_index]!r} (inner nodes take ids {self.num_leaves}..{self.num_nodes - 1} "
                 f"after the leaves); choose an ignore_index of {self.num_nodes} or more (255 is the usual choice)"
             )
-        sets = torch.zeros(self.depth, self.num_nodes, max(self.level_sizes), dtype=torch.bool)
+        sets = np.zeros((self.depth, self.num_nodes, max(self.level_sizes)), dtype=bool)
         for i, node in enumerate(self._node_names):
-            leaves = torch.tensor(self.leaves_under(node))
+            leaves = np.array(self.leaves_under(node))
             for level in range(self.depth):
                 sets[level, i, self._lut[level][leaves]] = True
-        self._label_sets = [sets[level, :, : self.num_classes(level)].clone() for level in range(self.depth)]
-        node_lut = torch.full((self.depth, self.num_nodes), self.ignore_index, dtype=torch.long)
+        self._label_sets = [sets[level, :, : self.num_classes(level)].copy() for level in range(self.depth)]
+        node_lut = np.full((self.depth, self.num_nodes), self.ignore_index, dtype=np.int64)
         for level in range(self.depth):
             exact = self._label_sets[level].sum(1) == 1
-            node_lut[level, exact] = self._label_sets[level][exact].long().argmax(1)
+            node_lut[level, exact] = self._label_sets[level][exact].argmax(1)
         self._node_lut = node_lut
 
     @property
@@ -277,6 +279,8 @@ class Taxonomy:
         """``build()`` (a tensor or a list of tensors, on the CPU) on ``device``, copied there once and kept: a copy
         from host memory in every training step makes the CPU wait for the GPU's queue each time. Shared, not
         copied per call: do not modify it."""
+        import torch
+
         device = torch.device(device)
         cache_key = (key, str(device))
         if cache_key not in self._on_device:
@@ -293,10 +297,12 @@ class Taxonomy:
     def leaf_to_class(self, level: int, device: torch.device | str | None = None) -> torch.Tensor:
         """LongTensor [num_leaves]: leaf id -> class index at ``level`` (no ignore entry); with ``device``, the
         cached copy there (shared: do not modify)."""
+        import torch
+
         level = self._check_level(level)
         if device is not None:
-            return self._device_table(("leaf_to_class", level), device, lambda: self._lut[level])
-        return self._lut[level].clone()
+            return self._device_table(("leaf_to_class", level), device, lambda: torch.from_numpy(self._lut[level]))
+        return torch.from_numpy(self._lut[level].copy())
 
     def leaf_lut(self, level: int) -> torch.Tensor:
         """LongTensor indexed by mask value: leaf id -> class index at ``level``.
@@ -304,17 +310,21 @@ class Taxonomy:
         Its length covers ``ignore_index`` (when non-negative), which maps to itself; every other
         value that is not a leaf id also maps to ``ignore_index``.
         """
+        import torch
+
         row = self._lut[self._check_level(level)]
         size = max(self.num_leaves, self.ignore_index + 1)
         lut = torch.full((size,), self.ignore_index, dtype=torch.long)
-        lut[: self.num_leaves] = row
+        lut[: self.num_leaves] = torch.from_numpy(row)
         return lut
 
     def mapping_matrix(self, level: int) -> torch.Tensor:
         """Float [num_leaves, num_classes(level)]: one-hot ancestor of each leaf at ``level``."""
+        import torch
+
         level = self._check_level(level)
         m = torch.zeros(self.num_leaves, self.num_classes(level))
-        m[torch.arange(self.num_leaves), self._lut[level]] = 1.0
+        m[torch.arange(self.num_leaves), torch.from_numpy(self._lut[level])] = 1.0
         return m
 
     def parent_matrix(self, level: int) -> torch.Tensor:
@@ -322,8 +332,10 @@ class Taxonomy:
         level = self._check_level(level)
         if level + 1 >= self.depth:
             raise IndexError(f"level {level} is the deepest of taxonomy {self.name!r}; it has no finer level")
+        import torch
+
         p = torch.zeros(self.num_classes(level + 1), self.num_classes(level))
-        p[self._lut[level + 1], self._lut[level]] = 1.0
+        p[torch.from_numpy(self._lut[level + 1]), torch.from_numpy(self._lut[level])] = 1.0
         return p
 
     def parent_index(self, level: int) -> torch.Tensor:
@@ -337,8 +349,10 @@ class Taxonomy:
         """Cached LongTensor [num_classes(finer)]: the class at ``level`` above each class of ``finer``."""
         key = (level, finer)
         if key not in self._parent_tables:
+            import torch
+
             table = torch.empty(self.num_classes(finer), dtype=torch.long)
-            table[self._lut[finer]] = self._lut[level]
+            table[torch.from_numpy(self._lut[finer])] = torch.from_numpy(self._lut[level])
             self._parent_tables[key] = table
         return self._parent_tables[key]
 
@@ -355,6 +369,8 @@ class Taxonomy:
             raise IndexError(f"children({level}, {finer}): the finer level must be deeper than {level}")
         key = (level, finer)
         if key not in self._children:
+            import torch
+
             table = self._ancestor_table(level, finer)
             self._children[key] = [torch.nonzero(table == c).flatten() for c in range(self.num_classes(level))]
         if device is not None:
@@ -412,6 +428,8 @@ class Taxonomy:
         past its depth-1 node a chain repeats that node, so every row is defined. ``device``: a cached copy there."""
         if device is not None:
             return self._device_table("leaf_chains", device, self.leaf_chains)
+        import torch
+
         table = torch.empty(self.depth, self.num_leaves, dtype=torch.long)
         for leaf in range(self.num_leaves):
             name = self._leaf_by_id[leaf]
@@ -421,6 +439,8 @@ class Taxonomy:
 
     def inner_leaf_sets(self, device: torch.device | str | None = None) -> list[torch.Tensor]:
         """Per inner node, in node-id order, the LongTensor of the leaf ids under it (``device``: cached copies)."""
+        import torch
+
         build = lambda: [torch.tensor(self.leaves_under(n)) for n in self._node_names[self.num_leaves:]]  # noqa: E731
         return self._device_table("inner_leaf_sets", device, build) if device is not None else build()
 
@@ -433,15 +453,19 @@ class Taxonomy:
     def node_lut(self, level: int) -> torch.Tensor:
         """LongTensor indexed by mask value: node id -> class index at ``level``, or ``ignore_index`` where the
         node is partial there (an inner node above ``level``) and for every value that is no node id."""
+        import torch
+
         size = max(self.num_nodes, self.ignore_index + 1)
         lut = torch.full((size,), self.ignore_index, dtype=torch.long)
-        lut[: self.num_nodes] = self._node_lut[self._check_level(level)]
+        lut[: self.num_nodes] = torch.from_numpy(self._node_lut[self._check_level(level)])
         return lut
 
     def label_sets(self, level: int) -> torch.Tensor:
         """BoolTensor [num_nodes, num_classes(level)]: the classes of ``level`` a pixel labelled at each node
         may be (one for a node at or below the level, the classes under it for a coarser inner node)."""
-        return self._label_sets[self._check_level(level)].clone()
+        import torch
+
+        return torch.from_numpy(self._label_sets[self._check_level(level)].copy())
 
     def partial_levels(self) -> list[int]:
         """Levels at which some inner node is partial: below the shallowest inner node with several leaves."""
@@ -462,6 +486,8 @@ class Taxonomy:
 
     def miou_mask(self, level: int) -> torch.Tensor:
         """BoolTensor [num_classes(level)]: True for the classes the headline mIoU of ``level`` averages."""
+        import torch
+
         excluded = set(self._excluded)
         return torch.tensor([n not in excluded for n in self.classes(level)], dtype=torch.bool)
 
@@ -484,17 +510,24 @@ class Taxonomy:
         above that level). ``check=True`` raises on values that are no node id nor ignore (one host sync);
         with ``check=False`` such pixels become ignore, for masks already checked where they were loaded.
         """
+        import torch
+
         mask = torch.as_tensor(mask).long()
         valid = (mask >= 0) & (mask < self.num_nodes)
         if check and not bool((valid | (mask == self.ignore_index)).all()):
             self.check_mask(mask.cpu())
         safe = torch.where(valid, mask, torch.zeros_like(mask))
-        lut = self._device_table("node_lut", mask.device, lambda: self._node_lut)
+        lut = self._device_table("node_lut", mask.device, lambda: torch.from_numpy(self._node_lut))
         return [torch.where(valid, lut[level][safe], torch.full_like(safe, self.ignore_index)) for level in range(self.depth)]
 
-    def levels_from_leaves(self, leaf_pred: torch.Tensor) -> list[torch.Tensor]:
-        """Per-level predictions from a leaf-id prediction (every value a valid leaf id)."""
-        lut = self._device_table("lut", leaf_pred.device, lambda: self._lut)
+    def levels_from_leaves(self, leaf_pred: "torch.Tensor | np.ndarray") -> "list[torch.Tensor] | list[np.ndarray]":
+        """Per-level predictions from a leaf-id prediction (every value a valid leaf id): tensors for a tensor
+        (on its device), numpy int64 arrays for a numpy array (no PyTorch needed)."""
+        if isinstance(leaf_pred, np.ndarray):
+            return [self._lut[level][leaf_pred] for level in range(self.depth)]
+        import torch
+
+        lut = self._device_table("lut", leaf_pred.device, lambda: torch.from_numpy(self._lut))
         return [lut[level][leaf_pred] for level in range(self.depth)]
 
     def coarse_logits(self, leaf_logits: torch.Tensor) -> list[torch.Tensor]:
@@ -503,6 +536,8 @@ class Taxonomy:
 
         The coarse levels are computed in float32 whatever the input dtype (bf16 logsumexp loses ~3 digits).
         """
+        import torch
+
         full = leaf_logits.float()
         leaves = self.num_levels - 1
         out = [torch.stack([full.index_select(1, g).logsumexp(1) for g in self.children(level, leaves, device=full.device)], 1)
