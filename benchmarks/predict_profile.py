@@ -1,6 +1,7 @@
 """Where a whole ``hiertree-predict`` process spends its time on a CPU: a stage-by-stage breakdown, measured.
 
-Each run is a fresh process (``--child``) that times its own imports (torch apart), then runs the command's
+Each run is a fresh process (``--child``) that times its imports (the command's own: PyTorch is not among them
+since the predict path stopped loading it, and the child reports whether anything loaded it), then runs the command's
 ``main()`` with timers wrapped around the stages of the predict path: opening the checkpoint and the cached ONNX
 graph (``Predictor(...)``), JPEG decoding (``read_image``), the network (the ONNX Runtime session, labels decoded in
 the graph), the per-level label maps from the leaf map, and the encoding and writing of the output files (the
@@ -30,7 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "pascal_part_lite0_cpu"
-STAGES = ["import torch", "import hiertree (rest)", "open checkpoint + ONNX graph", "JPEG decode", "network (ONNX)",
+STAGES = ["import hiertree-predict's modules", "open checkpoint + ONNX graph", "JPEG decode", "network (ONNX)",
           "level maps from leaf", "encode + write files (writer thread)", "wait for writer at end", "other", "wall",
           "process wall (with interpreter start and exit)"]
 
@@ -50,15 +51,12 @@ def _child(images: list[str], out: str) -> None:
     """One whole predict process with stage timers; prints the stage seconds as JSON."""
     seconds: dict[str, float] = defaultdict(float)
     t0 = time.perf_counter()
-    import torch  # noqa: F401
-
-    seconds["import torch"] = time.perf_counter() - t0
     import hiertree.cli.predict as cli
     import hiertree.inference.predictor as predictor
     import hiertree.inference.runners as runners
     import hiertree.inference.writers as writers
 
-    seconds["import hiertree (rest)"] = time.perf_counter() - t0 - seconds["import torch"]
+    seconds["import hiertree-predict's modules"] = time.perf_counter() - t0
     predictor.read_image = _timed(seconds, "JPEG decode", predictor.read_image)
     predictor._from_leaf = _timed(seconds, "level maps from leaf", predictor._from_leaf)
     runners.OnnxRunner.leaf = _timed(seconds, "network (ONNX)", runners.OnnxRunner.leaf)
@@ -70,7 +68,7 @@ def _child(images: list[str], out: str) -> None:
     assert code == 0, f"hiertree-predict exited with {code}"
     known = sum(v for k, v in seconds.items() if k not in ("wall", "encode + write files (writer thread)"))
     seconds["other"] = max(0.0, seconds["wall"] - known)
-    print(json.dumps(seconds))
+    print(json.dumps({**seconds, "torch loaded": float("torch" in sys.modules)}))
 
 
 def _wrap_submit(seconds: dict, writers):
@@ -95,7 +93,8 @@ def _run(images: list[str], runs: int) -> dict[str, float]:
             if k:  # the first run is the warm-up
                 samples.append({**json.loads(text.strip().splitlines()[-1]),
                                 STAGES[-1]: time.perf_counter() - start})
-    return {s: round(statistics.median(x.get(s, 0.0) for x in samples), 3) for s in STAGES}
+    medians = {s: round(statistics.median(x.get(s, 0.0) for x in samples), 3) for s in STAGES}
+    return {**medians, "torch loaded": any(x.get("torch loaded") for x in samples)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,7 +138,9 @@ def _write(table: dict, args, prov: dict, cpu: str) -> None:
         secs = [table[c][stage] for c in cols]
         shares = [f"{100 * s / table[c][STAGES[-1]]:.0f} %" for s, c in zip(secs, cols)]
         lines.append(f"| {stage} | " + " | ".join(f"{s:.3f}" for s in secs) + " | " + " | ".join(shares) + " |")
-    lines += ["", "The writer thread overlaps the network, so its row is not part of the wall-time sum; "
+    loaded = [c for c in cols if table[c]["torch loaded"]]
+    lines += ["", f"PyTorch loaded by the predict process: {'yes, in ' + ', '.join(loaded) if loaded else 'no'}.",
+              "", "The writer thread overlaps the network, so its row is not part of the wall-time sum; "
               "'other' is the wall time not inside any other main-thread stage (argument parsing, finding the files, "
               "interpreter start-up is not included: the timers start at the first import).", ""]
     path.with_suffix(".md").write_text("\n".join(lines))

@@ -59,14 +59,20 @@ def _write_labels(out_dir: Path, stem: str, image: np.ndarray, pred: dict[str, A
     return written
 
 
+def _bgr(rgb: np.ndarray) -> np.ndarray:
+    """What OpenCV's encoders take (one SIMD pass; a reversed numpy view copied is 3x slower)."""
+    import cv2
+
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+
+
 def _write_color(out_dir: Path, stem: str, image: np.ndarray, pred: dict[str, Any], taxonomy: Taxonomy) -> list[Path]:
-    return [imwrite(out_dir / f"{stem}_{part}.png", np.ascontiguousarray(colorize(labels, palette)[..., ::-1]))
+    return [imwrite(out_dir / f"{stem}_{part}.png", _bgr(colorize(labels, palette)))
             for part, labels, palette in _maps(stem, pred, taxonomy)]
 
 
 def _write_overlay(out_dir: Path, stem: str, image: np.ndarray, pred: dict[str, Any], taxonomy: Taxonomy) -> list[Path]:
-    return [imwrite(out_dir / f"{stem}_{part}_overlay.jpg",
-                    np.ascontiguousarray(overlay(image, colorize(labels, palette))[..., ::-1]))
+    return [imwrite(out_dir / f"{stem}_{part}_overlay.jpg", _bgr(overlay(image, colorize(labels, palette))))
             for part, labels, palette in _maps(stem, pred, taxonomy)]
 
 
