@@ -33,16 +33,29 @@ from hiertree.images import read_image  # noqa: E402
 from hiertree.inference.backends import cached_onnx_runner, onnx_cache_meta, onnx_cache_path  # noqa: E402
 from hiertree.inference.runners import OnnxRunner  # noqa: E402
 
-#: name -> (calibration images, method, op types quantized (None: all), conv name fragments left float)
+#: name -> (calibration images, method, op types quantized (None: all), conv name fragments left float; TAIL: every
+#: node outside encoder and decoder, DEPTHWISE: every grouped convolution)
 VARIANTS = {
     "all ops, 8 imgs (old default)": (8, "minmax", None, ()),
     "all ops, 64 imgs": (64, "minmax", None, ()),
     "all ops, 64 imgs, heads + tail float": (64, "minmax", None, ("TAIL",)),
     "all ops, 64 imgs, stem + heads + tail float": (64, "minmax", None, ("TAIL", "conv_stem")),
     "all ops, 64 imgs, stem + decoder fuse + heads + tail float": (64, "minmax", None, ("TAIL", "conv_stem", "/fuse")),
+    "all ops, 64 imgs, depthwise convs + stem + heads + tail float": (64, "minmax", None, ("TAIL", "conv_stem",
+                                                                                           "DEPTHWISE")),
+    "convs only, 64 imgs, stem + heads + tail float": (64, "minmax", ["Conv"], ("TAIL", "conv_stem")),
+    "convs only, 64 imgs, encoder only (stem, decoder, heads, tail float)": (64, "minmax", ["Conv"],
+                                                                              ("TAIL", "conv_stem", "/model/decoder/")),
+    "convs only, 64 imgs, stem + decoder fuse + heads + tail float": (64, "minmax", ["Conv"], ("TAIL", "conv_stem",
+                                                                                               "/fuse")),
 }
 #: the nodes outside the encoder and decoder: input normalisation, heads, upsampling and the decoding tail
 _BODY = ("/model/encoder/", "/model/decoder/")
+
+
+def _groups(node) -> int:
+    """A Conv node's ``group`` attribute (1 when absent): above 1 for depthwise convolutions."""
+    return next((int(a.i) for a in node.attribute if a.name == "group"), 1)
 
 
 def _quantize(src: Path, dst: Path, images: list[np.ndarray], method: str, ops: list[str] | None,
@@ -64,7 +77,8 @@ def _quantize(src: Path, dst: Path, images: list[np.ndarray], method: str, ops: 
     pre = dst.with_suffix(".pre.onnx")
     quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
     exclude = [n.name for n in onnx.load(str(pre)).graph.node
-               if any(f in n.name for f in float_convs) or ("TAIL" in float_convs and not n.name.startswith(_BODY))]
+               if any(f in n.name for f in float_convs) or ("TAIL" in float_convs and not n.name.startswith(_BODY))
+               or ("DEPTHWISE" in float_convs and n.op_type == "Conv" and _groups(n) > 1)]
     extra = {"CalibPercentile": 99.999} if method == "percentile" else {}
     quantize_static(str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
