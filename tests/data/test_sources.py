@@ -281,5 +281,6 @@ def test_an_unknown_dataset_layout_names_the_key_and_the_registered_ones(pascal)
 
     assert LAYOUTS.names()[:2] == ["folder", "synthetic"]
     with pytest.raises(DataError, match=r"config key data.kind: unknown dataset layout 'folders' \(did you mean "
-                                        r"'folder'\?\); choose from folder, synthetic, atr, lip, cihp, mhp_v2, pascal_person_part"):
+                                        r"'folder'\?\); choose from folder, synthetic, atr, lip, cihp, mhp_v2, pascal_person_part, "
+                                        r"pascal_panoptic_parts"):
         build_datasets({"kind": "folders", "root": "x"}, pascal)

@@ -1,7 +1,8 @@
 """Dataset layouts, one file per way a dataset lies on disk, chosen by ``data.kind``: ``folder`` (images, masks and
 ``<split>_id.txt`` lists: :mod:`.folder`), ``synthetic`` (procedural figures, no files: :mod:`.synthetic`), and
 human-parsing datasets as they ship (``lip``, ``cihp``: :mod:`.lip`; ``atr``; ``pascal_person_part``; ``mhp_v2``:
-:mod:`.mhp`; their shared reading: :mod:`.pairs`; docs/datasets.md).
+:mod:`.mhp`; ``pascal_panoptic_parts``, whose TIFF labels the optional ``panoptic_parts`` package decodes; their shared
+reading: :mod:`.pairs`; docs/datasets.md).
 
 Each file registers an opener in :data:`LAYOUTS`::
 
@@ -17,5 +18,6 @@ file here plus its import below.
 from hiertree.data.layouts.registry import LAYOUTS
 from hiertree.data.layouts import folder, synthetic  # noqa: F401  (each registers its opener)
 from hiertree.data.layouts import atr, lip, mhp, pascal_person_part  # noqa: F401  (human parsing: docs/datasets.md)
+from hiertree.data.layouts import pascal_panoptic_parts  # noqa: F401  (needs the panoptic extra only when used)
 
 __all__ = ["LAYOUTS"]

@@ -59,13 +59,15 @@ def find_image(folder: Path, sid: str) -> Path | None:
     return next((p for ext in suffix_variants() if (p := folder / f"{sid}{ext}").is_file()), None)
 
 
-def pair_by_id(ids: Sequence[str], image_dir: Path, mask_dir: Path, listed_in: Path, skip_bad: bool) -> list[Sample]:
+def pair_by_id(ids: Sequence[str], image_dir: Path, mask_dir: Path, listed_in: Path, skip_bad: bool,
+               mask_suffix: str = ".png") -> list[Sample]:
     """``(id, image, (mask,))`` for each listed id: image ``image_dir/<id>.jpg`` (any image suffix), mask
-    ``mask_dir/<id>.png``. A missing file is an error naming it, or with ``skip_bad`` a warning and the id left out."""
+    ``mask_dir/<id><mask_suffix>``. A missing file is an error naming it, or with ``skip_bad`` a warning and the id
+    left out."""
     samples: list[Sample] = []
     missing: list[str] = []
     for sid in ids:
-        image, mask = find_image(image_dir, sid), mask_dir / f"{sid}.png"
+        image, mask = find_image(image_dir, sid), mask_dir / f"{sid}{mask_suffix}"
         if image is None:
             missing.append(f"{image_dir / sid}.jpg: image for id {sid!r} not found")
         elif not mask.is_file():
