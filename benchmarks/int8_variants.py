@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import os
 import shutil
 import sys
@@ -48,7 +49,21 @@ VARIANTS = {
                                                                               ("TAIL", "conv_stem", "/model/decoder/")),
     "convs only, 64 imgs, stem + decoder fuse + heads + tail float": (64, "minmax", ["Conv"], ("TAIL", "conv_stem",
                                                                                                "/fuse")),
+    "convs + activations, 64 imgs, stem + heads + tail float": (64, "minmax", ["Conv", "Clip", "Relu"],
+                                                                 ("TAIL", "conv_stem")),
+    "all ops, 64 imgs, percentile, stem + heads + tail float": (64, "percentile", None, ("TAIL", "conv_stem")),
+    "all ops, 64 imgs, entropy, stem + heads + tail float": (64, "entropy", None, ("TAIL", "conv_stem")),
+    "convs only, 64 imgs, percentile, stem + heads + tail float": (64, "percentile", ["Conv"], ("TAIL", "conv_stem")),
+    "all ops but Add, 64 imgs, stem + heads + tail float": (64, "minmax", ["Conv", "Clip", "Relu", "Resize", "Concat",
+                                                                            "Mul", "ReduceMean", "Pad"],
+                                                             ("TAIL", "conv_stem")),
 }
+#: calibration method name -> ONNX Runtime's CalibrationMethod member and its options
+_METHODS = {"minmax": ("MinMax", {}), "percentile": ("Percentile", {"CalibPercentile": 99.999}),
+            "entropy": ("Entropy", {})}
+#: images per calibration pass: the histogram methods keep every activation of a pass in memory, and stack a
+#: pass's arrays (so images of different sizes go one per pass)
+_CHUNK = 1
 #: the nodes outside the encoder and decoder: input normalisation, heads, upsampling and the decoding tail
 _BODY = ("/model/encoder/", "/model/decoder/")
 
@@ -59,7 +74,9 @@ def _groups(node) -> int:
 
 
 def _quantize(src: Path, dst: Path, images: list[np.ndarray], method: str, ops: list[str] | None,
-              float_convs: tuple[str, ...]) -> None:
+              float_convs: tuple[str, ...], cache: Path) -> None:
+    """Quantize ``src`` to ``dst``; the activation ranges of every tensor are calibrated once per image set and
+    method into ``cache`` (ONNX Runtime's calibration cache), in passes of ``_CHUNK`` images."""
     import onnx
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
@@ -69,7 +86,13 @@ def _quantize(src: Path, dst: Path, images: list[np.ndarray], method: str, ops: 
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.it = iter({"images": x} for x in feeds)
+            self.it = iter(())
+
+        def __len__(self) -> int:
+            return len(feeds)
+
+        def set_range(self, start_index: int, end_index: int) -> None:
+            self.it = iter({"images": x} for x in feeds[start_index:end_index])
 
         def get_next(self) -> dict | None:
             return next(self.it, None)
@@ -79,12 +102,17 @@ def _quantize(src: Path, dst: Path, images: list[np.ndarray], method: str, ops: 
     exclude = [n.name for n in onnx.load(str(pre)).graph.node
                if any(f in n.name for f in float_convs) or ("TAIL" in float_convs and not n.name.startswith(_BODY))
                or ("DEPTHWISE" in float_convs and n.op_type == "Conv" and _groups(n) > 1)]
-    extra = {"CalibPercentile": 99.999} if method == "percentile" else {}
-    quantize_static(str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+    member, extra = _METHODS[method]
+    if not cache.is_file():  # ranges of every tensor (all op types), so that each variant can reuse them
+        quantize_static(str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=getattr(CalibrationMethod, member), calibration_cache_path=str(cache),
+                        extra_options={**extra, "CalibStridedMinMax": math.gcd(_CHUNK, len(feeds))})
+    quantize_static(str(pre), str(dst), None, quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                     op_types_to_quantize=ops, nodes_to_exclude=exclude,
-                    calibrate_method={"minmax": CalibrationMethod.MinMax,
-                                      "percentile": CalibrationMethod.Percentile}[method], extra_options=extra)
+                    calibrate_method=getattr(CalibrationMethod, member), calibration_cache_path=str(cache),
+                    extra_options=extra)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             ids = train[:n] if n <= 8 else train[::step][:n]  # 64: spread over the whole train list
             dst = Path(tmp) / f"v{k}.onnx"
-            _quantize(src, dst, [read_image(data / "JPEGImages" / f"{i}.jpg") for i in ids], method, ops, float_convs)
+            _quantize(src, dst, [read_image(data / "JPEGImages" / f"{i}.jpg") for i in ids], method, ops, float_convs,
+                      Path(tmp) / f"ranges-{n}-{method}.json")
             miou, ms = _score(OnnxRunner(dst, tax), data, val, tax)
             delta = {lv: round(miou[lv] - rows["float32"]["mIoU"][lv], 4) for lv in miou}
             rows[name] = {"mIoU": miou, "ms_per_image": round(ms, 1), "minus_float32": delta}

@@ -3,7 +3,8 @@
 Scores the run's best checkpoint (or ``--checkpoint``, e.g. the newest of a run still going) on the val split
 at native resolution (single scale, and with flip TTA), publishes it as fp16 (``hiertree.cli.publish``) with a
 model card, scores the fp16 model too (it must stay within 0.002 mIoU of float32 at every level), calibrates its
-back-off promise (``eval.py --calibrate-backoff P``: half of val calibrates, the other half scores it), and writes
+back-off promise (``eval.py --calibrate-backoff P``: half of val calibrates, the other half scores it), writes the
+int8 calibration file and its check against float32 (``benchmarks/int8_calibrate.py``), and writes
 ``results-<name>.{json,md}``: machine, date, commit, command, epochs, training hours, per-level mIoU, the raw
 heads' tree consistency and the back-off promise.
 
@@ -18,6 +19,7 @@ import csv
 import datetime as dt
 import json
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,6 +35,7 @@ from benchmarks.provenance import device_name, provenance  # noqa: E402
 from hiertree.cli.eval import main as eval_main  # noqa: E402
 from hiertree.cli.publish import publish  # noqa: E402
 from hiertree.evaluation.backoff import SCOPES  # noqa: E402
+from hiertree.inference.quantization import CALIBRATION_FILE  # noqa: E402
 from hiertree.models.hub import card_data, with_front_matter  # noqa: E402
 from hiertree.tree.taxonomy import Taxonomy  # noqa: E402
 
@@ -127,7 +130,28 @@ def _card(name: str, report: dict) -> str:
         f"model = HierSegModel.from_pretrained(\"{name}\")", "out = model.predict(rgb_uint8_image)   # levels, leaf",
         "```", "", f"`hiertree-predict --checkpoint {name} photo.jpg --out preds/`", "",
         *_backoff_section(report.get("backoff")),
+        *int8_section(report.get("int8")),
         "## Licence of the data", "", LICENCE, ""])
+
+
+def int8_section(record: dict | None) -> list[str]:
+    """The card's int8 paragraph: where the shipped ranges come from and what int8 costs against float32."""
+    if not record:
+        return []
+    check = record["check"]
+    rows = [f"| {name} ({row['images']}) | " + " | ".join(
+        f"{row['int8_minus_float32'][k]:+.4f} [{row['interval_95'][k][0]:+.4f}, {row['interval_95'][k][1]:+.4f}]"
+        for k in row["int8_minus_float32"]) + " |" for name, row in check.items() if name != "backoff"]
+    b = check.get("backoff")
+    return ["## int8 on a CPU (the default of `hiertree-predict` and `model.predict` there)", "",
+            f"`{CALIBRATION_FILE}` holds the activation ranges of the int8 graph, measured on {record['calibrated_on']}, "
+            "never on val, so no user calibrates; `--quantize none` keeps float32. int8 - float32 mIoU (95 % interval, "
+            "paired bootstrap over images):", "", "| images | L0 | L1 | L2 |", "| --- | --- | --- | --- |", *rows, "",
+            *([f"Back-off at θ = {b['threshold']} on {b['which']}: node accuracy {b['int8']['mean_image_accuracy']:.4f} "
+               f"± {b['int8']['stderr']:.4f} with int8 ({b['float32']['mean_image_accuracy']:.4f} ± "
+               f"{b['float32']['stderr']:.4f} float32)."] if b else []),
+            f"Measured {record['date']}, commit {record['commit']}, "
+            f"{record['machine']}: `{record['command']}`.", ""]
 
 
 def _backoff_section(record: dict | None) -> list[str]:
@@ -191,6 +215,11 @@ def ship(run: Path, data: str | None, name: str, pretrained: Path, results: Path
         report["backoff"] = calibrated["backoff_promise"]
         report["backoff"]["command"] = " ".join(["python eval.py --checkpoint", name, *(["--data", data] if data else []),
                                                  f"--split val --calibrate-backoff {backoff} --delta {delta}", *overrides])
+    # writes target/int8_calibration.json (what makes int8 the CPU default) with its int8 vs float check, which the
+    # report and the card repeat (its own results files stay in the work folder)
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "int8_calibrate.py"), "--model", str(target), "--model-out",
+                    str(target), "--results", str(work), *(["--data", data] if data else [])], check=True)
+    report["int8"] = {k: v for k, v in json.loads((target / CALIBRATION_FILE).read_text()).items() if k != "ranges"}
     report["eval_seconds"] = round(time.time() - t0, 1)
     # the card's model-index: the float32 single-scale val scores of its table
     front = card_data(Taxonomy.from_yaml(target / "taxonomy.yaml"), {**single, "split": "val"}, model_name=name, license="other",

@@ -63,7 +63,8 @@ print(f"calibration: {seconds:.1f} s for {steps} steps -> {per_epoch:.1f} s per 
 EOF
 }
 
-finish() {  # score, publish fp16, and put the 8 files that come back under $OUT
+finish() {  # score, publish fp16, and put the 8 files that come back under $OUT (int8_calibration.json is not one:
+            # run benchmarks/int8_calibrate.py --model-out on the published folder here, on the CPU, after the lease)
   mkdir -p "$OUT"
   "$PYTHON" benchmarks/ship_model.py --run "$RUN" --data "$DATA" --name "${NAME:-pascal_part_lite0}" \
     --pretrained "$RUN-published" --results "$OUT" --backoff "${BACKOFF:-0.75}" --command "$*"

@@ -36,9 +36,11 @@ def _parser() -> argparse.ArgumentParser:
                         help="comma-separated files to write per image and level: " + "; ".join(
                             f"{k}: {v}" for k, v in describe_outputs().items()) + f" (default {','.join(DEFAULT_OUTPUTS)}: "
                         "labels to use and overlays to look at)")
-    parser.add_argument("--quantize", choices=("none", "int8"), default="none",
-                        help="int8: ONNX Runtime static quantization, calibrated once on the first 8 input images and "
-                             "cached (faster on a CPU, slightly less accurate: see docs/outputs.md); default none")
+    parser.add_argument("--quantize", choices=("auto", "none", "int8"), default="auto",
+                        help="int8: ONNX Runtime static quantization, cached (faster on a CPU; see docs/outputs.md for "
+                             "what it costs), its ranges from the model's int8_calibration.json or else calibrated on "
+                             "the first 8 input images; none: float32; auto (default): int8 when the model ships "
+                             "int8_calibration.json (the shipped CPU model does) and ONNX Runtime runs it, else none")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="images of one size run together, up to this many (default 1 on a CPU, where batching "
                              "only adds memory traffic: 93 vs 70 ms per 500x375 image; 4 on a GPU)")
@@ -77,7 +79,7 @@ def _open(args: argparse.Namespace, device: str, paths: Sequence[Path] = ()) -> 
     ``--backoff`` (auto: the threshold calibrated for single-scale predictions)."""
     views = Views(max_side=args.max_side or None, large=args.large)
     return Predictor(args.checkpoint, backend=args.backend, device=device, views=views,
-                     backoff=parse_backoff(args.backoff), quantize=None if args.quantize == "none" else args.quantize,
+                     backoff=parse_backoff(args.backoff), quantize=args.quantize,
                      batch_size=args.batch_size, calibration=_calibration_images(paths))
 
 

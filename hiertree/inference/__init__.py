@@ -1,8 +1,8 @@
 """Prediction, from photos to label maps: :class:`Predictor` (:mod:`.predictor`, the one predictor of
 ``model.predict``, ``hiertree-predict`` and the demo) and its :class:`Views`; the files it writes (:mod:`.writers`);
 tree-consistent decoding and back-off (:mod:`.decoding`); the runtimes that run the network (:mod:`.runners`:
-PyTorch with folded batch norms, ONNX Runtime, int8; :mod:`.backends` picks one and caches the graph); sliding
-windows.
+PyTorch with folded batch norms, ONNX Runtime; :mod:`.backends` picks one and caches the graph); the int8 recipe and
+the calibration file a model ships (:mod:`.quantization`); sliding windows.
 
 The decoding functions are this package's API: ``hiertree.inference.decode``, ``hiertree.inference.backoff_nodes``.
 """

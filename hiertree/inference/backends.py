@@ -32,6 +32,8 @@ from hiertree import version
 from hiertree.checkpoint import file_sha256
 from hiertree.device import device_type
 from hiertree.inference.onnx_format import OPSET
+from hiertree.inference.quantization import (CALIBRATION_FILE, RECIPE, QuantizationError, calibration_problem,
+                                             quantize_graph, shipped_ranges_supported)
 from hiertree.inference.runners import OnnxRunner, TorchRunner, missing_onnx_packages, onnx_missing
 
 if TYPE_CHECKING:  # PyTorch loads only to run the network in it or to export the graph on a cache miss
@@ -39,14 +41,14 @@ if TYPE_CHECKING:  # PyTorch loads only to run the network in it or to export th
     from torch import nn
 
 __all__ = ["BACKENDS", "QUANTIZE", "BackendError", "backend_choice", "choose_backend", "onnx_cache_meta", "onnx_cache_path", "cached_onnx_runner",
-           "make_runner", "user_cache_dir"]
+           "make_runner", "quantize_choice", "user_cache_dir"]
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "torch", "onnx")
-#: ``--quantize``: none (float32, the default) or int8 (ONNX Runtime static quantization; see docs/outputs.md for
-#: what it costs in mIoU before choosing it).
-QUANTIZE = (None, "none", "int8")
+#: ``--quantize``: auto (the default: int8 for a model that ships its int8 calibration file and runs in ONNX Runtime,
+#: else float32), none (float32) or int8 (ONNX Runtime static quantization; docs/outputs.md says what it costs).
+QUANTIZE = (None, "none", "auto", "int8")
 #: What the cached graph takes and returns; part of the cache key, so a change of layout never reuses a file.
 INPUT_LAYOUT = "images float32 Nx3xHxW 0..255 -> logits_L* float32 NxCxHxW, leaf int64 NxHxW"
 #: Files of the checkpoint's folder the graph depends on: weights, the tree decoded in it, the architecture.
@@ -196,36 +198,41 @@ def _export(build_model: Callable[[], nn.Module], path: Path, meta: dict[str, st
             os.unlink(tmp)
 
 
-def _quantize(src: Path, path: Path, meta: dict[str, str], calibration: Callable[[], Sequence[np.ndarray]]) -> None:
-    """ONNX Runtime static int8 quantization of the graph ``src`` (QDQ, per-channel int8 weights, uint8
-    activations), its activation ranges calibrated on ``calibration()`` (RGB uint8 images)."""
+def _quantize(src: Path, path: Path, meta: dict[str, str], calibration_file: Path,
+              calibration: Callable[[], Sequence[np.ndarray]] | None) -> None:
+    """The int8 graph of float graph ``src`` at ``path`` (the recipe of :mod:`hiertree.inference.quantization`), its
+    ranges from the model's ``calibration_file`` or else measured on ``calibration()`` (RGB uint8 images)."""
     from hiertree.inference.onnx_graph import stamp_metadata
 
     try:
-        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-        from onnxruntime.quantization.shape_inference import quant_pre_process
-    except ImportError as err:
-        raise BackendError(f"int8 quantization needs onnxruntime's quantization tools ({err}); "
-                           "reinstall onnxruntime (pip install --force-reinstall onnxruntime)") from None
-    images = [np.ascontiguousarray(a.transpose(2, 0, 1)[None], dtype=np.float32) for a in calibration()]
-    if not images:
-        raise BackendError("int8 quantization needs calibration images; give at least one readable image")
+        with tempfile.TemporaryDirectory(dir=path.parent, prefix=".quantize-") as tmp:
+            out = Path(tmp) / "int8.onnx"
+            source = quantize_graph(src, out, calibration_file, calibration)
+            stamp_metadata(out, meta)
+            os.replace(out, path)
+    except QuantizationError as err:
+        raise BackendError(str(err)) from None
+    log.info("quantized the ONNX graph to int8 (ranges from %s): %s",
+             calibration_file if source == "file" else "the first input images", path)
 
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.feeds = iter({"images": x} for x in images)
 
-        def get_next(self) -> dict | None:
-            return next(self.feeds, None)
-
-    log.info("quantizing the ONNX graph to int8, calibrated on %d image(s): %s", len(images), path)
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".quantize-") as tmp:
-        pre, out = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
-        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-        quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-        stamp_metadata(out, meta)
-        os.replace(out, path)
+def quantize_choice(quantize: str | None, backend: str, ck_dir: str | Path | None) -> str | None:
+    """What ``quantize`` means for a checkpoint run by ``backend`` (``torch`` or ``onnx``): ``auto`` is int8 when
+    the network runs in ONNX Runtime and the model folder ships its int8 calibration file (whose ranges this ONNX
+    Runtime can use), else float (None)."""
+    if quantize not in QUANTIZE:
+        raise BackendError(f"unknown quantization {quantize!r}; choose one of {', '.join(map(str, QUANTIZE))}")
+    if quantize != "auto":
+        return None if quantize in (None, "none") else quantize
+    if backend != "onnx" or ck_dir is None:
+        log.info("quantize auto: float32 (the network runs in PyTorch)")
+        return None
+    problem = calibration_problem(Path(ck_dir))
+    if problem is None:
+        log.info("quantize auto: int8, from the ranges in %s", Path(ck_dir) / CALIBRATION_FILE)
+        return "int8"
+    (log.info if problem.startswith("the model has no") else log.warning)("quantize auto: float32 (%s)", problem)
+    return None
 
 
 def _open_cached(path: Path, meta: dict[str, str], taxonomy: Any, flat: bool, threads: int | None,
@@ -253,12 +260,40 @@ def cached_onnx_runner(ck_dir: str | Path, taxonomy: Any, flat: bool, build_mode
 
     A cached file whose embedded key differs from this checkpoint's (another checkpoint, another hiertree or
     torch version, or a file that is not readable as ONNX) is rebuilt. ``quantize="int8"`` runs a statically
-    quantized copy, calibrated once on ``calibration()`` (RGB uint8 images) and cached beside the float graph.
+    quantized copy cached beside the float graph, its ranges from the model's calibration file or else measured once
+    on ``calibration()`` (RGB uint8 images); ``auto`` is int8 when the model ships a calibration file this ONNX
+    Runtime can build from, else float. A cached int8 graph opens without the float one.
     """
-    if quantize not in QUANTIZE:
-        raise BackendError(f"unknown quantization {quantize!r}; choose one of {', '.join(map(str, QUANTIZE))}")
+    auto = quantize == "auto"
+    quantize = quantize_choice(quantize, "onnx", ck_dir)
     meta = onnx_cache_meta(ck_dir)
     path = onnx_cache_path(ck_dir, meta)
+    if quantize is None:
+        return _float_runner(path, meta, taxonomy, flat, threads, build_model)
+    shipped = Path(ck_dir) / CALIBRATION_FILE
+    qmeta = _keyed({**meta, "quantize": quantize, "recipe": RECIPE,
+                    "calibration": file_sha256(shipped) if shipped.is_file() else "input images"})
+    qpath = path.with_name(f"predict-{quantize}-{qmeta['hiertree_cache_key']}.onnx")
+    quantized = _open_cached(qpath, qmeta, taxonomy, flat, threads)
+    if quantized is not None:
+        return quantized
+    if auto and not shipped_ranges_supported():  # building int8 would need images: stay float
+        log.warning("quantize auto: float32 (this onnxruntime cannot quantize from the stored ranges of %s; "
+                    "pip install --upgrade onnxruntime)", shipped)
+        return _float_runner(path, meta, taxonomy, flat, threads, build_model)
+    _float_runner(path, meta, taxonomy, flat, threads, build_model)  # the graph int8 is made from
+    with _export_lock(path.parent):
+        quantized = _open_cached(qpath, qmeta, taxonomy, flat, threads, quiet=True)
+        if quantized is None:
+            _quantize(path, qpath, qmeta, shipped, calibration)
+            _prune(path.parent, keep=qpath)
+            quantized = OnnxRunner(qpath, taxonomy, flat, threads)
+    return quantized
+
+
+def _float_runner(path: Path, meta: dict[str, str], taxonomy: Any, flat: bool, threads: int | None,
+                  build_model: Callable[[], nn.Module]) -> OnnxRunner:
+    """The float graph cached at ``path``, exported first when it is missing or stale."""
     runner = _open_cached(path, meta, taxonomy, flat, threads)
     if runner is None:
         with _export_lock(path.parent):
@@ -267,21 +302,7 @@ def cached_onnx_runner(ck_dir: str | Path, taxonomy: Any, flat: bool, build_mode
                 _export(build_model, path, meta)
                 _prune(path.parent, keep=path)
                 runner = OnnxRunner(path, taxonomy, flat, threads)
-    if quantize in (None, "none"):
-        return runner
-    qmeta = _keyed({**meta, "quantize": quantize})
-    qpath = path.with_name(f"predict-{quantize}-{qmeta['hiertree_cache_key']}.onnx")
-    quantized = _open_cached(qpath, qmeta, taxonomy, flat, threads)
-    if quantized is None:
-        if calibration is None:
-            raise BackendError("int8 quantization needs calibration images the first time (they are cached after)")
-        with _export_lock(path.parent):
-            quantized = _open_cached(qpath, qmeta, taxonomy, flat, threads, quiet=True)
-            if quantized is None:
-                _quantize(path, qpath, qmeta, calibration)
-                _prune(path.parent, keep=qpath)
-                quantized = OnnxRunner(qpath, taxonomy, flat, threads)
-    return quantized
+    return runner
 
 
 def make_runner(backend: str, device: str | torch.device, ck_dir: str | Path | None, taxonomy: Any, flat: bool,
@@ -292,7 +313,7 @@ def make_runner(backend: str, device: str | torch.device, ck_dir: str | Path | N
     needed in PyTorch (the torch backend, or an ONNX cache miss; never modified: the graph and the folded runner
     are made from copies). ``quantize="int8"`` needs ONNX."""
     chosen = choose_backend(backend, device)
-    if quantize == "int8" and chosen != "onnx":
+    if chosen != "onnx" and quantize_choice(quantize, chosen, ck_dir) == "int8":
         raise BackendError("--quantize int8 runs in ONNX Runtime on a CPU; use --backend onnx (or auto) on --device cpu")
     if chosen == "onnx":
         if ck_dir is None:

@@ -321,15 +321,16 @@ class Predictor:
     ``model``: a :class:`~hiertree.models.HierSegModel`, or a checkpoint folder, run folder or shipped model's name
     (then the PyTorch model is only built if the network runs in PyTorch or the ONNX cache misses). ``backend``:
     ``auto`` (ONNX Runtime on a CPU for a checkpoint's unchanged weights, else PyTorch with folded batch norms),
-    ``torch`` or ``onnx``; ``quantize="int8"`` runs the int8 graph, calibrated by ``calibration()`` (images) if it
-    is not cached yet. ``views``: flips, scales and large images (default: one pass, large images shrunk).
+    ``torch`` or ``onnx``. ``quantize``: ``auto`` runs the int8 graph for a model folder that ships its int8
+    calibration file when ONNX Runtime runs the network, else float; ``int8`` insists (calibrated by
+    ``calibration()`` (images) when the model ships no ranges and the graph is not cached yet); ``none``: float. ``views``: flips, scales and large images (default: one pass, large images shrunk).
     ``backoff``: a threshold in [0, 1] or ``"auto"`` (the checkpoint's calibrated one) adds ``"nodes"``.
     ``batch_size``: images of one size per forward pass (default 1 on a CPU, where batching only adds memory
     traffic; 4 elsewhere).
     """
 
     def __init__(self, model: "HierSegModel | str | Path", *, backend: str = "auto", device: str | torch.device | None = None,
-                 views: Views | None = None, backoff: float | str | None = None, quantize: str | None = None,
+                 views: Views | None = None, backoff: float | str | None = None, quantize: str | None = "auto",
                  batch_size: int | None = None, calibration: Callable[[], Sequence[np.ndarray]] | None = None) -> None:
         self.views = views or Views(large="shrink")
         if _is_torch(model, "module"):
@@ -418,7 +419,7 @@ def _model_runner(model: "HierSegModel", backend: str, device: torch.device, qua
 
 
 def predict_with_model(model: "HierSegModel", images: Any, probabilities: bool = False, backoff: float | str | None = None,
-                       backend: str = "auto", quantize: str | None = None, max_side: int | None = None,
+                       backend: str = "auto", quantize: str | None = "auto", max_side: int | None = None,
                        large: str = "shrink", hflip: bool = False, scales: tuple[float, ...] = (1.0,)) -> Any:
     """What :meth:`HierSegModel.predict` runs (its door, wired by the package root): a :class:`Predictor` for these
     arguments; int8 calibrates on the first 8 of these images when its graph is not cached yet."""

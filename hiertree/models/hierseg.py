@@ -110,7 +110,7 @@ class HierSegModel(nn.Module):
         return self.checkpoint_dir if self.checkpoint_dir is not None and self._loaded_as == self.fingerprint() else None
 
     def predict(self, images: "torch.Tensor | np.ndarray | list[np.ndarray]", probabilities: bool = False,
-                backoff: float | str | None = None, backend: str = "auto", quantize: str | None = None,
+                backoff: float | str | None = None, backend: str = "auto", quantize: str | None = "auto",
                 max_side: int | None = None, large: str = "shrink", hflip: bool = False,
                 scales: tuple[float, ...] = (1.0,)) -> Any:
         """Tree-consistent label maps per level, optionally per-level probabilities and back-off nodes: a door to
@@ -123,7 +123,9 @@ class HierSegModel(nn.Module):
         ``"auto"`` for the calibrated one) adds ``"nodes"``: per pixel the leaf or its first ancestor that is that
         sure. ``backend`` ``auto`` runs ONNX Runtime on a CPU when the model is a checkpoint's, unchanged since
         :func:`load_model` (the graph is exported once and cached with the checkpoint), else PyTorch with folded
-        batch norms; ``torch`` always runs PyTorch, ``onnx`` insists; ``quantize="int8"`` runs the int8 graph.
+        batch norms; ``torch`` always runs PyTorch, ``onnx`` insists. ``quantize`` ``auto`` runs the int8 graph when
+        the network runs in ONNX Runtime and the model ships its int8 calibration file (as the shipped CPU model
+        does), else float; ``"int8"`` insists, ``"none"`` keeps float.
         Images whose longer side exceeds ``max_side`` are shrunk for the network (``large="shrink"``) or cut into
         overlapping windows (``"tile"``); ``hflip`` and ``scales`` average mirrored and rescaled views.
         """

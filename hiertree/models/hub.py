@@ -30,7 +30,8 @@ __all__ = ["save_pretrained", "push_to_hub", "resolve_pretrained", "card_data", 
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 #: what a hiertree model repo holds (a snapshot download fetches these and nothing else)
-_FILES = ["model.safetensors", "config.json", "config.yaml", "taxonomy.yaml", "README.md", "metrics.json", "backoff.json"]
+_FILES = ["model.safetensors", "config.json", "config.yaml", "taxonomy.yaml", "README.md", "metrics.json", "backoff.json",
+          "int8_calibration.json"]
 
 
 def is_repo_id(name: str) -> bool:
