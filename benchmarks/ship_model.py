@@ -216,10 +216,14 @@ def ship(run: Path, data: str | None, name: str, pretrained: Path, results: Path
         report["backoff"]["command"] = " ".join(["python eval.py --checkpoint", name, *(["--data", data] if data else []),
                                                  f"--split val --calibrate-backoff {backoff} --delta {delta}", *overrides])
     # writes target/int8_calibration.json (what makes int8 the CPU default) with its int8 vs float check, which the
-    # report and the card repeat (its own results files stay in the work folder)
-    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "int8_calibrate.py"), "--model", str(target), "--model-out",
-                    str(target), "--results", str(work), *(["--data", data] if data else [])], check=True)
-    report["int8"] = {k: v for k, v in json.loads((target / CALIBRATION_FILE).read_text()).items() if k != "ranges"}
+    # report and the card repeat (its own results files stay in the work folder); it reads a folder dataset
+    if data and (Path(data) / "JPEGImages").is_dir():
+        subprocess.run([sys.executable, str(ROOT / "benchmarks" / "int8_calibrate.py"), "--model", str(target),
+                        "--model-out", str(target), "--results", str(work), "--data", data], check=True)
+        report["int8"] = {k: v for k, v in json.loads((target / CALIBRATION_FILE).read_text()).items() if k != "ranges"}
+    else:
+        print(f"ship_model: no {CALIBRATION_FILE} (int8 stays off by default): benchmarks/int8_calibrate.py needs a "
+              "folder dataset (--data with JPEGImages/)")
     report["eval_seconds"] = round(time.time() - t0, 1)
     # the card's model-index: the float32 single-scale val scores of its table
     front = card_data(Taxonomy.from_yaml(target / "taxonomy.yaml"), {**single, "split": "val"}, model_name=name, license="other",
