@@ -43,7 +43,7 @@ from hiertree.evaluation.backoff import _tables, split_images  # noqa: E402
 from hiertree.images import read_image  # noqa: E402
 from hiertree.inference.backends import cached_onnx_runner  # noqa: E402
 from hiertree.inference.predictor import predict_images  # noqa: E402
-from hiertree.inference.quantization import CALIBRATION_FILE, write_calibration  # noqa: E402
+from hiertree.inference.quantization import CALIBRATION_FILE, calibration_problem, write_calibration  # noqa: E402
 from hiertree.metrics import HierarchicalMetrics  # noqa: E402
 
 GRAPHS = ("float32", "int8")
@@ -159,8 +159,11 @@ def main(argv: list[str] | None = None) -> int:
             result["backoff"] = _backoff(val_per, val, threshold)
         record = _record(result, len(calib), step, argv)
         content = json.loads(path.read_text())
-        path.write_text(json.dumps({**{k: content[k] for k in ("format", "recipe")}, **record,
+        path.write_text(json.dumps({**{k: v for k, v in content.items() if k != "ranges"}, **record,
                                     "ranges": content["ranges"]}, indent=1) + "\n")
+        problem = calibration_problem(folder)
+        if problem is not None:  # the file must make int8 the model's default, or it is no use shipping
+            raise SystemExit(f"int8_calibrate: {problem}")
         if args.model_out:
             shutil.copy(path, Path(args.model_out) / CALIBRATION_FILE)
     _write(record, args.model, Path(args.results))
