@@ -32,6 +32,7 @@ from benchmarks.provenance import cpu_model, provenance  # noqa: E402
 from hiertree.checkpoint import read_checkpoint, shipped_model  # noqa: E402
 from hiertree.images import read_image  # noqa: E402
 from hiertree.inference.backends import cached_onnx_runner, onnx_cache_meta, onnx_cache_path  # noqa: E402
+from hiertree.inference.quantization import BODY  # noqa: E402  (TAIL: every node outside it)
 from hiertree.inference.runners import OnnxRunner  # noqa: E402
 
 #: name -> (calibration images, method, op types quantized (None: all), conv name fragments left float; TAIL: every
@@ -64,8 +65,6 @@ _METHODS = {"minmax": ("MinMax", {}), "percentile": ("Percentile", {"CalibPercen
 #: images per calibration pass: the histogram methods keep every activation of a pass in memory, and stack a
 #: pass's arrays (so images of different sizes go one per pass)
 _CHUNK = 1
-#: the nodes outside the encoder and decoder: input normalisation, heads, upsampling and the decoding tail
-_BODY = ("/model/encoder/", "/model/decoder/")
 
 
 def _groups(node) -> int:
@@ -100,7 +99,7 @@ def _quantize(src: Path, dst: Path, images: list[np.ndarray], method: str, ops: 
     pre = dst.with_suffix(".pre.onnx")
     quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
     exclude = [n.name for n in onnx.load(str(pre)).graph.node
-               if any(f in n.name for f in float_convs) or ("TAIL" in float_convs and not n.name.startswith(_BODY))
+               if any(f in n.name for f in float_convs) or ("TAIL" in float_convs and not n.name.startswith(BODY))
                or ("DEPTHWISE" in float_convs and n.op_type == "Conv" and _groups(n) > 1)]
     member, extra = _METHODS[method]
     if not cache.is_file():  # ranges of every tensor (all op types), so that each variant can reuse them

@@ -19,6 +19,7 @@ save first renames each into a ``ckpt-<name>`` folder and links it, so such a co
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -342,7 +343,15 @@ def load_backoff(ck_dir: str | Path) -> dict[str, Any] | None:
 
 
 def file_sha256(path: str | Path) -> str:
-    """The SHA-256 of a file (a checkpoint's weights: what a calibration or a cached graph belongs to)."""
+    """The SHA-256 of a file (a checkpoint's weights: what a calibration or a cached graph belongs to), read once
+    per process while the file's size and modification time stay the same (the ONNX cache key, the int8 ranges and
+    the back-off threshold all ask for the same weights' digest)."""
+    stat = os.stat(path)
+    return _sha256_of(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

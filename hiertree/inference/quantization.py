@@ -94,16 +94,9 @@ def _calibrate(pre: Path, images: Iterable[np.ndarray], tmp: Path) -> dict[str, 
     calibrator = q.create_calibrator(pre, list(OPS), augmented_model_path=str(tmp / "augmented.onnx"),
                                      calibrate_method=q.CalibrationMethod.MinMax)
 
-    class OneImage(q.CalibrationDataReader):
-        def __init__(self, image: np.ndarray) -> None:
-            self.feeds = iter([{"images": np.ascontiguousarray(image.transpose(2, 0, 1)[None], dtype=np.float32)}])
-
-        def get_next(self) -> dict | None:
-            return next(self.feeds, None)
-
     count = 0
     for image in images:
-        calibrator.collect_data(OneImage(image))
+        calibrator.collect_data(_Images([image]))
         count += 1
     if not count:
         raise QuantizationError("int8 quantization needs calibration images; give at least one readable image")
@@ -233,7 +226,8 @@ def _stored_ranges(calibration_file: Path | None, wanted: set[str]) -> dict[str,
 
 
 class _Images:
-    """A calibration reader over RGB uint8 images (for ONNX Runtime versions that calibrate inside quantize_static)."""
+    """ONNX Runtime's calibration reader (any object with ``get_next``) over RGB uint8 images, as the graph's
+    ``images`` input."""
 
     def __init__(self, images: Sequence[np.ndarray]) -> None:
         self.feeds = iter([{"images": np.ascontiguousarray(a.transpose(2, 0, 1)[None], dtype=np.float32)}
