@@ -68,6 +68,8 @@ ARMS: dict[str, tuple[str, list[str]]] = {
     "in_lite2": ("imagenet", IMAGENET[2]),
     # issue 36: the second decoder against DeepLabV3+ (in_lite0) at equal CPU time, both from ImageNet
     "in_fpn": ("imagenet", [*IMAGENET[0], "model.decoder=fpn"]),
+    # issue 33: which decoder the long lite2 run should use (against in_lite2 at equal CPU time)
+    "in_lite2_fpn": ("imagenet", [*IMAGENET[2], "model.decoder=fpn"]),
 }
 
 
