@@ -218,8 +218,8 @@ def _quantize(src: Path, path: Path, meta: dict[str, str], calibration_file: Pat
 
 def quantize_choice(quantize: str | None, backend: str, ck_dir: str | Path | None) -> str | None:
     """What ``quantize`` means for a checkpoint run by ``backend`` (``torch`` or ``onnx``): ``auto`` is int8 when
-    the network runs in ONNX Runtime and the model folder ships its int8 calibration file (whose ranges this ONNX
-    Runtime can use), else float (None)."""
+    the network runs in ONNX Runtime and the model folder ships an int8 calibration file that fits it, else float
+    (None). Whether this ONNX Runtime can build from the stored ranges is asked only when building the graph."""
     if quantize not in QUANTIZE:
         raise BackendError(f"unknown quantization {quantize!r}; choose one of {', '.join(map(str, QUANTIZE))}")
     if quantize != "auto":
@@ -231,7 +231,8 @@ def quantize_choice(quantize: str | None, backend: str, ck_dir: str | Path | Non
     if problem is None:
         log.info("quantize auto: int8, from the ranges in %s", Path(ck_dir) / CALIBRATION_FILE)
         return "int8"
-    (log.info if problem.startswith("the model has no") else log.warning)("quantize auto: float32 (%s)", problem)
+    shipped = (Path(ck_dir) / CALIBRATION_FILE).is_file()  # a model without the file is normal; a bad file is not
+    (log.warning if shipped else log.info)("quantize auto: float32 (%s)", problem)
     return None
 
 
